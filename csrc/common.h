@@ -1,0 +1,57 @@
+// Shared helpers for the CPU kernels: element decoding for the input dtypes
+// and the error type the bindings turn into Python exceptions.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace pydebias {
+
+// Input element kinds, decided once in the binding from the numpy dtype.
+// Half-precision floats arrive as raw 16-bit patterns (numpy has no bf16).
+enum class Elem : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
+
+inline float bf16_to_float(uint16_t h) {
+    uint32_t bits = static_cast<uint32_t>(h) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+// IEEE binary16 -> binary32, exact for every pattern (subnormals, inf, NaN).
+inline float f16_to_float(uint16_t h) {
+    uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+    uint32_t exp = (h >> 10) & 0x1fu;
+    uint32_t man = h & 0x3ffu;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else {  // subnormal: renormalise
+            int e = -1;
+            do {
+                ++e;
+                man <<= 1;
+            } while ((man & 0x400u) == 0);
+            bits = sign | (static_cast<uint32_t>(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+// A 65536-entry table turns fp16 decoding into one load; built once.
+const float* f16_table();
+
+struct KernelError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+}  // namespace pydebias

@@ -1,0 +1,14 @@
+#pragma once
+#include "common.h"
+
+namespace pydebias {
+
+// Adds rows of x (n x m, row-major) into per-group accumulators of shape (G, m):
+// count[G], s1 = sum(x - shift), s2 = sum((x - shift)^2), mn = min, mx = max.
+// Throws KernelError on a group id outside [0, G). NaN is not checked here: it
+// propagates into s1, where the caller looks for it (no compare in the hot loop).
+void grouped_moments_accumulate(const void* x, Elem elem, int64_t n, int64_t m,
+                                const int64_t* groups, int64_t G, const double* shift,
+                                int64_t* count, double* s1, double* s2, double* mn, double* mx);
+
+}  // namespace pydebias

@@ -1,0 +1,11 @@
+"""pydebias: find and remove spurious bias (shortcut features) from trained models.
+
+Heavy loops run in native kernels (``pydebias._C`` on the CPU, ``pydebias.kernels`` in
+Triton on the GPU) with a pure-torch reference for each (:mod:`pydebias.reference`).
+"""
+from ._version import __version__
+from .data import EmbeddingSet
+from .metrics import GroupReport, evaluate
+from .stats import NeuronStats, neuron_stats
+
+__all__ = ["__version__", "EmbeddingSet", "GroupReport", "evaluate", "NeuronStats", "neuron_stats"]

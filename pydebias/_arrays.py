@@ -1,0 +1,77 @@
+"""Zero-copy views between torch tensors, numpy arrays and memmaps, and row chunking."""
+from __future__ import annotations
+
+from typing import Iterator, Tuple
+
+import numpy as np
+import torch
+
+# Element codes shared with csrc/common.h (enum Elem).
+F32, F64, F16, BF16 = 0, 1, 2, 3
+_NP_CODES = {np.dtype(np.float32): F32, np.dtype(np.float64): F64, np.dtype(np.float16): F16}
+_TORCH_CODES = {torch.float32: F32, torch.float64: F64, torch.float16: F16, torch.bfloat16: BF16}
+FLOAT_DTYPES = "float32, float64, float16 or bfloat16"
+
+
+def is_tensor(x) -> bool:
+    return isinstance(x, torch.Tensor)
+
+
+def check_2d(x, name: str = "features") -> None:
+    if not (is_tensor(x) or isinstance(x, np.ndarray)):
+        raise TypeError(f"{name}: expected a numpy array, np.memmap or torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name}: expected shape (rows, neurons), got {tuple(x.shape)}")
+    dt = x.dtype
+    ok = dt in _TORCH_CODES if is_tensor(x) else np.dtype(dt) in _NP_CODES
+    if not ok:
+        raise TypeError(f"{name}: dtype {dt} is not supported; use {FLOAT_DTYPES}")
+
+
+def native_view(x) -> Tuple[np.ndarray, int]:
+    """A numpy view of a CPU array/tensor and its element code (bf16 travels as uint16)."""
+    if is_tensor(x):
+        code = _TORCH_CODES[x.dtype]
+        if code == BF16:
+            x = x.view(torch.int16)
+        arr = x.numpy()
+        if code == BF16:
+            arr = arr.view(np.uint16)
+        return arr, code
+    code = _NP_CODES[np.dtype(x.dtype)]
+    if code == F16:
+        return x.view(np.uint16), code
+    return x, code
+
+
+def as_tensor(x) -> torch.Tensor:
+    """A torch view of x without copying where torch can share the memory."""
+    if is_tensor(x):
+        return x
+    return torch.from_numpy(np.asarray(x))
+
+
+def to_numpy(x) -> np.ndarray:
+    """A CPU numpy array of x (labels, group ids, small outputs); float64 for bf16."""
+    if is_tensor(x):
+        x = x.detach()
+        if x.dtype == torch.bfloat16:
+            x = x.float()
+        return x.cpu().numpy()
+    return np.asarray(x)
+
+
+def default_chunk_rows(n_cols: int, itemsize: int, target_bytes: int = 64 << 20) -> int:
+    return max(1, target_bytes // max(1, n_cols * itemsize))
+
+
+def row_chunks(n: int, chunk_rows: int) -> Iterator[slice]:
+    for start in range(0, n, chunk_rows):
+        yield slice(start, min(n, start + chunk_rows))
+
+
+def contiguous_rows(x):
+    """Row chunk ready for a kernel: C-contiguous (a copy only for strided input)."""
+    if is_tensor(x):
+        return x.contiguous()
+    return np.ascontiguousarray(x)

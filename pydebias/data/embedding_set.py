@@ -1,0 +1,146 @@
+"""EmbeddingSet: features + labels (+ optional group and concept labels) of one split."""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .. import _arrays
+
+
+class EmbeddingSet:
+    """Embeddings of one split, validated at construction.
+
+    Parameters
+    ----------
+    features : (N, M) numpy array, ``np.memmap`` or torch tensor (CPU or CUDA),
+        float32/float64/float16/bfloat16. Kept as given (no copy).
+    labels : (N,) non-negative integer class ids.
+    groups : optional (N,) non-negative integer group ids (e.g. class x spurious
+        attribute). Methods that may not use group labels never read them.
+    concepts : optional (N,) 0/1 concept labels (artifact present), for ClArC.
+    name, split : free-form names, carried into reports.
+    check_finite : scan the features for NaN/inf (in chunks, so memmaps stream).
+    """
+
+    def __init__(self, features, labels, groups=None, concepts=None, name: Optional[str] = None,
+                 split: Optional[str] = None, n_classes: Optional[int] = None,
+                 n_groups: Optional[int] = None, check_finite: bool = True):
+        _arrays.check_2d(features, "features")
+        n = features.shape[0]
+        self.features = features
+        self.labels = self._ids(labels, "labels", n)
+        self.groups = None if groups is None else self._ids(groups, "groups", n)
+        self.concepts = None if concepts is None else self._ids(concepts, "concepts", n)
+        if self.concepts is not None and self.concepts.size and self.concepts.max() > 1:
+            raise ValueError("concepts: expected 0/1 per sample (1 = concept present)")
+        self.name, self.split = name, split
+        seen = int(self.labels.max()) + 1 if n else 0
+        if n_classes is not None and seen > n_classes:
+            raise ValueError(f"labels: found class {seen - 1} but n_classes={n_classes}")
+        self.n_classes = int(n_classes) if n_classes is not None else seen
+        if self.groups is not None:
+            gseen = int(self.groups.max()) + 1 if n else 0
+            if n_groups is not None and gseen > n_groups:
+                raise ValueError(f"groups: found group {gseen - 1} but n_groups={n_groups}")
+            self.n_groups = int(n_groups) if n_groups is not None else gseen
+        else:
+            self.n_groups = 0
+        if check_finite:
+            self._check_finite()
+
+    @staticmethod
+    def _ids(a, name: str, n: int) -> np.ndarray:
+        a = _arrays.to_numpy(a)
+        if a.dtype == np.bool_:
+            a = a.astype(np.int64)
+        if a.shape != (n,):
+            raise ValueError(f"{name}: expected shape ({n},) to match features, got {a.shape}")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise TypeError(f"{name}: expected integer ids, got dtype {a.dtype}; cast with .astype(int)")
+        if a.size and a.min() < 0:
+            raise ValueError(f"{name}: ids must be non-negative, found {a.min()}")
+        return a.astype(np.int64, copy=False)
+
+    def _check_finite(self) -> None:
+        x = self.features
+        m = x.shape[1]
+        rows = _arrays.default_chunk_rows(m, 4, 32 << 20)
+        for sl in _arrays.row_chunks(x.shape[0], rows):
+            chunk = x[sl]
+            bad = (~torch.isfinite(chunk)).any().item() if _arrays.is_tensor(chunk) \
+                else not np.isfinite(chunk).all()
+            if bad:
+                raise ValueError(
+                    f"features: rows {sl.start}..{sl.stop - 1} contain NaN or inf; "
+                    "drop or impute them, or pass check_finite=False to skip this scan")
+
+    # -- views ----------------------------------------------------------------
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def has_groups(self) -> bool:
+        return self.groups is not None
+
+    def group_counts(self) -> np.ndarray:
+        if self.groups is None:
+            raise ValueError("groups: this set has no group labels")
+        return np.bincount(self.groups, minlength=self.n_groups)
+
+    def tensor(self, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+        """Features as a torch tensor (a copy only when dtype/device change)."""
+        return _arrays.as_tensor(self.features).to(dtype=dtype, device=device)
+
+    def subset(self, index, split: Optional[str] = None) -> "EmbeddingSet":
+        """Rows ``index`` (indices or boolean mask) as a new set (features copied)."""
+        index = np.asarray(index)
+        if index.dtype == np.bool_:
+            index = np.flatnonzero(index)
+        feats = self.features[torch.from_numpy(index)] if _arrays.is_tensor(self.features) \
+            else np.asarray(self.features[index])
+        take = lambda a: None if a is None else a[index]  # noqa: E731
+        return EmbeddingSet(feats, self.labels[index], take(self.groups), take(self.concepts),
+                            name=self.name, split=split or self.split, n_classes=self.n_classes,
+                            n_groups=self.n_groups or None, check_finite=False)
+
+    def split_holdout(self, fraction: float, seed: int = 0):
+        """Class-stratified random split into (rest, holdout) with ``fraction`` held out."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction: expected a number in (0, 1), got {fraction}")
+        rng = np.random.default_rng(seed)
+        hold = np.zeros(len(self), dtype=bool)
+        for c in range(self.n_classes):
+            idx = np.flatnonzero(self.labels == c)
+            k = int(round(fraction * idx.size))
+            hold[rng.choice(idx, size=k, replace=False)] = True
+        return self.subset(~hold), self.subset(hold)
+
+    def fingerprint(self) -> str:
+        """A hash of features and labels (streamed), recorded in result JSON."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update(str((tuple(self.features.shape), str(self.features.dtype))).encode())
+        x = self.features
+        for sl in _arrays.row_chunks(x.shape[0], _arrays.default_chunk_rows(x.shape[1], 4, 32 << 20)):
+            chunk = x[sl]
+            if _arrays.is_tensor(chunk):
+                chunk = chunk.detach().cpu()
+                chunk = chunk.view(torch.int16) if chunk.dtype == torch.bfloat16 else chunk
+                chunk = chunk.contiguous().numpy()
+            h.update(np.ascontiguousarray(chunk).tobytes())
+        h.update(self.labels.tobytes())
+        if self.groups is not None:
+            h.update(self.groups.tobytes())
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        g = f", groups={self.n_groups}" if self.groups is not None else ""
+        return (f"EmbeddingSet(name={self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"features={self.n_features}, classes={self.n_classes}{g})")

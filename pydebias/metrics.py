@@ -1,0 +1,140 @@
+"""Group-robustness metrics: one report used by every method and table."""
+from __future__ import annotations
+
+import json
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import _arrays
+
+__all__ = ["GroupReport", "evaluate", "predict"]
+
+
+def predict(head_or_model, features, batch_size: int = 65536, device=None) -> np.ndarray:
+    """Arg-max predictions of a module on (N, M) features, in batches, without grad."""
+    if not callable(head_or_model):
+        raise TypeError(f"head_or_model: expected a torch module or callable, got {type(head_or_model).__name__}")
+    if isinstance(head_or_model, torch.nn.Module):
+        p = next(head_or_model.parameters(), None)
+        device = device or (p.device if p is not None else "cpu")
+        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+    else:
+        dtype = torch.float32
+    out = np.empty(features.shape[0], dtype=np.int64)
+    with torch.no_grad():
+        for sl in _arrays.row_chunks(features.shape[0], batch_size):
+            x = _arrays.as_tensor(features[sl]).to(device=device, dtype=dtype)
+            out[sl] = head_or_model(x).argmax(1).cpu().numpy()
+    return out
+
+
+class GroupReport:
+    """Accuracy per group and class, worst-group / worst-class / mean / weighted accuracy.
+
+    A group with no samples is *absent*: its accuracy is ``None`` and it does not enter
+    the worst-group minimum. ``weighted_accuracy`` averages group accuracies with the
+    training group proportions (the Waterbirds/CelebA convention) when they were given.
+    """
+
+    def __init__(self, labels: np.ndarray, preds: np.ndarray, groups: Optional[np.ndarray],
+                 n_classes: int, n_groups: int = 0, train_proportions: Optional[Sequence[float]] = None,
+                 group_names: Optional[Sequence[str]] = None, n_boot: int = 0, seed: int = 0):
+        ok = preds == labels
+        self.n = int(labels.size)
+        self.accuracy = float(ok.mean()) if self.n else None
+        self.per_class = self._per(labels, ok, n_classes)
+        accs = [c["accuracy"] for c in self.per_class if c["accuracy"] is not None]
+        self.worst_class_accuracy = min(accs) if accs else None
+        self.balanced_accuracy = float(np.mean(accs)) if accs else None
+        self.prediction_share = (np.bincount(preds, minlength=n_classes)[:n_classes] / max(self.n, 1)).tolist()
+        self.group_names = list(group_names) if group_names is not None else None
+        self.per_group: List[Dict] = []
+        self.worst_group_accuracy = None
+        self.weighted_accuracy = None
+        self.worst_group_ci = None
+        if groups is not None:
+            n_groups = max(n_groups, int(groups.max()) + 1 if groups.size else 0)
+            self.per_group = self._per(groups, ok, n_groups)
+            present = [g["accuracy"] for g in self.per_group if g["accuracy"] is not None]
+            self.worst_group_accuracy = min(present) if present else None
+            if train_proportions is not None:
+                w = np.asarray(train_proportions, dtype=np.float64)
+                if w.shape != (n_groups,):
+                    raise ValueError(f"train_proportions: expected {n_groups} values, got {w.shape}")
+                a = np.array([g["accuracy"] if g["accuracy"] is not None else np.nan for g in self.per_group])
+                keep = ~np.isnan(a) & (w > 0)
+                self.weighted_accuracy = float((a[keep] * w[keep]).sum() / w[keep].sum()) if keep.any() else None
+            if n_boot > 0:
+                self.worst_group_ci = self._bootstrap(groups, ok, n_groups, n_boot, seed)
+
+    @staticmethod
+    def _per(ids: np.ndarray, ok: np.ndarray, k: int) -> List[Dict]:
+        count = np.bincount(ids, minlength=k)[:k]
+        right = np.bincount(ids, weights=ok.astype(np.float64), minlength=k)[:k]
+        return [{"id": i, "count": int(count[i]), "correct": int(right[i]),
+                 "accuracy": float(right[i] / count[i]) if count[i] else None} for i in range(k)]
+
+    @staticmethod
+    def _bootstrap(groups, ok, k, n_boot, seed):
+        """95 % percentile interval of the worst-group accuracy, resampling within groups."""
+        rng = np.random.default_rng(seed)
+        members = [ok[groups == g] for g in range(k)]
+        members = [m for m in members if m.size]
+        worst = np.empty(n_boot)
+        for b in range(n_boot):
+            worst[b] = min(rng.choice(m, size=m.size, replace=True).mean() for m in members)
+        lo, hi = np.percentile(worst, [2.5, 97.5])
+        return [float(lo), float(hi)]
+
+    def to_dict(self) -> Dict:
+        return {k: getattr(self, k) for k in (
+            "n", "accuracy", "worst_group_accuracy", "worst_group_ci", "weighted_accuracy",
+            "worst_class_accuracy", "balanced_accuracy", "prediction_share", "per_group",
+            "per_class", "group_names")}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        """The report as a plain-text table (one line per group)."""
+        pct = lambda v: "  absent" if v is None else f"{100 * v:7.2f}%"  # noqa: E731
+        lines = [f"{'group':<16}{'count':>8}{'accuracy':>10}"]
+        for g in self.per_group:
+            name = self.group_names[g["id"]] if self.group_names else str(g["id"])
+            lines.append(f"{name:<16}{g['count']:>8}{pct(g['accuracy']):>10}")
+        lines.append(f"{'mean':<16}{self.n:>8}{pct(self.accuracy):>10}")
+        if self.per_group:
+            ci = "" if self.worst_group_ci is None else \
+                f"  (95% CI {100 * self.worst_group_ci[0]:.1f}-{100 * self.worst_group_ci[1]:.1f})"
+            lines.append(f"{'worst group':<16}{'':>8}{pct(self.worst_group_accuracy):>10}{ci}")
+        if self.weighted_accuracy is not None:
+            lines.append(f"{'train-weighted':<16}{'':>8}{pct(self.weighted_accuracy):>10}")
+        lines.append(f"{'worst class':<16}{'':>8}{pct(self.worst_class_accuracy):>10}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        f = lambda v: "None" if v is None else f"{v:.4f}"  # noqa: E731
+        return f"GroupReport(n={self.n}, accuracy={f(self.accuracy)}, worst_group={f(self.worst_group_accuracy)})"
+
+
+def evaluate(head_or_model, eval_set, train_set=None, train_proportions=None, group_names=None,
+             n_boot: int = 0, seed: int = 0) -> GroupReport:
+    """Evaluate a head/model (or an array of predictions) on an :class:`EmbeddingSet`.
+
+    ``train_set`` (with groups) or ``train_proportions`` gives the weights of the
+    training-proportion-weighted accuracy; ``n_boot > 0`` adds a bootstrap 95 %
+    interval for the worst-group accuracy.
+    """
+    if isinstance(head_or_model, (np.ndarray, torch.Tensor)):
+        preds = _arrays.to_numpy(head_or_model).astype(np.int64)
+        if preds.shape != (len(eval_set),):
+            raise ValueError(f"head_or_model: predictions of shape {preds.shape}, expected ({len(eval_set)},)")
+    else:
+        preds = predict(head_or_model, eval_set.features)
+    if train_set is not None and train_proportions is None and train_set.groups is not None:
+        c = train_set.group_counts()
+        train_proportions = c / c.sum()
+    return GroupReport(eval_set.labels, preds, eval_set.groups, eval_set.n_classes, eval_set.n_groups,
+                       train_proportions, group_names, n_boot, seed)

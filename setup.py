@@ -1,0 +1,24 @@
+"""Build of the native extension pydebias._C (pybind11 + OpenMP, no torch link)."""
+import os
+import sys
+
+from pybind11.setup_helpers import Pybind11Extension, build_ext
+from setuptools import setup
+
+extra_compile = ["-O3", "-fopenmp", "-std=c++17"]
+extra_link = ["-fopenmp"]
+if sys.platform == "darwin":  # Apple clang takes OpenMP only through -Xpreprocessor
+    extra_compile = ["-O3", "-Xpreprocessor", "-fopenmp", "-std=c++17"]
+    extra_link = ["-lomp"]
+if os.environ.get("PYDEBIAS_NATIVE_ARCH") == "1":  # opt-in: the wheel must run on any x86-64
+    extra_compile.append("-march=native")
+
+ext = Pybind11Extension(
+    "pydebias._C",
+    sorted(os.path.join("csrc", f) for f in os.listdir("csrc") if f.endswith(".cpp")),
+    include_dirs=["csrc"],
+    extra_compile_args=extra_compile,
+    extra_link_args=extra_link,
+)
+
+setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})
