@@ -1,6 +1,7 @@
 """Zero-copy views between torch tensors, numpy arrays and memmaps, and row chunking."""
 from __future__ import annotations
 
+import warnings
 from typing import Iterator, Tuple
 
 import numpy as np
@@ -48,7 +49,10 @@ def as_tensor(x) -> torch.Tensor:
     """A torch view of x without copying where torch can share the memory."""
     if is_tensor(x):
         return x
-    return torch.from_numpy(np.asarray(x))
+    with warnings.catch_warnings():
+        # read-only memmaps are only ever read through this view
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.asarray(x))
 
 
 def to_numpy(x) -> np.ndarray:

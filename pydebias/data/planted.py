@@ -37,7 +37,7 @@ def _draw(rng, n: int, corr: float, n_core: int, n_spur: int, n_noise: int,
 
 def planted(n_train: int = 20000, n_val: int = 5000, n_test: int = 5000, n_features: int = 64,
             n_core: int = 16, n_spurious: int = 8, corr: float = 0.95, val_corr: Optional[float] = None,
-            core_strength: float = 1.0, spurious_strength: float = 2.0, dtype=np.float32,
+            core_strength: float = 0.5, spurious_strength: float = 1.5, dtype=np.float32,
             seed: int = 0) -> Dict:
     """Train/val/test :class:`EmbeddingSet` s with planted spurious neurons.
 

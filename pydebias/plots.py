@@ -1,0 +1,48 @@
+"""Plots people would rather look at than read (matplotlib, optional)."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def group_accuracy_bars(reports: Dict[str, "object"], path: str, title: str = "",
+                        group_names: Optional[Sequence[str]] = None) -> str:
+    """Grouped bars: per-group accuracy of each method (dict name -> GroupReport), PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .results import write_atomic
+
+    names = list(reports)
+    n_groups = max(len(r.per_group) for r in reports.values())
+    labels = list(group_names) if group_names else [f"group {i}" for i in range(n_groups)]
+    width = 0.8 / max(1, len(names))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * n_groups, 3.6))
+    xs = np.arange(n_groups)
+    for k, name in enumerate(names):
+        accs = [g["accuracy"] if g["accuracy"] is not None else 0.0 for g in reports[name].per_group]
+        wga = reports[name].worst_group_accuracy
+        ax.bar(xs + k * width, accs, width, label=f"{name} (worst {100 * wga:.1f}%)" if wga is not None else name)
+    ax.set_xticks(xs + width * (len(names) - 1) / 2, labels[:n_groups])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+    return path

@@ -1,0 +1,60 @@
+"""Result files: atomic writes and the provenance every result JSON records."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from typing import Any, Dict, Optional
+
+
+def versions() -> Dict[str, Optional[str]]:
+    import numpy
+    import torch
+
+    from ._version import __version__
+
+    out = {"pydebias": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+           "numpy": numpy.__version__, "platform": platform.platform()}
+    for mod in ("faiss", "triton"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # optional dependency absent or broken: record that
+            out[mod] = None
+    return out
+
+
+def provenance(seed: int, backend: str, data_hash: Optional[str] = None, **extra: Any) -> Dict[str, Any]:
+    return {"versions": versions(), "seed": seed, "backend": backend, "data_hash": data_hash, **extra}
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write to a temporary file beside ``path``, then rename: never a half-written file."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, default=_default) + "\n").encode())
+
+
+def _default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
