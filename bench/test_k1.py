@@ -32,13 +32,13 @@ def test_one_read(benchmark, data):
 def test_k1_cpp(benchmark, data):
     benchmark.group = "K1"
     x, g = data
-    benchmark(lambda: neuron_stats(x, groups=g, n_groups=G, backend="cpp"))
+    benchmark(lambda: neuron_stats(x, groups=g, n_groups=G, backend="cpp", quantiles=()))
 
 
 def test_k1_torch_reference(benchmark, data):
     benchmark.group = "K1"
     x, g = data
-    benchmark.pedantic(lambda: neuron_stats(torch.from_numpy(x), groups=g, n_groups=G, backend="torch"), rounds=3)
+    benchmark.pedantic(lambda: neuron_stats(torch.from_numpy(x), groups=g, n_groups=G, backend="torch", quantiles=()), rounds=3)
 
 
 def test_numpy_baseline(benchmark, data):

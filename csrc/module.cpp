@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include "grouped_moments.h"
+#include "grouped_quantiles.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -50,6 +51,94 @@ void py_grouped_moments(py::array x, int elem, py::array groups, int64_t n_group
     grouped_moments_accumulate(data, e, n, m, g, n_groups, sh, c, a1, a2, lo, hi);
 }
 
+Elem checked_elem(py::array& x, int elem, const char* name) {
+    if (x.ndim() != 2) throw py::value_error(std::string(name) + ": must be 2-D (rows, neurons)");
+    const Elem e = static_cast<Elem>(elem);
+    if (static_cast<size_t>(x.itemsize()) != elem_size(e))
+        throw py::type_error(std::string(name) + ": element size does not match the declared dtype");
+    if (!(x.flags() & py::array::c_style)) throw py::value_error(std::string(name) + ": must be C-contiguous");
+    return e;
+}
+
+void py_quantile_brackets(py::array sample, int elem, py::array sample_groups, int64_t n_groups,
+                          py::array count, py::array ranks, double z, py::array lo, py::array hi,
+                          py::array mass, py::array expect) {
+    const Elem e = checked_elem(sample, elem, "sample");
+    const int64_t s = sample.shape(0), m = sample.shape(1);
+    const int64_t q = ranks.ndim() == 3 ? ranks.shape(0) : -1;
+    if (q < 0 || ranks.shape(1) != n_groups || ranks.shape(2) != 2)
+        throw py::value_error("ranks: must have shape (n_levels, n_groups, 2)");
+    const int64_t qgm = q * n_groups * m;
+    const int64_t* sg = checked<const int64_t>(sample_groups, "sample_groups", s, false);
+    const int64_t* c = checked<const int64_t>(count, "count", n_groups, false);
+    const int64_t* r = checked<const int64_t>(ranks, "ranks", q * n_groups * 2, false);
+    double* l = checked<double>(lo, "lo", qgm, true);
+    double* h = checked<double>(hi, "hi", qgm, true);
+    double* w = checked<double>(mass, "mass", qgm, true);
+    int64_t* ex = checked<int64_t>(expect, "expect", qgm, true);
+    const void* data = sample.data();
+    py::gil_scoped_release nogil;
+    quantile_brackets(data, e, s, m, sg, n_groups, c, r, q, z, l, h, w, ex);
+}
+
+void py_quantile_collect(py::array x, int elem, py::array groups, int64_t n_groups, py::array lo,
+                         py::array hi, py::array mass, py::array cnt, py::array keep,
+                         py::array keep_off, py::array keep_fill) {
+    // rows may be strided (a sample of rows read in place); each row contiguous
+    if (x.ndim() != 2) throw py::value_error("features: must be 2-D (rows, neurons)");
+    const Elem e = static_cast<Elem>(elem);
+    if (static_cast<size_t>(x.itemsize()) != elem_size(e))
+        throw py::type_error("features: element size does not match the declared dtype");
+    const int64_t n = x.shape(0), m = x.shape(1);
+    if ((m > 1 && x.strides(1) != x.itemsize()) || (n > 1 && (x.strides(0) < m * x.itemsize() ||
+                                                               x.strides(0) % x.itemsize())))
+        throw py::value_error("features: rows must be contiguous, with a positive row stride");
+    const int64_t stride = n > 1 ? x.strides(0) / x.itemsize() : m;
+    if (cnt.ndim() != 4 || cnt.shape(0) != 3 || cnt.shape(2) != n_groups || cnt.shape(3) != m)
+        throw py::value_error("cnt: must have shape (3, n_levels, n_groups, n_neurons)");
+    const int64_t q = cnt.shape(1), qgm = q * n_groups * m;
+    const int64_t* g = checked<const int64_t>(groups, "groups", n, false);
+    const double* l = checked<const double>(lo, "lo", qgm, false);
+    const double* h = checked<const double>(hi, "hi", qgm, false);
+    const double* w = checked<const double>(mass, "mass", qgm, false);
+    int64_t* cn = checked<int64_t>(cnt, "cnt", 3 * qgm, true);
+    const int64_t* off = checked<const int64_t>(keep_off, "keep_off", qgm + 1, false);
+    int64_t* fill = checked<int64_t>(keep_fill, "keep_fill", qgm, true);
+    if (static_cast<size_t>(keep.itemsize()) != (e == Elem::F64 ? 8u : 4u))
+        throw py::type_error("keep: must be float64 for float64 features, else float32");
+    if (!(keep.flags() & py::array::c_style)) throw py::value_error("keep: must be C-contiguous");
+    if (!keep.writeable()) throw py::value_error("keep: must be writable");
+    void* kp = keep.mutable_data();
+    if (keep.size() < off[qgm]) throw py::value_error("keep: smaller than keep_off[-1]");
+    const void* data = x.data();
+    py::gil_scoped_release nogil;
+    quantile_collect(data, e, n, m, stride, g, n_groups, q, l, h, w, cn, kp, off, fill);
+}
+
+void py_quantile_select(py::array count, py::array ranks, py::array mass, py::array cnt,
+                        py::array keep, py::array keep_off, py::array keep_fill, py::array lower,
+                        py::array higher, py::array miss) {
+    if (cnt.ndim() != 4 || cnt.shape(0) != 3)
+        throw py::value_error("cnt: must have shape (3, n_levels, n_groups, n_neurons)");
+    const int64_t q = cnt.shape(1), G = cnt.shape(2), m = cnt.shape(3), qgm = q * G * m;
+    const int64_t* c = checked<const int64_t>(count, "count", G, false);
+    const int64_t* r = checked<const int64_t>(ranks, "ranks", q * G * 2, false);
+    const double* w = checked<const double>(mass, "mass", qgm, false);
+    const int64_t* cn = checked<const int64_t>(cnt, "cnt", 3 * qgm, false);
+    const int64_t* off = checked<const int64_t>(keep_off, "keep_off", qgm + 1, false);
+    const int64_t* fill = checked<const int64_t>(keep_fill, "keep_fill", qgm, false);
+    if (keep.itemsize() != 4 && keep.itemsize() != 8) throw py::type_error("keep: must be float32 or float64");
+    const bool wide = keep.itemsize() == 8;
+    const void* kp = keep.data();
+    if (!(keep.flags() & py::array::c_style)) throw py::value_error("keep: must be C-contiguous");
+    if (keep.size() < off[qgm]) throw py::value_error("keep: smaller than keep_off[-1]");
+    double* lw = checked<double>(lower, "lower", qgm, true);
+    double* hg = checked<double>(higher, "higher", qgm, true);
+    uint8_t* ms = checked<uint8_t>(miss, "miss", qgm, true);
+    py::gil_scoped_release nogil;
+    quantile_select(q, G, m, c, r, w, cn, kp, wide, off, fill, lw, hg, ms);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -59,6 +148,18 @@ PYBIND11_MODULE(_C, mod) {
             py::arg("groups"), py::arg("n_groups"), py::arg("shift"), py::arg("count"),
             py::arg("s1"), py::arg("s2"), py::arg("mn"), py::arg("mx"),
             "Add the rows of x into per-group shifted moment accumulators (in place).");
+    mod.def("quantile_brackets", &py_quantile_brackets, py::arg("sample"), py::arg("elem"),
+            py::arg("sample_groups"), py::arg("n_groups"), py::arg("count"), py::arg("ranks"),
+            py::arg("z"), py::arg("lo"), py::arg("hi"), py::arg("mass"), py::arg("expect"),
+            "K2 phase 1: per (level, group, neuron) brackets [lo, hi] from a sample of rows.");
+    mod.def("quantile_collect", &py_quantile_collect, py::arg("x"), py::arg("elem"),
+            py::arg("groups"), py::arg("n_groups"), py::arg("lo"), py::arg("hi"), py::arg("mass"),
+            py::arg("cnt"), py::arg("keep"), py::arg("keep_off"), py::arg("keep_fill"),
+            "K2 phase 2: count rows against the brackets and keep the values inside (in place).");
+    mod.def("quantile_select", &py_quantile_select, py::arg("count"), py::arg("ranks"),
+            py::arg("mass"), py::arg("cnt"), py::arg("keep"), py::arg("keep_off"),
+            py::arg("keep_fill"), py::arg("lower"), py::arg("higher"), py::arg("miss"),
+            "K2 phase 3: the order statistics of the target ranks; miss=1 where a bracket missed.");
     mod.def("num_threads", [] {
 #ifdef _OPENMP
         return omp_get_max_threads();

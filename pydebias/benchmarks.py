@@ -60,8 +60,10 @@ def bench_k1(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 5, seed: 
         rows.append({"kernel": "K1 grouped moments", "impl": name, "n": n, "m": m, "groups": G,
                      "seconds": t, "one_read_seconds": t_read, "x_one_read": t / t_read})
     if backends.native() is not None:
-        measure("cpp (pydebias._C)", lambda: neuron_stats(x, groups=g, n_groups=G, backend="cpp"), repeat)
-    measure("torch reference", lambda: neuron_stats(xt, groups=gt, n_groups=G, backend="torch"), max(1, repeat // 2))
+        measure("cpp (pydebias._C)", lambda: neuron_stats(x, groups=g, n_groups=G, backend="cpp",
+                                                          quantiles=()), repeat)
+    measure("torch reference", lambda: neuron_stats(xt, groups=gt, n_groups=G, backend="torch", quantiles=()),
+            max(1, repeat // 2))
     if baselines:
         measure("numpy baseline", lambda: numpy_grouped_moments(x, g, G), max(1, repeat // 2))
         measure("torch baseline", lambda: torch_grouped_moments(xt, gt, G), max(1, repeat // 2))
@@ -74,17 +76,166 @@ def bench_k1(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 5, seed: 
     return rows
 
 
+def torch_grouped_median(x: torch.Tensor, g: torch.Tensor, G: int):
+    """The baseline: a boolean-mask copy per group, then ``Tensor.median(0)`` (the lower median)."""
+    return [x[g == k].median(0).values for k in range(G)]
+
+
+def bench_k2(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 3, seed: int = 0,
+             baselines: bool = True, sketch: bool = True) -> List[Dict]:
+    """K2 exact grouped medians: K1+K2 together (``neuron_stats`` with its default
+    ``quantiles=(0.5,)``) and K2 alone vs one read of X (bar: K1+K2 <= 4x) and vs torch's
+    per-group ``median`` (bar: >= 20x); the K2s sketch (one streaming pass) beside them."""
+    from .sketch import QuantileSketch
+    from .stats import grouped_quantiles
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, m), dtype=np.float32)
+    g = rng.integers(0, G, n)
+    xt, gt = torch.from_numpy(x), torch.from_numpy(g)
+    rows = []
+
+    def measure(name, fn, rep, warmup=1):
+        t_read = median_time(lambda: x.sum(0), repeat=3)
+        t = median_time(fn, repeat=rep, warmup=warmup)
+        t_read = min(t_read, median_time(lambda: x.sum(0), repeat=3))
+        rows.append({"kernel": "K2 grouped median", "impl": name, "n": n, "m": m, "groups": G,
+                     "seconds": t, "one_read_seconds": t_read, "x_one_read": t / t_read})
+    if backends.native() is not None:
+        measure("cpp K1+K2", lambda: neuron_stats(x, groups=g, n_groups=G, backend="cpp"), repeat)
+        measure("cpp K2 alone", lambda: grouped_quantiles(x, g, G, backend="cpp"), repeat)
+    if sketch:
+        measure("K2s sketch (numpy)", lambda: QuantileSketch(m, G).update(x, g), 1, warmup=0)
+    if baselines:
+        measure("torch baseline", lambda: torch_grouped_median(xt, gt, G), 1)
+        base = rows[-1]["seconds"]
+        for r in rows:
+            r["speedup_vs_torch"] = base / r["seconds"]
+    for r in rows:
+        if r["impl"] == "cpp K1+K2":
+            r["bar"] = (f"{r['x_one_read']:.2f}x one read (bar <= 4x)"
+                        + (f", {r['speedup_vs_torch']:.1f}x torch (bar >= 20x)" if baselines else ""))
+    return rows
+
+
+def _naive_masked_logits(xt: torch.Tensor, w: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """What a user would write: materialise the masked copy of X, then the linear layer."""
+    return (xt * mask) @ w.T + b
+
+
+def bench_k3(n: int = 500_000, m: int = 512, C: int = 2, K: int = 32, repeat: int = 5,
+             seed: int = 0) -> List[Dict]:
+    """K3 masked linear: folded masks vs the unmasked ``X @ W.T + b`` (bar <= 1.1x), vs the
+    naive ``(X * m) @ W.T`` copy, and K masks in one GEMM (bar <= 1.2*K unmasked linears).
+
+    Each candidate is timed alternately with the unmasked linear (same moments, same
+    noise); the ratio is of the two medians.
+    """
+    from .nn.masked import masked_linear, masked_linear_many
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, m), dtype=np.float32)
+    xt = torch.from_numpy(x)
+    w = torch.from_numpy(rng.standard_normal((C, m), dtype=np.float32))
+    b = torch.from_numpy(rng.standard_normal(C, dtype=np.float32))
+    mask = torch.from_numpy((rng.random(m) > 0.3).astype(np.float32))
+    per_class = torch.from_numpy((rng.random((C, m)) > 0.3).astype(np.float32))
+    masks = torch.from_numpy((rng.random((K, m)) > 0.3).astype(np.float32))
+    rows = []
+    unmasked = lambda: torch.nn.functional.linear(xt, w, b)  # noqa: E731
+
+    def measure(name, fn, rep, per=1):
+        t_read, t_lin, t = [], [], []
+        fn()
+        for _ in range(rep):
+            t_read.append(median_time(lambda: x.sum(0), repeat=1, warmup=0))
+            t_lin.append(median_time(unmasked, repeat=1, warmup=0))
+            t.append(median_time(fn, repeat=1, warmup=0))
+        t_read, t_lin, t = float(np.median(t_read)), float(np.median(t_lin)), float(np.median(t))
+        bar = (f"{t / t_lin:.2f}x unmasked (bar <= 1.1x)" if per == 1 else
+               f"{t / t_lin:.2f}x unmasked = {t / t_lin / per:.2f}x per mask (bar <= 1.2x)")
+        rows.append({"kernel": "K3 masked linear", "impl": name, "n": n, "m": m, "classes": C, "masks": per,
+                     "seconds": t, "one_read_seconds": t_read, "x_one_read": t / t_read,
+                     "unmasked_seconds": t_lin, "x_unmasked_linear": t / t_lin,
+                     "x_k_unmasked_linears": t / t_lin / per, "bar": bar})
+
+    with torch.no_grad():
+        measure("cpp: input mask", lambda: masked_linear(xt, w, b, mask, backend="cpp"), repeat)
+        measure("cpp: per-class mask", lambda: masked_linear(xt, w, b, per_class, backend="cpp"), repeat)
+        measure(f"cpp: K={K} masks", lambda: masked_linear_many(xt, w, b, masks, backend="cpp"), repeat, per=K)
+        measure("naive (X*m)@W.T", lambda: _naive_masked_logits(xt, w, b, mask), max(1, repeat // 2))
+    rows[-1]["bar"] = f"{rows[-1]['x_unmasked_linear']:.2f}x unmasked (the baseline)"
+    naive = rows[-1]["seconds"]
+    for r in rows:
+        r["speedup_vs_torch"] = naive / r["seconds"]  # vs the naive masked copy
+    return rows
+
+
+def _loop_mask_sweep(xt, y, g, G, w, b, masks):
+    """The baseline: a python loop of K naive masked forward passes, counted per group."""
+    out = []
+    for k in range(masks.shape[0]):
+        ok = (_naive_masked_logits(xt, w, b, masks[k]).argmax(1) == y).double()
+        out.append(torch.bincount(g, weights=ok, minlength=G))
+    return torch.stack(out)
+
+
+def bench_k4(n: int = 500_000, m: int = 512, C: int = 2, G: int = 4, K: int = 32, repeat: int = 3,
+             seed: int = 0, loop_masks: int = 8) -> List[Dict]:
+    """K4 mask sweep: K candidate masks evaluated per group in one pass vs a python loop of K
+    naive masked forward passes (bar >= 10x). The loop is the slow side: it runs once, over
+    ``loop_masks`` of the K masks, and its time is scaled by ``K / loop_masks`` (its
+    iterations are independent and alike); ``loop_masks=K`` times the whole loop."""
+    from .sweep import mask_sweep
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, m), dtype=np.float32)
+    xt = torch.from_numpy(x)
+    y = rng.integers(0, C, n)
+    g = (G // C) * y + rng.integers(0, G // C, n) if G % C == 0 else rng.integers(0, G, n)
+    yt, gt = torch.from_numpy(y), torch.from_numpy(g)
+    w = torch.from_numpy(rng.standard_normal((C, m), dtype=np.float32))
+    b = torch.from_numpy(rng.standard_normal(C, dtype=np.float32))
+    masks = torch.from_numpy((rng.random((K, m)) > 0.3).astype(np.float32))
+    per_class = torch.from_numpy((rng.random((K, C, m)) > 0.3).astype(np.float32))
+    rows = []
+
+    def measure(name, fn, rep, scale=1.0, **extra):
+        t_read = median_time(lambda: x.sum(0), repeat=3)
+        t = median_time(fn, repeat=rep, warmup=1 if rep > 1 else 0) * scale
+        t_read = min(t_read, median_time(lambda: x.sum(0), repeat=3))
+        rows.append({"kernel": "K4 mask sweep", "impl": name, "n": n, "m": m, "classes": C, "groups": G,
+                     "masks": K, "seconds": t, "one_read_seconds": t_read, "x_one_read": t / t_read, **extra})
+
+    with torch.no_grad():
+        measure(f"cpp: K={K} input masks", lambda: mask_sweep(x, y, w, b, masks, groups=g, n_groups=G,
+                                                              backend="cpp"), repeat)
+        measure(f"cpp: K={K} per-class", lambda: mask_sweep(x, y, w, b, per_class, groups=g, n_groups=G,
+                                                            backend="cpp"), repeat)
+        k_loop = max(1, min(K, loop_masks))
+        measure(f"loop of {K} naive", lambda: _loop_mask_sweep(xt, yt, gt, G, w, b, masks[:k_loop]), 1,
+                scale=K / k_loop, loop_masks_timed=k_loop)
+    loop = rows[-1]["seconds"]
+    for r in rows:
+        r["speedup_vs_torch"] = loop / r["seconds"]  # vs the python loop of naive forwards
+        r["bar"] = f"{loop / r['seconds']:.1f}x the loop (bar >= 10x)"
+    rows[-1]["bar"] = f"baseline, timed over {rows[-1]['loop_masks_timed']} masks and scaled"
+    return rows
+
+
 def format_table(rows: List[Dict]) -> str:
     head = f"{'kernel':<22}{'implementation':<22}{'x one read':>11}{'vs numpy':>10}{'vs torch':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
         f = lambda k: f"{r[k]:.1f}x" if k in r else "-"  # noqa: E731
         lines.append(f"{r['kernel']:<22}{r['impl']:<22}{r['x_one_read']:>10.2f}x{f('speedup_vs_numpy'):>10}"
-                     f"{f('speedup_vs_torch'):>10}")
+                     f"{f('speedup_vs_torch'):>10}" + (f"  {r['bar']}" if "bar" in r else ""))
     return "\n".join(lines)
 
 
 def run(quick: bool = False) -> List[Dict]:
     if quick:
-        return bench_k1(n=50_000, m=128, repeat=3)
-    return bench_k1()
+        return (bench_k1(n=50_000, m=128, repeat=3) + bench_k2(n=50_000, m=128, repeat=2)
+                + bench_k3(n=50_000, m=128, repeat=3)
+                + bench_k4(n=50_000, m=128, repeat=2))
+    return bench_k1() + bench_k2() + bench_k3() + bench_k4()

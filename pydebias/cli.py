@@ -11,60 +11,91 @@ from ._version import __version__
 
 
 def _cmd_datasets(args) -> int:
-    from .data import BUILTINS, availability
+    from .data import BUILTINS, SIZES, availability
 
-    print(f"{'name':<22}{'available':<11}description")
+    print(f"{'name':<21}{'available':<10}{'train/val/test':<21}{'groups':>6}{'dim':>5}  description")
     for name, desc in BUILTINS.items():
         ok, why = availability(name)
-        print(f"{name:<22}{'yes' if ok else 'no':<11}{desc}" + ("" if ok else f"  [{why}]"))
+        tr, va, te, g, m = SIZES[name]
+        print(f"{name:<21}{'yes' if ok else 'no':<10}{f'{tr}/{va}/{te}':<21}{g:>6}{m:>5}  {desc}"
+              + ("" if ok else f"\n{'':<21}install with: {why}"))
     return 0
+
+
+def _run_and_write(args, methods, command: str) -> int:
+    from . import plots
+    from .compare import compare, markdown_table, results_json
+    from .data import load
+    from .results import write_json
+
+    t0 = time.perf_counter()
+    data = load(args.data, seed=args.seed, **_params(args.param))
+    results = compare(data, methods, seed=args.seed, n_boot=args.n_boot, progress=not args.quiet,
+                      erm_head=data.get("head"))
+    for name, r in results.items():
+        print(f"\n== {name} on {args.data} / test ==")
+        print(r["report"].table())
+    print("\n" + markdown_table(results))
+    os.makedirs(args.out, exist_ok=True)
+    res = results_json(results, data, args.data, args.seed,
+                       {"command": command, "methods": list(results), "data_params": _params(args.param)})
+    res["seconds_total"] = time.perf_counter() - t0
+    path = os.path.join(args.out, "results.json")
+    write_json(path, res)
+    print(f"\nwrote {path}")
+    if plots.have_matplotlib():
+        png = plots.group_accuracy_bars({k: r["report"] for k, r in results.items()},
+                                        os.path.join(args.out, "group_accuracy.png"),
+                                        title=f"{args.data}: per-group test accuracy",
+                                        group_names=data.get("group_names"))
+        print(f"wrote {png}")
+        nt = results.get("NeuronTune") or results.get("NeuronTune†")
+        if nt is not None and nt["method_report"]:
+            png = plots.delta_plot(nt["method_report"], os.path.join(args.out, "neurontune_delta.png"),
+                                   title=f"{args.data}: NeuronTune δ per neuron")
+            print(f"wrote {png}")
+    else:
+        print("(no plots: install matplotlib for PNGs)")
+    return 0
+
+
+def _params(items) -> dict:
+    """`--param key=value` pairs for the data loader; values parsed as Python literals."""
+    import ast
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--param: expected key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        low = v.strip().lower()
+        if low in ("true", "false"):
+            out[k] = low == "true"
+        else:
+            try:
+                out[k] = ast.literal_eval(v)
+            except (ValueError, SyntaxError):
+                out[k] = v
+    return out
 
 
 def _cmd_demo(args) -> int:
-    from tqdm import tqdm
+    from .compare import available_methods
 
-    from . import evaluate, plots
-    from .data import load
-    from .methods import DFR, ERM
-    from .results import provenance, write_json
+    return _run_and_write(args, available_methods(), "demo")
 
-    t0 = time.perf_counter()
-    steps = ["load data", "ERM", "DFR", "evaluate"]
-    bar = tqdm(total=len(steps), desc="demo", disable=args.quiet, unit="step")
-    bar.set_postfix_str(steps[0])
-    data = load(args.data, seed=args.seed)
-    train, val, test = data["train"], data["val"], data["test"]
-    bar.update(); bar.set_postfix_str(steps[1])
-    erm = ERM(seed=args.seed).fit(train)
-    bar.update(); bar.set_postfix_str(steps[2])
-    dfr_method = DFR(seed=args.seed)
-    dfr = dfr_method.fit(val)
-    bar.update(); bar.set_postfix_str(steps[3])
-    names = data.get("group_names")
-    reports = {name: evaluate(head, test, train_set=train, group_names=names, n_boot=args.n_boot, seed=args.seed)
-               for name, head in (("ERM", erm), ("DFR", dfr))}
-    bar.update(); bar.close()
-    for name, rep in reports.items():
-        print(f"\n== {name} on {args.data} / test ==")
-        print(rep.table())
-    os.makedirs(args.out, exist_ok=True)
-    result = {
-        "command": "demo", "data": args.data,
-        **provenance(args.seed, "auto", data_hash=train.fingerprint() + ":" + test.fingerprint()),
-        "seconds": time.perf_counter() - t0,
-        "methods": {name: rep.to_dict() for name, rep in reports.items()},
-        "dfr": dfr_method.report_,
-    }
-    path = os.path.join(args.out, "results.json")
-    write_json(path, result)
-    print(f"\nwrote {path}")
-    if plots.have_matplotlib():
-        png = plots.group_accuracy_bars(reports, os.path.join(args.out, "group_accuracy.png"),
-                                        title=f"{args.data}: per-group test accuracy", group_names=names)
-        print(f"wrote {png}")
-    else:
-        print("(no plot: install matplotlib for a PNG of per-group accuracy)")
-    return 0
+
+def _cmd_run(args) -> int:
+    from .compare import available_methods
+
+    canon = {m.lower().replace("†", "-dagger"): m for m in available_methods()}
+    key = args.method.lower()
+    if key not in canon:
+        raise ValueError(f"method: unknown {args.method!r}; choose from {sorted(canon)}")
+    methods = [canon[key]]
+    if methods[0] != "ERM":
+        methods.insert(0, "ERM")
+    return _run_and_write(args, methods, f"run {args.method}")
 
 
 def _cmd_bench(args) -> int:
@@ -85,13 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser("datasets", help="list the built-in benchmarks and whether each is available")
     d.set_defaults(fn=_cmd_datasets)
-    demo = sub.add_parser("demo", help="ERM vs DFR on a built-in benchmark, with a group table")
-    demo.add_argument("--data", default="planted", help="built-in benchmark (see `pydebias datasets`)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--out", default="results", help="directory for results.json and the plot")
-    demo.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the worst-group CI")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    def common(sp):
+        sp.add_argument("--data", default="colored-fashion", help="built-in benchmark (see `pydebias datasets`)")
+        sp.add_argument("--param", action="append", metavar="KEY=VALUE",
+                        help="data loader parameter, e.g. val_balanced=true or two_stage=false (repeatable)")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--out", default="results", help="directory for results.json and the plots")
+        sp.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the worst-group CI")
+        sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo = sub.add_parser("demo", help="every method side by side on a built-in benchmark")
+    common(demo)
     demo.set_defaults(fn=_cmd_demo)
+    run = sub.add_parser("run", help="one method (beside ERM) on a built-in benchmark")
+    run.add_argument("method", help="erm, classbalanced, jtt, afr, neurontune, neurontune-dagger, nsf, dfr")
+    common(run)
+    run.set_defaults(fn=_cmd_run)
     b = sub.add_parser("bench", help="kernel speed as ratios to one read of the input and to baselines")
     b.add_argument("--json", help="also write the table as JSON to this path")
     b.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the bar)")

@@ -46,3 +46,39 @@ def group_accuracy_bars(reports: Dict[str, "object"], path: str, title: str = ""
     plt.close(fig)
     write_atomic(path, buf.getvalue())
     return path
+
+
+def delta_plot(nt_report: Dict, path: str, title: str = "") -> str:
+    """NeuronTune's δ per neuron and class (first round), chosen neurons marked."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .results import write_atomic
+
+    rnd = nt_report["rounds"][0]
+    delta = np.array([[np.nan if v is None else v for v in row] for row in rnd["delta"]], dtype=float)
+    chosen = rnd["spurious"]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    xs = np.arange(delta.shape[1])
+    for c, row in enumerate(delta):
+        if np.isnan(row).all():
+            continue
+        ax.plot(xs, row, ".", ms=4, label=f"class {c}")
+        picks = chosen[c] if chosen and isinstance(chosen[0], list) else chosen
+        ax.plot(picks, row[picks], "o", mfc="none", ms=8, color="k")
+    ax.axhline(nt_report["params"]["lam"], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("neuron")
+    ax.set_ylabel("δ = median(wrong) − median(right)")
+    ax.set_title(title + " (circled: zeroed)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+    return path

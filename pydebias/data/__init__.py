@@ -1,29 +1,74 @@
 """Data: the EmbeddingSet container and the built-in benchmarks."""
 from .embedding_set import EmbeddingSet
 from .extract import extract_embeddings
-from .planted import planted
+from .planted import planted, planted_memmap
 from .standard import (StandardSplit, load_celeba, load_civilcomments, load_multinli,
                        load_waterbirds, to_embedding_set)
 
-__all__ = ["EmbeddingSet", "extract_embeddings", "planted", "StandardSplit", "load_celeba",
+__all__ = ["EmbeddingSet", "extract_embeddings", "planted", "planted_memmap", "StandardSplit", "load_celeba",
            "load_civilcomments", "load_multinli", "load_waterbirds", "to_embedding_set", "BUILTINS", "load", "availability"]
 
-BUILTINS = {
-    "planted": "synthetic embeddings with known spurious neurons (any size)",
+# name -> (description, loader module, loader function); loaders import lazily so that
+# `import pydebias` needs none of the optional data packages.  SIZES: default
+# train / val / test rows, groups and embedding width.
+_REGISTRY = {
+    "colored-fashion": ("Fashion-MNIST 0-4 vs 5-9, red/green tint spurious (p=0.95), two-stage CNN",
+                        "fashion", "load_colored_fashion"),
+    "fashion-on-textures": ("Waterbirds analogue: tops vs footwear pasted on grass/brick photos",
+                            "fashion", "load_fashion_on_textures"),
+    "reviews-token": ("fine-food reviews great vs other, appended phrase spurious, MiniLM embeddings",
+                      "reviews", "load_reviews_token"),
+    "adult-sex": ("Adult census income > 50K, sex as the attribute (real, not planted), MLP",
+                  "adult", "load_adult_sex"),
+    "planted": ("synthetic embeddings with known spurious neurons (any size)", "planted", "planted"),
+}
+BUILTINS = {name: desc for name, (desc, _, _) in _REGISTRY.items()}
+SIZES = {
+    "colored-fashion": (20000, 5000, 5000, 4, 64),
+    "fashion-on-textures": (20000, 5000, 5000, 4, 64),
+    "reviews-token": (3000, 1000, 1000, 4, 384),
+    "adult-sex": (26049, 6512, 16281, 4, 64),
+    "planted": (20000, 5000, 5000, 4, 64),
 }
 
 
+def _loader(name: str):
+    import importlib
+
+    if name not in _REGISTRY:
+        raise ValueError(f"name: unknown data set {name!r}; built-ins are {sorted(_REGISTRY)}")
+    _, module, fn = _REGISTRY[name]
+    return getattr(importlib.import_module(f"{__name__}.{module}"), fn)
+
+
 def load(name: str, seed: int = 0, **params):
-    """Load a built-in benchmark by name; returns a dict with 'train', 'val', 'test'."""
-    if name not in BUILTINS:
-        raise ValueError(f"name: unknown data set {name!r}; built-ins are {sorted(BUILTINS)}")
-    if name == "planted":
-        return planted(seed=seed, **params)
-    raise AssertionError(name)
+    """Load a built-in benchmark by name: a dict with 'train', 'val', 'test' EmbeddingSets,
+    'group_names' and, for built-ins with a trained backbone, its 'head' (the ERM head)."""
+    return _loader(name)(seed=seed, **params)
 
 
 def availability(name: str):
     """(available, reason) for a built-in: whether its source data is installed."""
-    if name not in BUILTINS:
-        raise ValueError(f"name: unknown data set {name!r}; built-ins are {sorted(BUILTINS)}")
+    _loader(name)
+    if name in ("colored-fashion", "fashion-on-textures"):
+        from .fashion import FASHION_ROOT, _find
+
+        try:
+            _find(FASHION_ROOT, "train-images-idx3-ubyte")
+        except FileNotFoundError:
+            return False, "apt-get install dataset-fashion-mnist"
+        if name == "fashion-on-textures":
+            import importlib.util
+
+            if importlib.util.find_spec("skimage") is None:
+                return False, "pip install scikit-image"
+        return True, ""
+    if name == "reviews-token":
+        from .reviews import reviews_availability
+
+        return reviews_availability()
+    if name == "adult-sex":
+        from .adult import adult_availability
+
+        return adult_availability()
     return True, ""

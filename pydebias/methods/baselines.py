@@ -10,7 +10,7 @@ from ..metrics import evaluate
 from ..nn.last_layer import balance_weights, train_linear_head
 from .base import Method
 
-__all__ = ["ERM", "DFR"]
+__all__ = ["ERM", "DFR", "ClassBalanced", "JTT", "AFR"]
 
 
 class ERM(Method):
@@ -61,4 +61,81 @@ class DFR(Method):
         self.head_ = self._fit_on(val, best)
         self.report_ = {"method": "DFR", "l2": best, "selection_worst_group": scores,
                         "group_counts": np.bincount(val.groups, minlength=val.n_groups).tolist()}
+        return self.head_
+
+
+class ClassBalanced(Method):
+    """Class-balanced last-layer retraining: NeuronTune's retraining without its masks
+    (the control that shows what the masks themselves add)."""
+
+    def __init__(self, l2: float = 1e-4, optimizer: str = "lbfgs", epochs: int = 100, seed: int = 0):
+        self.l2, self.optimizer, self.epochs, self.seed = l2, optimizer, epochs, seed
+
+    def fit(self, tune_set, head=None) -> nn.Linear:
+        s = self._check_set(tune_set, "tune_set")
+        C = max(s.n_classes, head.out_features if head is not None else 0)
+        self.head_ = train_linear_head(s.features, s.labels, C, sample_weight=balance_weights(s.labels, C),
+                                       l2=self.l2, optimizer=self.optimizer, epochs=self.epochs, seed=self.seed)
+        self.report_ = {"method": "ClassBalanced", "n_tune": len(s)}
+        return self.head_
+
+
+class JTT(Method):
+    """Just Train Twice (Liu et al., 2021), on the last layer: an identification head
+    trained briefly (``id_epochs`` L-BFGS iterations, strong ``id_l2``) marks the training
+    errors, which are then up-weighted by ``up_weight`` in a second training.
+
+    The paper retrains the whole network; on fixed embeddings only the head is retrained
+    (the usual last-layer form of JTT in comparisons such as AFR's).
+    """
+
+    def __init__(self, up_weight: float = 20.0, id_epochs: int = 10, id_l2: float = 1e-2, l2: float = 1e-4,
+                 epochs: int = 100, seed: int = 0):
+        self.up_weight, self.id_epochs, self.id_l2 = up_weight, id_epochs, id_l2
+        self.l2, self.epochs, self.seed = l2, epochs, seed
+
+    def fit(self, train, head=None) -> nn.Linear:
+        s = self._check_set(train, "train")
+        if self.up_weight < 1:
+            raise ValueError(f"up_weight: expected >= 1, got {self.up_weight}")
+        first = train_linear_head(s.features, s.labels, s.n_classes, l2=self.id_l2, epochs=self.id_epochs,
+                                  seed=self.seed)
+        from ..metrics import predict
+
+        wrong = predict(first, s.features) != s.labels
+        w = np.where(wrong, self.up_weight, 1.0)
+        self.head_ = train_linear_head(s.features, s.labels, s.n_classes, sample_weight=w, l2=self.l2,
+                                       epochs=self.epochs, seed=self.seed)
+        self.report_ = {"method": "JTT", "n_errors": int(wrong.sum()), "n_train": len(s)}
+        return self.head_
+
+
+class AFR(Method):
+    """Automatic Feature Reweighting (Qiu et al., 2023): retrain the last layer on held-out
+    data, weighting each sample by ``exp(-gamma * p_erm(y | x))`` (samples the ERM head
+    finds hard weigh more), weights normalised to equal totals per class, starting from
+    the ERM head with an L2 penalty ``l2`` pulling towards its weights.
+
+    The paper picks ``gamma`` and the penalty with group labels on validation data; here
+    they are fixed (``gamma=4``) unless the caller sweeps them, so AFR stays annotation-free.
+    """
+
+    def __init__(self, gamma: float = 4.0, l2: float = 1e-3, epochs: int = 100, seed: int = 0):
+        self.gamma, self.l2, self.epochs, self.seed = gamma, l2, epochs, seed
+
+    def fit(self, tune_set, head: nn.Linear) -> nn.Linear:
+        import torch
+
+        s = self._check_set(tune_set, "tune_set")
+        if not isinstance(head, nn.Linear):
+            raise TypeError("head: AFR needs the ERM torch.nn.Linear head")
+        with torch.no_grad():
+            p = torch.softmax(head(s.tensor()), 1)[torch.arange(len(s)), torch.from_numpy(s.labels)].numpy()
+        w = np.exp(-self.gamma * p.astype(np.float64))
+        totals = np.bincount(s.labels, weights=w, minlength=s.n_classes)
+        w = w / totals[s.labels]
+        w *= len(s) / w.sum()
+        self.head_ = train_linear_head(s.features, s.labels, s.n_classes, sample_weight=w, l2=self.l2,
+                                       epochs=self.epochs, seed=self.seed, init=head, anchor=head)
+        self.report_ = {"method": "AFR", "gamma": self.gamma, "weight_max_over_mean": float(w.max())}
         return self.head_

@@ -32,13 +32,16 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
                       l2: float = 1e-4, optimizer: str = "lbfgs", epochs: int = 100,
                       batch_size: int = 1024, lr: float = 1e-2, standardize: bool = True,
                       feature_mask: Optional[np.ndarray] = None, seed: int = 0,
-                      init: Optional[nn.Linear] = None) -> nn.Linear:
-    """Fit ``logits = W x + b`` by weighted cross-entropy + ``l2 * ||W||^2``.
+                      init: Optional[nn.Linear] = None, anchor: Optional[nn.Linear] = None) -> nn.Linear:
+    """Fit ``logits = (W * mask) x + b`` by weighted cross-entropy + an L2 penalty.
 
     ``optimizer="lbfgs"`` runs full-batch L-BFGS for at most ``epochs`` iterations
     (deterministic, best for up to ~10^6 x 10^3 in memory); ``"adam"`` runs
-    ``epochs`` epochs of minibatches of ``batch_size``. ``feature_mask`` (M,) zeroes
-    input neurons during training and in the returned head (their weights are 0).
+    ``epochs`` epochs of minibatches of ``batch_size``. ``feature_mask`` is an input
+    mask (M,) — the neuron is zeroed for every class — or a per-class weight mask
+    (C, M) zeroing ``W[c, i]``; masked weights are exactly 0 in the returned head.
+    The penalty is ``l2 * ||W - W_anchor||^2`` in standardised units (``anchor``
+    defaults to zero); ``init`` starts the optimiser from an existing head.
     """
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"optimizer: expected 'lbfgs' or 'adam', got {optimizer!r}")
@@ -56,28 +59,35 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
     if w.shape != (n,):
         raise ValueError(f"sample_weight: expected shape ({n},), got {tuple(w.shape)}")
     keep = torch.ones(m) if feature_mask is None else torch.as_tensor(np.asarray(feature_mask), dtype=torch.float32)
-    if keep.shape != (m,):
-        raise ValueError(f"feature_mask: expected shape ({m},), got {tuple(keep.shape)}")
+    if keep.shape not in ((m,), (n_classes, m)):
+        raise ValueError(f"feature_mask: expected shape ({m},) or ({n_classes}, {m}), got {tuple(keep.shape)}")
+    keep = keep.expand(n_classes, m)
     if standardize:
         mu = x.mean(0)
-        sd = x.std(0).clamp_min(1e-6)
+        sd = x.std(0).clamp_min(1e-6) if n > 1 else torch.ones(m)
     else:
         mu, sd = torch.zeros(m), torch.ones(m)
-    z_scale = keep / sd  # a masked neuron contributes 0 whatever its value
     gen = torch.Generator().manual_seed(seed)
     lin = nn.Linear(m, n_classes)
+
+    def standardised(head: nn.Linear):
+        hw, hb = head.weight.detach().float(), head.bias.detach().float()
+        return hw * sd, hb + hw @ mu
+
     with torch.no_grad():
-        if init is not None:  # start from an existing head expressed in standardised units
-            lin.weight.copy_(init.weight.detach().float() * sd)
-            lin.bias.copy_(init.bias.detach().float() + init.weight.detach().float() @ mu)
+        if init is not None:
+            iw, ib = standardised(init)
+            lin.weight.copy_(iw * keep)
+            lin.bias.copy_(ib)
         else:
             lin.weight.copy_(torch.randn(n_classes, m, generator=gen) * 0.01)
             lin.bias.zero_()
+    center = standardised(anchor)[0] * keep if anchor is not None else torch.zeros(n_classes, m)
 
     def loss_on(xb, yb, wb):
-        logits = lin((xb - mu) * z_scale)
+        logits = ((xb - mu) / sd) @ (lin.weight * keep).T + lin.bias
         ce = nn.functional.cross_entropy(logits, yb, reduction="none")
-        return (ce * wb).sum() / wb.sum() + l2 * (lin.weight ** 2).sum()
+        return (ce * wb).sum() / wb.sum() + l2 * ((lin.weight * keep - center) ** 2).sum()
 
     if optimizer == "lbfgs":
         opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=epochs, history_size=20,
@@ -98,10 +108,10 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
                 opt.zero_grad()
                 loss_on(x[idx], y[idx], w[idx]).backward()
                 opt.step()
-    # fold: W (x - mu) * keep / sd + b  ==  (W * keep / sd) x + (b - (W * keep / sd) mu)
+    # fold: ((x - mu) / sd) @ (W * keep).T + b  ==  x @ W'.T + (b - W' mu),  W' = W * keep / sd
     head = nn.Linear(m, n_classes)
     with torch.no_grad():
-        wf = lin.weight * z_scale
+        wf = lin.weight * keep / sd
         head.weight.copy_(wf)
         head.bias.copy_(lin.bias - wf @ mu)
     return head

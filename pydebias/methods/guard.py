@@ -1,0 +1,61 @@
+"""Do-no-harm guard shared by the annotation-free methods (METHODS.md, "Do no harm").
+
+Compares a debiased head with the ERM head on a held-out part of the identification
+split using only what an annotation-free method may see (labels, never groups).
+
+Plain accuracy on a held-out split that is biased like the training data rewards the
+shortcut, so a head that really stops using it *loses* accuracy there; the guard
+therefore also splits the holdout into pseudo-groups (class x ERM right/wrong), the
+usual annotation-free proxy for bias-aligned / bias-conflicting samples (as in JTT and
+AFR). ERM scores 1 on its right cells and 0 on its wrong ones, i.e. 0.5 on their mean
+(the *pseudo-group balanced accuracy*, PGA). A debiasing head trades some of the former
+for much of the latter and scores well above 0.5; a head that merely scrambles
+predictions scores about 0.5. The head is rejected when
+
+* its PGA does not exceed ERM's by ``min_gain``, or
+* its balanced (class-mean) accuracy falls more than ``tolerance`` below ERM's.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict
+
+import numpy as np
+
+from ..metrics import predict
+
+
+def label_free_figures(pred: np.ndarray, y: np.ndarray, erm_right: np.ndarray, n_classes: int) -> Dict[str, float]:
+    per_class = [float((pred[y == c] == c).mean()) for c in range(n_classes) if (y == c).any()]
+    cells = [float((pred[m] == y[m]).mean()) for c in range(n_classes) for r in (False, True)
+             for m in [(y == c) & (erm_right == r)] if m.any()]
+    share = np.bincount(pred, minlength=n_classes)[:n_classes] / max(1, len(pred))
+    return {"accuracy": float((pred == y).mean()), "worst_class_accuracy": min(per_class),
+            "balanced_accuracy": float(np.mean(per_class)),
+            "pseudo_group_balanced_accuracy": float(np.mean(cells)),
+            # 1 = predictions spread evenly over classes, 0 = a single class predicted
+            "prediction_balance": float(1 - (share.max() - share.min()))}
+
+
+def guard_check(new_head, erm_head, holdout, tolerance: float, method: str, min_gain: float = 0.02) -> Dict:
+    """Figures of both heads on ``holdout`` and whether the new head should be rejected."""
+    y = holdout.labels
+    C = max(holdout.n_classes, getattr(erm_head, "out_features", 0))
+    erm_pred = predict(erm_head, holdout.features)
+    right = erm_pred == y
+    before = label_free_figures(erm_pred, y, right, C)
+    after = label_free_figures(predict(new_head, holdout.features), y, right, C)
+    bal_drop = before["balanced_accuracy"] - after["balanced_accuracy"]
+    pga_gain = after["pseudo_group_balanced_accuracy"] - before["pseudo_group_balanced_accuracy"]
+    reasons = []
+    if pga_gain < min_gain:
+        reasons.append(f"no gain on the samples ERM gets wrong (pseudo-group balanced accuracy "
+                       f"{before['pseudo_group_balanced_accuracy']:.3f} -> {after['pseudo_group_balanced_accuracy']:.3f})")
+    if bal_drop > tolerance:
+        reasons.append(f"balanced accuracy fell {bal_drop:.3f} (> tolerance {tolerance})")
+    if reasons:
+        warnings.warn(f"{method}: the debiased head looks harmful on held-out identification data: "
+                      + "; ".join(reasons), stacklevel=3)
+    return {"erm": before, "debiased": after, "balanced_accuracy_drop": bal_drop,
+            "pseudo_group_gain": pga_gain, "tolerance": tolerance, "min_gain": min_gain,
+            "harmful": bool(reasons), "reasons": reasons, "n_holdout": len(holdout)}

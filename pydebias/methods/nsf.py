@@ -1,0 +1,344 @@
+"""NSF — "Let Samples Speak" (CVPR 2025): identify, neutralize, eliminate, update.
+
+Post-hoc and annotation-free: only features and class labels of an identification set
+(the authors use the validation split) are read; group labels never are.
+
+1. **Identify.** Class means ``μ_c``; a sample is an *outlier* when its nearest class mean
+   (L2) is not its label's, an *inlier* otherwise. Per-class dispersion figures
+   (:class:`pydebias.cluster.Dispersion`) go into ``report_["dispersion"]``.
+2. **Neutralize.** Per class a bias-neutral target ``u_c = ½(μ_in,c + μ_out,c)`` (means of
+   its inliers and outliers) when the class has an outlier, else ``μ_in,c``. A class
+   with outliers but no inlier gets ``u_c = μ_c`` (its mean over all its samples) and a
+   warning. *Extension beyond the paper* (``k_clusters > 1``): per-class FAISS k-means
+   with k clusters, ``u_c`` = unweighted mean of the class's cluster means.
+3. **Eliminate.** An element-wise transform ``T(f) = (f + s) ⊙ β − s`` (β = 1, s = 0 at
+   start) minimising ``mean_n ||T(f_n) − u_{y_n}||₂ + α·mean(β)`` (L2 norm, not squared),
+   AdamW (lr, weight decay 0), full batch (gradients accumulated over row chunks, so
+   memmaps stream), ``n_eliminate_steps`` steps.
+4. **Update.** G1 = outliers of step 1 whose nearest target ``u_c`` after the transform
+   is their label's (*rescued*), G2 = the inliers; outliers still wrong are dropped.
+   A fresh linear head on ``T(f)`` is trained with ``CE_mean(G1) + CE_mean(G2)``, each step
+   taking all of the smaller group and as many rows drawn with replacement from the
+   larger, AdamW (lr, weight decay 0), ``n_update_steps`` steps. An empty G1 falls back
+   to plain full-batch training on G2 (an empty G2 to G1; both empty to all rows), noted
+   in ``report_["notes"]``.
+
+The returned head folds T in: ``W' = W·diag(β)``, ``b' = b + W(β ⊙ s − s)``, so inference is
+one ``nn.Linear`` on the raw embeddings.
+
+Default step counts are the authors' Waterbirds setting (10 eliminate / 500 update
+steps); their other settings: CelebA 350/110, MultiNLI 1200/1500, CivilComments 300/100.
+
+**Do no harm.** With ``holdout > 0`` and an ERM ``head`` given, a class-stratified
+fraction of ``id_set`` is held out (NSF is fitted on the rest) and the NSF head is compared
+with ``head`` there on label-free figures: mean accuracy, worst-class accuracy, balanced
+accuracy (mean of per-class accuracies) and prediction balance
+(``1 − ½·Σ_c |share of predictions in c − share of labels in c|``; 1 means the predicted
+class mix equals the true one); also recorded, not used by the rule: the
+pseudo-group balanced accuracy (mean accuracy over the cells class × ERM right/wrong on
+the holdout; ERM itself scores 0.5 there). All are kept in ``report_["guard"]``; a
+warning names every figure that dropped by more than ``guard_tolerance``; with ``guard=True`` the ERM
+``head`` is returned when worst-class *or* balanced accuracy dropped by more than
+``guard_tolerance``. Default 0.03 (3 points): about 1.5 standard deviations of the
+paired difference of two heads' accuracies on ~400 held-out samples per class when they
+disagree on ~15 % of them. The NSF head is always available as ``nsf_head_``.
+
+What the guard can and cannot see (measured on ``planted``, 6,000/3,000/3,000, seed 0):
+with a *balanced* identification split NSF raises test worst-group accuracy
+(27.4 -> 40.9 %) and the holdout figures rise, so the guard stays silent; where there is
+no shortcut (``corr=0.5``) NSF lowers it (80.4 -> 40.9 %), the holdout figures drop
+15 points and the guard fires. But on a *biased* identification split (as biased as
+train) every label-free figure is dominated by the majority groups, so a real gain
+(27.4 -> 67.2 %) shows as an 8-10 point drop and the guard returns ERM: the cost of the
+guard is that gain (the pseudo-group balanced accuracy does show it: +21 points there,
++12 in the shortcut-free case, so it cannot be the rule on its own). Use ``guard=False``
+(the warning and ``report_["guard"]`` remain) or a group-balanced identification split
+when the split is known to be biased.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import _arrays, cluster
+from ..metrics import GroupReport, predict
+from .base import Method
+
+__all__ = ["NSF", "fold_transform"]
+
+
+def fold_transform(head: nn.Linear, beta: torch.Tensor, shift: torch.Tensor) -> nn.Linear:
+    """``head ∘ T`` with ``T(f) = (f + s) ⊙ β − s`` as one ``nn.Linear``:
+    ``W' = W·diag(β)``, ``b' = b + W(β ⊙ s − s)`` (computed in float64, stored as head's dtype)."""
+    W = head.weight.detach().double()
+    b = head.bias.detach().double() if head.bias is not None else torch.zeros(W.shape[0], dtype=torch.float64,
+                                                                              device=W.device)
+    be, s = beta.detach().double().to(W.device), shift.detach().double().to(W.device)
+    out = nn.Linear(W.shape[1], W.shape[0]).to(device=W.device, dtype=head.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(W * be)
+        out.bias.copy_(b + W @ (be * s - s))
+    return out
+
+
+def _label_free_figures(preds: np.ndarray, s, erm_right: np.ndarray) -> Dict[str, float]:
+    rep = GroupReport(s.labels, preds, None, s.n_classes)  # groups deliberately not passed
+    label_share = np.bincount(s.labels, minlength=s.n_classes)[:s.n_classes] / max(len(s), 1)
+    balance = 1.0 - 0.5 * float(np.abs(np.asarray(rep.prediction_share) - label_share).sum())
+    ok = preds == s.labels
+    cells = [ok[m].mean() for c in range(s.n_classes) for r in (False, True)
+             for m in [(s.labels == c) & (erm_right == r)] if m.any()]
+    return {"accuracy": rep.accuracy, "worst_class_accuracy": rep.worst_class_accuracy,
+            "balanced_accuracy": rep.balanced_accuracy, "prediction_balance": balance,
+            "pseudo_group_balanced_accuracy": float(np.mean(cells))}
+
+
+class NSF(Method):
+    """NSF (Let Samples Speak) on a linear head; see the module docstring for the steps.
+
+    Parameters
+    ----------
+    alpha : weight of ``mean(β)`` in the elimination loss (paper: 10).
+    n_eliminate_steps, n_update_steps : N1 / N2 (default: the authors' Waterbirds 10 / 500).
+    lr : AdamW learning rate of both stages (weight decay 0; paper: 1e-3).
+    k_clusters : 1 = the paper's inlier/outlier target; > 1 = per-class FAISS k-means
+        target (an extension, not in the paper).
+    seed : seeds the holdout split, head initialisation, sampling and k-means.
+    holdout : fraction of ``id_set`` held out (class-stratified) for the do-no-harm check;
+        0 disables it (the paper fits on all of the set).
+    guard, guard_tolerance : return the given ERM head when the NSF head's worst-class or
+        balanced accuracy on the holdout is lower by more than ``guard_tolerance``.
+    kmeans_iter : Lloyd iterations of the k-means extension.
+    chunk_rows : rows per chunk for the streaming passes (default: ~16 MB of float32).
+    """
+
+    def __init__(self, alpha: float = 10.0, n_eliminate_steps: int = 10, n_update_steps: int = 500,
+                 lr: float = 1e-3, k_clusters: int = 1, seed: int = 0, holdout: float = 0.25,
+                 guard: bool = True, guard_tolerance: float = 0.03, kmeans_iter: int = 20,
+                 chunk_rows: Optional[int] = None):
+        self.alpha, self.n_eliminate_steps, self.n_update_steps = alpha, n_eliminate_steps, n_update_steps
+        self.lr, self.k_clusters, self.seed, self.holdout = lr, k_clusters, seed, holdout
+        self.guard, self.guard_tolerance = guard, guard_tolerance
+        self.kmeans_iter, self.chunk_rows = kmeans_iter, chunk_rows
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self):
+        if not np.isfinite(self.alpha) or self.alpha < 0:
+            raise ValueError(f"alpha: expected a finite value >= 0, got {self.alpha}")
+        for name in ("n_eliminate_steps", "n_update_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected > 0, got {self.lr}")
+        if not isinstance(self.k_clusters, (int, np.integer)) or self.k_clusters < 1:
+            raise ValueError(f"k_clusters: expected an integer >= 1, got {self.k_clusters!r}")
+        if not 0 <= self.holdout < 1:
+            raise ValueError(f"holdout: expected a fraction in [0, 1), got {self.holdout}")
+        if self.guard_tolerance < 0:
+            raise ValueError(f"guard_tolerance: expected >= 0, got {self.guard_tolerance}")
+
+    @staticmethod
+    def _check_head(head, m: int, c: int):
+        if head is None:
+            return
+        if not isinstance(head, nn.Linear):
+            raise TypeError(f"head: expected a torch.nn.Linear (e.g. ERM().fit(train)), got {type(head).__name__}")
+        if head.in_features != m or head.out_features < c:
+            raise ValueError(f"head: expects {head.in_features} features -> {head.out_features} classes, "
+                             f"but the set has {m} features and {c} classes")
+
+    # ------------------------------------------------------------------ helpers
+    def _rows(self, x, idx: np.ndarray, device) -> torch.Tensor:
+        """float32 rows ``idx`` (sorted for streaming reads) of x on ``device``."""
+        if _arrays.is_tensor(x):
+            return x[torch.from_numpy(idx).to(x.device)].to(device=device, dtype=torch.float32)
+        return torch.from_numpy(np.asarray(x[idx], dtype=np.float32)).to(device)
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, id_set, head: Optional[nn.Linear] = None) -> nn.Linear:
+        """Run NSF on ``id_set`` (features + class labels); returns the folded head.
+
+        ``head`` (the ERM head) is used only by the do-no-harm check and as its fallback.
+        """
+        self._check_params()
+        id_set = self._check_set(id_set, "id_set")
+        C, M = id_set.n_classes, id_set.n_features
+        self._check_head(head, M, C)
+        notes: List[str] = []
+        hold = None
+        if self.holdout > 0 and head is not None:
+            fit_set, hold = id_set.split_holdout(self.holdout, seed=self.seed)
+            if len(fit_set) == 0 or len(hold) == 0:
+                raise ValueError(f"holdout: {self.holdout} leaves an empty part of a {len(id_set)}-row set; "
+                                 "lower it or pass holdout=0")
+        else:
+            fit_set = id_set
+            notes.append("no ERM head given: do-no-harm check skipped" if head is None
+                         else "holdout=0: do-no-harm check off (NSF fitted on all of id_set)")
+        x, y = fit_set.features, fit_set.labels
+        device = x.device if _arrays.is_tensor(x) else torch.device("cpu")
+        N = len(fit_set)
+        gen = torch.Generator().manual_seed(int(self.seed))
+
+        # 1. identify
+        disp = cluster.dispersion(x, y, C, chunk_rows=self.chunk_rows)
+        outlier = disp.nearest != y
+        present = np.bincount(y, minlength=C)[:C] > 0
+
+        # 2. neutralize
+        split_means, split_counts = cluster.class_means(x, y + C * outlier, 2 * C, self.chunk_rows)
+        mu_in, mu_out = split_means[:C], split_means[C:]
+        n_in, n_out = split_counts[:C], split_counts[C:]
+        targets = np.zeros((C, M), dtype=np.float64)
+        no_inlier = [int(c) for c in range(C) if present[c] and n_in[c] == 0]
+        for c in np.flatnonzero(present):
+            if n_in[c] == 0:
+                targets[c] = disp.means[c]
+            elif n_out[c] == 0:
+                targets[c] = mu_in[c]
+            else:
+                targets[c] = 0.5 * (mu_in[c] + mu_out[c])
+        if no_inlier:
+            msg = (f"NSF: class(es) {no_inlier} have no inlier (every sample is nearer another class "
+                   "mean); their neutral target is the class mean over all their samples")
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            notes.append(msg)
+        target_kind = "inlier/outlier midpoint (paper)"
+        if self.k_clusters > 1:
+            km = cluster.kmeans(x, int(self.k_clusters), n_iter=self.kmeans_iter, seed=self.seed, labels=y,
+                                n_classes=C)
+            for c in np.flatnonzero(present):
+                targets[c] = km.class_centroids(int(c)).astype(np.float64).mean(0)
+            target_kind = f"mean of {self.k_clusters} per-class k-means cluster means (extension)"
+        U = torch.from_numpy(targets).to(device, torch.float32)
+
+        # 3. eliminate
+        beta = torch.ones(M, device=device, requires_grad=True)
+        shift = torch.zeros(M, device=device, requires_grad=True)
+        opt = torch.optim.AdamW([beta, shift], lr=self.lr, weight_decay=0.0)
+        yt = torch.from_numpy(y).to(device)
+        rows = _arrays.default_chunk_rows(M, 4, 16 << 20) if self.chunk_rows is None else self.chunk_rows
+        elim_loss: List[float] = []
+        for _ in range(self.n_eliminate_steps):
+            opt.zero_grad()
+            total = 0.0
+            for sl in _arrays.row_chunks(N, rows):
+                f = _arrays.as_tensor(x[sl]).to(device=device, dtype=torch.float32)
+                d = torch.linalg.vector_norm((f + shift) * beta - shift - U[yt[sl]], dim=1)
+                part = d.sum() / N
+                part.backward()
+                total += float(part.detach())
+            reg = self.alpha * beta.mean()
+            reg.backward()
+            elim_loss.append(total + float(reg.detach()))
+            opt.step()
+        beta_, shift_ = beta.detach(), shift.detach()
+
+        def T(f):
+            return (f + shift_) * beta_ - shift_
+
+        # 4. update: who is rescued
+        out_idx = np.flatnonzero(outlier)
+        rescued = np.zeros(out_idx.size, dtype=bool)
+        tgt_ids = np.flatnonzero(present)
+        for s in range(0, out_idx.size, rows):
+            part = out_idx[s:s + rows]
+            tf = T(self._rows(x, part, device))
+            near, _ = cluster.nearest_centroid(tf, targets[tgt_ids].astype(np.float32), gpu="auto")
+            rescued[s:s + part.size] = tgt_ids[near] == y[part]
+        g1 = out_idx[rescued]
+        g2 = np.flatnonzero(~outlier)
+        dropped = int(out_idx.size - g1.size)
+
+        unlearnt = [int(c) for c in np.flatnonzero(present)
+                    if not np.isin(c, y[g1]) and not np.isin(c, y[g2])]
+        if unlearnt and (g1.size or g2.size):
+            msg = (f"NSF: class(es) {unlearnt} have no sample in G1 (rescued) or G2 (inliers): "
+                   "the updated head never sees them")
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            notes.append(msg)
+        lin = nn.Linear(M, C).to(device)
+        bound = 1.0 / np.sqrt(M)
+        with torch.no_grad():  # nn.Linear's default init, drawn from our seeded generator
+            lin.weight.copy_((torch.rand(C, M, generator=gen) * 2 - 1) * bound)
+            lin.bias.copy_((torch.rand(C, generator=gen) * 2 - 1) * bound)
+        hopt = torch.optim.AdamW(lin.parameters(), lr=self.lr, weight_decay=0.0)
+        ce = nn.functional.cross_entropy
+        upd_loss: List[float] = []
+        if g1.size and g2.size:
+            mode = "balanced: CE_mean(G1) + CE_mean(G2), smaller group whole, larger resampled"
+            small, large = (g1, g2) if g1.size <= g2.size else (g2, g1)
+            fs, ys = T(self._rows(x, small, device)), yt[torch.from_numpy(small).to(device)]
+            for _ in range(self.n_update_steps):
+                pick = np.sort(large[torch.randint(0, large.size, (small.size,), generator=gen).numpy()])
+                fl, yl = T(self._rows(x, pick, device)), yt[torch.from_numpy(pick).to(device)]
+                hopt.zero_grad()
+                loss = ce(lin(fs), ys) + ce(lin(fl), yl)
+                loss.backward()
+                hopt.step()
+                upd_loss.append(float(loss.detach()))
+        else:
+            if g2.size:
+                only, mode = g2, "G2 only: no outlier was rescued (G1 empty); plain training on the inliers"
+            elif g1.size:
+                only, mode = g1, "G1 only: no inlier (G2 empty); plain training on the rescued outliers"
+            else:
+                only, mode = np.arange(N), "all rows: G1 and G2 both empty; plain training on every sample"
+            notes.append(mode)
+            warnings.warn(f"NSF: {mode}", RuntimeWarning, stacklevel=2)
+            fo, yo = T(self._rows(x, only, device)), yt[torch.from_numpy(only).to(device)]
+            for _ in range(self.n_update_steps):
+                hopt.zero_grad()
+                loss = ce(lin(fo), yo)
+                loss.backward()
+                hopt.step()
+                upd_loss.append(float(loss.detach()))
+        if not all(np.isfinite(elim_loss)) or not all(np.isfinite(upd_loss)):
+            raise FloatingPointError("NSF: a loss became NaN/inf; check the features' scale or lower lr")
+
+        self.beta_, self.shift_ = beta_.cpu(), shift_.cpu()
+        self.targets_ = targets
+        self.outlier_ = outlier  # over the rows NSF was fitted on (id_set minus the holdout)
+        self.transformed_head_ = lin  # the fresh head on T(f), before folding
+        self.nsf_head_ = fold_transform(lin, beta_, shift_)
+        self.head_ = self.nsf_head_
+
+        counts = {"n_fit": int(N), "outliers": int(out_idx.size), "rescued": int(g1.size), "dropped": dropped,
+                  "inliers": int(g2.size),
+                  "outliers_per_class": np.bincount(y[out_idx], minlength=C)[:C].tolist(),
+                  "rescued_per_class": np.bincount(y[g1], minlength=C)[:C].tolist()}
+        self.report_ = {
+            "method": "NSF", "params": self.get_params(), "dispersion": disp.to_dict(), "counts": counts,
+            "targets": target_kind, "no_inlier_classes": no_inlier, "eliminate_loss": elim_loss,
+            "update_loss": upd_loss, "update_mode": mode,
+            "beta": {"min": float(beta_.min()), "mean": float(beta_.mean()), "max": float(beta_.max())},
+            "shift_norm": float(shift_.norm()), "guard": None, "returned": "nsf", "notes": notes,
+        }
+
+        # do no harm
+        if hold is not None:
+            erm_pred = predict(head, hold.features)
+            erm_f = _label_free_figures(erm_pred, hold, erm_pred == hold.labels)
+            nsf_f = _label_free_figures(predict(self.nsf_head_, hold.features), hold, erm_pred == hold.labels)
+            drop = {k: erm_f[k] - nsf_f[k] for k in erm_f}
+            tol = float(self.guard_tolerance)
+            dropped_figs = [k for k, v in drop.items() if v > tol and k != "pseudo_group_balanced_accuracy"]
+            fire = drop["worst_class_accuracy"] > tol or drop["balanced_accuracy"] > tol
+            self.report_["guard"] = {"n_holdout": len(hold), "erm": erm_f, "nsf": nsf_f, "drop": drop,
+                                     "tolerance": tol, "enabled": bool(self.guard), "fired": bool(self.guard and fire),
+                                     "harm_detected": bool(fire)}
+            if dropped_figs:
+                what = ", ".join(f"{k} {100 * erm_f[k]:.1f}% -> {100 * nsf_f[k]:.1f}%" for k in dropped_figs)
+                act = "returning the ERM head (guard=True)" if (self.guard and fire) else "keeping the NSF head"
+                msg = f"NSF: on the held-out {self.holdout:.0%} of id_set the NSF head is worse than ERM: {what}; {act}"
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
+                notes.append(msg)
+            if self.guard and fire:
+                self.head_ = head
+                self.report_["returned"] = "erm"
+        return self.head_

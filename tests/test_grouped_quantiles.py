@@ -1,0 +1,234 @@
+"""K2 exact grouped quantiles: every backend bit for bit against np.quantile(method=lower/higher)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pydebias import NeuronStats, neuron_stats
+from pydebias import stats as stats_mod
+from pydebias.stats import grouped_quantiles
+from conftest import HAVE_TRITON
+
+BACKENDS = ["cpp", "torch"] + (["triton"] if HAVE_TRITON else [])
+LEVELS = (0.5, 0.0, 1.0, 0.1, 0.37, 0.99)
+
+
+def numpy_quantiles(x, g, G, levels, method):
+    """np.quantile per group on the values widened to float64; NaN for empty groups."""
+    x = x.to(torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+    out = np.full((len(levels), G, x.shape[1]), np.nan)
+    for k in range(G):
+        rows = x[g == k]
+        if rows.shape[0]:
+            out[:, k] = np.quantile(rows, levels, axis=0, method=method)
+    return out
+
+
+def assert_exact(x, g, G, backend, levels=LEVELS):
+    for method in ("lower", "higher"):
+        got = grouped_quantiles(x, g, G, quantiles=levels, method=method, backend=backend)
+        ref = numpy_quantiles(x, g, G, levels, method)
+        assert got.shape == ref.shape
+        np.testing.assert_array_equal(got, ref, err_msg=f"{backend} {method}")
+
+
+def small(backend, n, m):
+    """The Triton interpreter is slow: keep its inputs small."""
+    return (min(n, 300), min(m, 12)) if backend == "triton" else (n, m)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,m,G", [(997, 37, 4), (1, 5, 3), (50, 1, 2), (20000, 24, 3)])
+def test_random_matches_numpy(backend, n, m, G):
+    n, m = small(backend, n, m)
+    rng = np.random.default_rng(n + m)
+    x = (rng.standard_normal((n, m)) * 3 + 1).astype(np.float32)
+    assert_exact(x, rng.integers(0, G, n), G, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_point_masses_and_infinities(backend):
+    n, m = small(backend, 6000, 10)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, m)).astype(np.float32)
+    x[:, 0] = np.maximum(x[:, 0], 0)  # ReLU: a point mass at 0 near the median
+    x[:, 1] = np.round(x[:, 1] * 2)  # a few integers, heavy ties
+    x[:, 2] = 7.0  # constant column
+    x[::3, 3] = np.inf
+    x[::2, 4] = -np.inf
+    x[::2, 5], x[1::2, 5] = np.inf, -np.inf  # only infinities
+    x[:, 6] = np.where(rng.random(n) < 0.49, 0.0, x[:, 6])  # mass just below the median
+    x[:, 7] = np.where(rng.random(n) < 0.51, 1.0, x[:, 7])  # mass over the median
+    g = rng.integers(0, 3, n)
+    assert_exact(x, g, 3, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_and_single_row_groups(backend):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    g = np.zeros(40, dtype=np.int64)
+    g[7] = 2  # groups 1 and 3 empty, group 2 a single row
+    got = grouped_quantiles(x, g, 4, quantiles=(0.5, 0.9), backend=backend)
+    assert np.isnan(got[:, 1]).all() and np.isnan(got[:, 3]).all()
+    np.testing.assert_array_equal(got[0, 2], x[7].astype(np.float64))
+    assert_exact(x, g, 4, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_low_and_high_precision_inputs(backend, dtype):
+    n, m = small(backend, 3000, 20)
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.standard_normal((n, m)).astype(np.float32)).to(dtype)
+    assert_exact(x, rng.integers(0, 4, n), 4, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_is_rejected_by_name(backend):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((200, 5)).astype(np.float32)
+    x[150, 3] = np.nan  # outside the C++ sample's rows
+    with pytest.raises(ValueError, match="features: contains NaN"):
+        grouped_quantiles(x, np.zeros(200, dtype=np.int64), 1, backend=backend)
+
+
+def test_cpp_nan_found_in_large_input():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((30000, 8)).astype(np.float32)
+    x[12345, 6] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        grouped_quantiles(x, rng.integers(0, 2, 30000), 2, backend="cpp")
+
+
+@pytest.mark.parametrize("z", [0.0, 1.0])
+def test_cpp_fallback_when_brackets_miss(monkeypatch, z):
+    """Brackets of width ~0 miss often: the exact fallback must take over, bit for bit."""
+    monkeypatch.setattr(stats_mod, "QUANTILE_BRACKET_Z", z)
+    monkeypatch.setattr(stats_mod, "QUANTILE_SAMPLE_ROWS", 64)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((20000, 9)).astype(np.float32)
+    x[:, 0] = np.sort(x[:, 0])  # sorted column: a strided sample is no help
+    x[:, 1] = np.maximum(x[:, 1], 0)
+    assert_exact(x, rng.integers(0, 3, 20000), 3, "cpp")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bf16"])
+def test_cpp_two_stage_brackets(monkeypatch, dtype):
+    """Small samples force the second (refining) stage on small data, with its strided
+    in-place sample; ties, point masses and infinities must still come out exact."""
+    monkeypatch.setattr(stats_mod, "QUANTILE_SAMPLE_ROWS", 64)
+    monkeypatch.setattr(stats_mod, "QUANTILE_REFINE", 4)
+    calls = []
+    orig = stats_mod._refine_brackets
+    monkeypatch.setattr(stats_mod, "_refine_brackets", lambda *a: calls.append(1) or orig(*a))
+    rng = np.random.default_rng(13)
+    n = 12000
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    x[:, 0] = np.maximum(x[:, 0], 0)
+    x[:, 1] = np.round(x[:, 1] * 2)
+    x[rng.random(n) < 0.49, 2] = 0.0
+    x[::5, 3] = np.inf
+    g = rng.integers(0, 3, n)
+    g[:40] = 3  # a small group, taken whole
+    data = torch.from_numpy(x).to(torch.bfloat16) if dtype == "bf16" else x.astype(dtype)
+    assert_exact(data, g, 4, "cpp")
+    assert calls
+
+
+def test_cpp_memmap_chunks(tmp_path):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5000, 16)).astype(np.float16)
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float16, shape=x.shape)
+    mm[:] = x
+    mm.flush()
+    ro = np.load(tmp_path / "x.npy", mmap_mode="r")
+    g = rng.integers(0, 3, 5000)
+    for method in ("lower", "higher"):
+        got = grouped_quantiles(ro, g, 3, quantiles=LEVELS, method=method, backend="cpp", chunk_rows=333)
+        np.testing.assert_array_equal(got, numpy_quantiles(x, g, 3, LEVELS, method))
+
+
+def test_midpoint_matches_numpy_on_finite_data():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((1001, 7)).astype(np.float32)
+    g = rng.integers(0, 2, 1001)
+    got = grouped_quantiles(x, g, 2, quantiles=(0.5, 0.25, 0.8), method="midpoint")
+    np.testing.assert_array_equal(got, numpy_quantiles(x, g, 2, (0.5, 0.25, 0.8), "midpoint"))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 400), m=st.integers(1, 6), G=st.integers(1, 4), seed=st.integers(0, 2 ** 16),
+       q=st.floats(0.0, 1.0), kind=st.sampled_from(["normal", "ints", "cauchy", "inf"]))
+def test_cpp_property_matches_numpy(n, m, G, seed, q, kind):
+    rng = np.random.default_rng(seed)
+    if kind == "ints":
+        x = rng.integers(-3, 4, (n, m)).astype(np.float32)
+    elif kind == "cauchy":
+        x = rng.standard_cauchy((n, m)).astype(np.float32)
+    else:
+        x = rng.standard_normal((n, m)).astype(np.float32)
+    if kind == "inf":
+        x[rng.random((n, m)) < 0.2] = np.inf
+        x[rng.random((n, m)) < 0.2] = -np.inf
+    assert_exact(x, rng.integers(0, G, n), G, "cpp", levels=(q, 0.5))
+
+
+# -- through neuron_stats / NeuronStats ------------------------------------------------
+def test_neuron_stats_median_and_quantile():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((800, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 800)
+    ok = rng.random(800) < 0.6
+    s = neuron_stats(x, y, correct=ok, quantiles=(0.5, 0.9))
+    assert s.median.shape == (3, 2, 5) and s.quantile_levels == (0.5, 0.9)
+    for c in range(3):
+        for k in range(2):
+            rows = x[(y == c) & (ok == bool(k))].astype(np.float64)
+            np.testing.assert_array_equal(s.median[c, k], np.quantile(rows, 0.5, axis=0, method="lower"))
+            np.testing.assert_array_equal(s.quantile(0.9, "higher")[c, k],
+                                          np.quantile(rows, 0.9, axis=0, method="higher"))
+    hi = neuron_stats(x, y, correct=ok, quantile_method="higher")
+    np.testing.assert_array_equal(hi.median, s.quantile(0.5, "higher"))
+
+
+def test_quantiles_off_and_errors_are_named():
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((100, 3)).astype(np.float32)
+    s = neuron_stats(x, groups=np.zeros(100, dtype=np.int64), quantiles=())
+    with pytest.raises(ValueError, match="q: quantile 0.5 was not computed"):
+        s.median
+    with pytest.raises(ValueError, match="quantiles: levels must lie in"):
+        neuron_stats(x, groups=np.zeros(100, dtype=np.int64), quantiles=(1.5,))
+    with pytest.raises(ValueError, match="quantile_method"):
+        neuron_stats(x, groups=np.zeros(100, dtype=np.int64), quantile_method="linear")
+
+
+def test_merge_drops_exact_quantiles_and_dict_round_trip():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((300, 4)).astype(np.float32)
+    x[0, 0] = np.inf
+    g = rng.integers(0, 2, 300)
+    s = neuron_stats(x, groups=g, quantiles=(0.5, 0.1))
+    back = NeuronStats.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back.equals(s) and back.quantile_levels == (0.1, 0.5)
+    np.testing.assert_array_equal(back.median, s.median)
+    merged = neuron_stats(x[:100], groups=g[:100]).merge(neuron_stats(x[100:], groups=g[100:]))
+    assert merged.quantile_levels == ()
+    with pytest.raises(ValueError, match="merge"):
+        merged.median
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_neuron_stats_backends_agree(backend):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((257, 9)).astype(np.float32)
+    g = rng.integers(0, 3, 257)
+    ref = neuron_stats(x, groups=g, backend="torch", quantiles=(0.5, 0.2))
+    got = neuron_stats(x, groups=g, backend=backend, quantiles=(0.5, 0.2))
+    for q in (0.5, 0.2):
+        for method in ("lower", "higher", "midpoint"):
+            np.testing.assert_array_equal(got.quantile(q, method), ref.quantile(q, method))

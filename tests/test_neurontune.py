@@ -1,0 +1,160 @@
+"""NeuronTune: δ, masks, folding, identification on planted, the guard."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pydebias import EmbeddingSet, evaluate
+from pydebias.data import planted
+from pydebias.methods import ERM, ClassBalanced, NeuronTune
+from pydebias.methods.guard import guard_check
+from pydebias.methods.neurontune import neuron_deltas, spurious_masks
+from pydebias.metrics import predict
+
+
+@pytest.fixture(scope="module")
+def bench():
+    d = planted(seed=0)  # the default sizes: 20,000 / 5,000 / 5,000
+    return d, ERM().fit(d["train"])
+
+
+def numpy_deltas(x, y, ok, C):
+    out = np.full((C, x.shape[1]), np.nan)
+    for c in range(C):
+        a, b = x[(y == c) & ~ok], x[(y == c) & ok]
+        if len(a) and len(b):
+            out[c] = np.quantile(a.astype(np.float64), 0.5, axis=0, method="lower") - \
+                np.quantile(b.astype(np.float64), 0.5, axis=0, method="lower")
+    return out
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_delta_equals_numpy(bench, backend):
+    d, erm = bench
+    v = d["val"]
+    ok = predict(erm, v.features) == v.labels
+    delta, counts = neuron_deltas(v.features, v.labels, ok, 2, backend=backend)
+    np.testing.assert_array_equal(delta, numpy_deltas(v.features, v.labels, ok, 2))
+    assert counts.tolist() == [[int(((v.labels == c) & (ok == k)).sum()) for k in (0, 1)] for c in range(2)]
+
+
+def test_class_without_errors_is_skipped_not_nan():
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 4)).astype(np.float32)
+    y = np.repeat([0, 1, 2], 20)
+    ok = np.ones(60, bool)
+    ok[20:25] = False  # only class 1 has misclassified samples
+    delta, _ = neuron_deltas(x, y, ok, 3)
+    assert np.isnan(delta[0]).all() and np.isnan(delta[2]).all() and not np.isnan(delta[1]).any()
+    keep = spurious_masks(delta, 0.0, "intersection")
+    np.testing.assert_array_equal(keep, (delta[1] <= 0).astype(np.float32))
+
+
+def test_mask_modes():
+    delta = np.array([[0.5, -1.0, 0.2, 0.0], [0.3, 0.4, -0.1, 0.0]])
+    assert spurious_masks(delta, 0.0, "intersection").tolist() == [0, 1, 1, 1]
+    assert spurious_masks(delta, 0.0, "union").tolist() == [0, 0, 0, 1]
+    assert spurious_masks(delta, 0.25, "union").tolist() == [0, 0, 1, 1]
+    np.testing.assert_array_equal(spurious_masks(delta, 0.0, "per_class"), [[0, 1, 0, 1], [0, 0, 1, 1]])
+    with pytest.raises(ValueError, match="mask_mode"):
+        spurious_masks(delta, 0.0, "all")
+
+
+def test_recovers_planted_neurons_at_default_setting(bench):
+    d, erm = bench
+    m = NeuronTune()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(d["val"], erm, tune_set=d["train"])
+    found, truth = set(m.spurious_neurons().tolist()), set(d["spurious_neurons"].tolist())
+    precision = len(found & truth) / max(1, len(found))
+    recall = len(found & truth) / len(truth)
+    print(f"\nNeuronTune on planted: precision {precision:.2f}, recall {recall:.2f}, found {sorted(found)}")
+    assert precision >= 0.9 and recall >= 0.9
+
+
+def test_folded_head_equals_head_on_masked_input(bench):
+    d, erm = bench
+    m = NeuronTune(guard=False)
+    head = m.fit(d["val"], erm, tune_set=d["train"])
+    x = d["test"].tensor()
+    keep = torch.from_numpy(m.mask_)
+    with torch.no_grad():
+        assert torch.allclose(head(x), head(x * keep), atol=1e-5)
+        assert torch.all(head.weight[:, keep == 0] == 0)
+
+
+def test_masks_lift_worst_group_over_plain_class_balanced_retraining():
+    d = planted(n_train=12000, n_val=4000, n_test=4000, val_corr=0.5, seed=1)
+    erm = ERM().fit(d["train"])
+    nt = evaluate(NeuronTune().fit(d["val"], erm, tune_set=d["train"]), d["test"]).worst_group_accuracy
+    cb = evaluate(ClassBalanced().fit(d["train"]), d["test"]).worst_group_accuracy
+    base = evaluate(erm, d["test"]).worst_group_accuracy
+    assert nt > cb + 0.2 and nt > base + 0.2
+
+
+def test_group_labels_are_never_read(bench):
+    d, erm = bench
+    v = d["val"]
+    blind = EmbeddingSet(v.features, v.labels)
+    a = NeuronTune(guard=False).fit(v, erm)
+    b = NeuronTune(guard=False).fit(blind, erm)
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+def test_report_records_what_it_did(bench):
+    d, erm = bench
+    m = NeuronTune()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(d["val"], erm)
+    r = m.report_
+    assert r["method"] == "NeuronTune†" and r["sfit"] > 0
+    assert len(r["rounds"][0]["delta"]) == 2 and "guard" in r
+    assert r["rounds"][0]["n_spurious_per_class"] == [len(m.spurious_neurons())] * 2
+
+
+def test_bad_arguments():
+    d = planted(n_train=100, n_val=100, n_test=10, seed=0)
+    erm = ERM().fit(d["train"])
+    with pytest.raises(TypeError, match="head"):
+        NeuronTune().fit(d["val"], head="erm")
+    with pytest.raises(ValueError, match="head: takes"):
+        NeuronTune().fit(d["val"], head=nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="mask_mode"):
+        NeuronTune(mask_mode="both").fit(d["val"], erm)
+
+
+def test_guard_fires_on_a_harmful_head_and_not_on_a_good_one(bench):
+    d, erm = bench
+    hold = d["val"].subset(np.arange(2000))
+    scrambled = nn.Linear(erm.in_features, 2)
+    torch.manual_seed(0)
+    with torch.no_grad():  # a head that ignores the data: predictions unrelated to labels
+        scrambled.weight.normal_(0, 0.01)
+        scrambled.bias.zero_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bad = guard_check(scrambled, erm, hold, tolerance=0.25, method="test")
+        good = guard_check(NeuronTune(guard=False).fit(d["val"], erm, tune_set=d["train"]), erm, hold,
+                           tolerance=0.25, method="test")
+    assert bad["harmful"] and not good["harmful"]
+    assert good["pseudo_group_gain"] > 0.1
+
+
+def test_guard_keeps_erm_head_when_told():
+    rng = np.random.default_rng(0)
+    # no shortcut at all: every neuron is core, ERM is already right; masking can only hurt
+    n = 3000
+    y = rng.integers(0, 2, n)
+    x = (rng.standard_normal((n, 8)) + 1.5 * y[:, None]).astype(np.float32)
+    s = EmbeddingSet(np.maximum(x, 0), y)
+    erm = ERM().fit(s)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        m = NeuronTune(lam=-1.0)  # λ below every δ: zeroes all neurons, a harmful head
+        head = m.fit(s, erm)
+    assert m.report_["guard"]["harmful"] and m.report_["guard"]["kept_erm_head"]
+    assert torch.equal(head.weight, erm.weight)
