@@ -10,10 +10,12 @@
 // sub-regions of the caller's keep buffer, so no thread shares a write pointer and
 // no per-thread copy is merged afterwards.
 #include "grouped_quantiles.h"
+#include "grouped_moments.h"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -194,13 +196,23 @@ inline void append_bits(const uint8_t* bits, int64_t m, const T* row, int64_t i0
     }
 }
 
+// One thread's K1 accumulators (G x m, fused pass), or none (shift == nullptr).
+struct MomentAcc {
+    const double* shift = nullptr;
+    std::vector<int64_t> count;
+    std::vector<double> s1, s2, mn, mx;
+    std::vector<int64_t> order, start;
+};
+
 // One thread's rows [r0, r1) of one call. Rows go in blocks (16-bit input widened to a
-// float block first), bucketed by group so each group's rows run four at a time.
+// float block first), bucketed by group so each group's rows run four at a time. With
+// K1 accumulators (float compare type, contiguous rows) each block is first added into
+// the moments, then counted while it is still in L2: one read of X for K1 and K2.
 template <typename T>
 void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, int64_t stride,
                   const int64_t* groups, int64_t G, int64_t Q, const std::vector<T>& lo,
                   const std::vector<T>& hi, const std::vector<T>& mass, std::vector<int32_t>& cnt,
-                  Sink<T> out) {
+                  Sink<T> out, MomentAcc* mo) {
     const int64_t qgm = Q * G * m;
     int32_t *a = cnt.data(), *d = a + qgm, *e = d + qgm;
     const int64_t mb = ((m + 63) / 64) * 8;  // flag bytes per row, whole 64-bit words
@@ -245,6 +257,12 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
                 for (int64_t off = 0; off < m * static_cast<int64_t>(sizeof(T)); off += 64)
                     __builtin_prefetch(row + off);
             }
+        }
+        if constexpr (std::is_same<T, float>::value) {
+            if (mo && mo->shift)
+                grouped_moments_block_f32(xb, m, nb, groups + b0, G, mo->shift, mo->count.data(),
+                                          mo->s1.data(), mo->s2.data(), mo->mn.data(),
+                                          mo->mx.data(), mo->order, mo->start);
         }
         std::fill(start.begin(), start.end(), 0);
         for (int64_t r = 0; r < nb; ++r) ++start[groups[b0 + r] + 1];
@@ -298,9 +316,18 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
 }
 
 // Phase 2 for at most 2^30 rows (the per-thread int32 counters cannot wrap).
+// With `mom` (shift, count, s1, s2, mn, mx of grouped_moments_accumulate; float compare
+// type and stride == m only) the same pass also accumulates the K1 moments.
+struct MomentOut {
+    const double* shift;
+    int64_t *count;
+    double *s1, *s2, *mn, *mx;
+};
+
 void collect_part(const void* x, Elem elem, int64_t n, int64_t m, int64_t stride, const int64_t* groups,
                   int64_t G, int64_t Q, const double* lo, const double* hi, const double* mass,
-                  int64_t* cnt, void* keep, const int64_t* keep_off, int64_t* keep_fill) {
+                  int64_t* cnt, void* keep, const int64_t* keep_off, int64_t* keep_fill,
+                  const MomentOut* mom = nullptr) {
     const int64_t qgm = Q * G * m;
     const int T = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), n / 64)));
     // Static row split; per thread and group, how many rows (to share keep space).
@@ -352,21 +379,46 @@ void collect_part(const void* x, Elem elem, int64_t n, int64_t m, int64_t stride
     }
     std::vector<std::vector<int32_t>> tc(T);
     std::vector<uint8_t> overflow(static_cast<size_t>(T) * qgm, 0);
+    std::vector<MomentAcc> macc(T);
+    const int64_t gm = G * m;
 #pragma omp parallel num_threads(T)
     {
         const int t = thread_id();
         tc[t].assign(3 * qgm, 0);
+        MomentAcc* mo = nullptr;
+        if (mom) {  // thread-private, first touched by their thread
+            mo = &macc[t];
+            mo->shift = mom->shift;
+            mo->count.assign(G, 0);
+            mo->s1.assign(gm, 0.0);
+            mo->s2.assign(gm, 0.0);
+            mo->mn.assign(gm, std::numeric_limits<double>::infinity());
+            mo->mx.assign(gm, -std::numeric_limits<double>::infinity());
+        }
         if (wide)
             collect_rows<double>(x, elem, rstart[t], rstart[t + 1], m, stride, groups, G, Q, lo64, hi64,
                                  w64, tc[t],
                                  Sink<double>{wp.data() + t * qgm, end.data() + t * qgm,
-                                              static_cast<double*>(keep), overflow.data() + t * qgm});
+                                              static_cast<double*>(keep), overflow.data() + t * qgm},
+                                 nullptr);
         else
             collect_rows<float>(x, elem, rstart[t], rstart[t + 1], m, stride, groups, G, Q, lo32, hi32,
                                 w32, tc[t],
                                 Sink<float>{wp.data() + t * qgm, end.data() + t * qgm,
-                                            static_cast<float*>(keep), overflow.data() + t * qgm});
+                                            static_cast<float*>(keep), overflow.data() + t * qgm},
+                                mo);
     }
+    // K1: reduce in thread order so a fixed thread count gives identical bits.
+    if (mom)
+        for (int t = 0; t < T; ++t) {
+            for (int64_t g = 0; g < G; ++g) mom->count[g] += macc[t].count[g];
+            for (int64_t i = 0; i < gm; ++i) {
+                mom->s1[i] += macc[t].s1[i];
+                mom->s2[i] += macc[t].s2[i];
+                mom->mn[i] = std::min(mom->mn[i], macc[t].mn[i]);
+                mom->mx[i] = std::max(mom->mx[i], macc[t].mx[i]);
+            }
+        }
     // Reduce counters and close the gaps between the threads' pieces of each region.
     const size_t ksize = wide ? sizeof(double) : sizeof(float);
     char* kb = static_cast<char*>(keep);
@@ -544,6 +596,28 @@ void quantile_collect(const void* x, Elem elem, int64_t n, int64_t m, int64_t st
         const int64_t nr = std::min(part, n - r0);
         collect_part(static_cast<const char*>(x) + r0 * stride * esize, elem, nr, m, stride, groups + r0, G, Q,
                      lo, hi, mass, cnt, keep, keep_off, keep_fill);
+    }
+}
+
+void moments_quantile_collect(const void* x, Elem elem, int64_t n, int64_t m,
+                              const int64_t* groups, int64_t G, const double* shift,
+                              int64_t* count, double* s1, double* s2, double* mn, double* mx,
+                              int64_t Q, const double* lo, const double* hi, const double* mass,
+                              int64_t* cnt, void* keep, const int64_t* keep_off,
+                              int64_t* keep_fill) {
+    if (elem == Elem::F64) {  // no float block to share: the two passes as they are
+        grouped_moments_accumulate(x, elem, n, m, groups, G, shift, count, s1, s2, mn, mx);
+        quantile_collect(x, elem, n, m, m, groups, G, Q, lo, hi, mass, cnt, keep, keep_off,
+                         keep_fill);
+        return;
+    }
+    const MomentOut mom{shift, count, s1, s2, mn, mx};
+    const int64_t part = int64_t(1) << 30;
+    const size_t esize = elem == Elem::F32 ? 4 : 2;
+    for (int64_t r0 = 0; r0 < n; r0 += part) {
+        const int64_t nr = std::min(part, n - r0);
+        collect_part(static_cast<const char*>(x) + r0 * m * esize, elem, nr, m, m, groups + r0, G,
+                     Q, lo, hi, mass, cnt, keep, keep_off, keep_fill, &mom);
     }
 }
 

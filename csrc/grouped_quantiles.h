@@ -40,6 +40,17 @@ void quantile_collect(const void* x, Elem elem, int64_t n, int64_t m, int64_t st
                       const double* hi, const double* mass, int64_t* cnt, void* keep,
                       const int64_t* keep_off, int64_t* keep_fill);
 
+// K1 and K2 phase 2 in one read of X (contiguous rows): adds the rows into the
+// accumulators of grouped_moments_accumulate and counts/keeps them as quantile_collect
+// does, each block of rows counted while it is still in cache after its moments update.
+// Float64 input runs the two passes one after the other.
+void moments_quantile_collect(const void* x, Elem elem, int64_t n, int64_t m,
+                              const int64_t* groups, int64_t G, const double* shift,
+                              int64_t* count, double* s1, double* s2, double* mn, double* mx,
+                              int64_t Q, const double* lo, const double* hi, const double* mass,
+                              int64_t* cnt, void* keep, const int64_t* keep_off,
+                              int64_t* keep_fill);
+
 // Throws KernelError on NaN among the kept values (a NaN in the data is always kept,
 // unless its region overflowed: then the caller's fallback must look).
 void quantile_select(int64_t Q, int64_t G, int64_t m, const int64_t* count, const int64_t* ranks,

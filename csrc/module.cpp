@@ -115,6 +115,41 @@ void py_quantile_collect(py::array x, int elem, py::array groups, int64_t n_grou
     quantile_collect(data, e, n, m, stride, g, n_groups, q, l, h, w, cn, kp, off, fill);
 }
 
+void py_moments_quantile_collect(py::array x, int elem, py::array groups, int64_t n_groups,
+                                 py::array shift, py::array count, py::array s1, py::array s2,
+                                 py::array mn, py::array mx, py::array lo, py::array hi,
+                                 py::array mass, py::array cnt, py::array keep,
+                                 py::array keep_off, py::array keep_fill) {
+    const Elem e = checked_elem(x, elem, "features");
+    const int64_t n = x.shape(0), m = x.shape(1), gm = n_groups * m;
+    if (cnt.ndim() != 4 || cnt.shape(0) != 3 || cnt.shape(2) != n_groups || cnt.shape(3) != m)
+        throw py::value_error("cnt: must have shape (3, n_levels, n_groups, n_neurons)");
+    const int64_t q = cnt.shape(1), qgm = q * n_groups * m;
+    const int64_t* g = checked<const int64_t>(groups, "groups", n, false);
+    const double* sh = checked<const double>(shift, "shift", m, false);
+    int64_t* c = checked<int64_t>(count, "count", n_groups, true);
+    double* a1 = checked<double>(s1, "s1", gm, true);
+    double* a2 = checked<double>(s2, "s2", gm, true);
+    double* mnp = checked<double>(mn, "mn", gm, true);
+    double* mxp = checked<double>(mx, "mx", gm, true);
+    const double* l = checked<const double>(lo, "lo", qgm, false);
+    const double* h = checked<const double>(hi, "hi", qgm, false);
+    const double* w = checked<const double>(mass, "mass", qgm, false);
+    int64_t* cn = checked<int64_t>(cnt, "cnt", 3 * qgm, true);
+    const int64_t* off = checked<const int64_t>(keep_off, "keep_off", qgm + 1, false);
+    int64_t* fill = checked<int64_t>(keep_fill, "keep_fill", qgm, true);
+    if (static_cast<size_t>(keep.itemsize()) != (e == Elem::F64 ? 8u : 4u))
+        throw py::type_error("keep: must be float64 for float64 features, else float32");
+    if (!(keep.flags() & py::array::c_style)) throw py::value_error("keep: must be C-contiguous");
+    if (!keep.writeable()) throw py::value_error("keep: must be writable");
+    void* kp = keep.mutable_data();
+    if (keep.size() < off[qgm]) throw py::value_error("keep: smaller than keep_off[-1]");
+    const void* data = x.data();
+    py::gil_scoped_release nogil;
+    moments_quantile_collect(data, e, n, m, g, n_groups, sh, c, a1, a2, mnp, mxp, q, l, h, w, cn,
+                             kp, off, fill);
+}
+
 void py_quantile_select(py::array count, py::array ranks, py::array mass, py::array cnt,
                         py::array keep, py::array keep_off, py::array keep_fill, py::array lower,
                         py::array higher, py::array miss) {
@@ -156,6 +191,12 @@ PYBIND11_MODULE(_C, mod) {
             py::arg("groups"), py::arg("n_groups"), py::arg("lo"), py::arg("hi"), py::arg("mass"),
             py::arg("cnt"), py::arg("keep"), py::arg("keep_off"), py::arg("keep_fill"),
             "K2 phase 2: count rows against the brackets and keep the values inside (in place).");
+    mod.def("moments_quantile_collect", &py_moments_quantile_collect, py::arg("x"),
+            py::arg("elem"), py::arg("groups"), py::arg("n_groups"), py::arg("shift"),
+            py::arg("count"), py::arg("s1"), py::arg("s2"), py::arg("mn"), py::arg("mx"),
+            py::arg("lo"), py::arg("hi"), py::arg("mass"), py::arg("cnt"), py::arg("keep"),
+            py::arg("keep_off"), py::arg("keep_fill"),
+            "K1 + K2 phase 2 in one read of contiguous rows: moments and bracket counts/keeps.");
     mod.def("quantile_select", &py_quantile_select, py::arg("count"), py::arg("ranks"),
             py::arg("mass"), py::arg("cnt"), py::arg("keep"), py::arg("keep_off"),
             py::arg("keep_fill"), py::arg("lower"), py::arg("higher"), py::arg("miss"),

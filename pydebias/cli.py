@@ -1,4 +1,4 @@
-"""The ``pydebias`` command: datasets, demo, bench."""
+"""The ``pydebias`` command: datasets, demo, run, report, bench."""
 from __future__ import annotations
 
 import argparse
@@ -81,13 +81,22 @@ def _params(items) -> dict:
 
 def _cmd_demo(args) -> int:
     from .compare import available_methods
+    from .data import availability
 
+    if args.data is None:
+        args.data = "colored-fashion"
+        ok, why = availability(args.data)
+        if not ok:
+            print(f"colored-fashion needs its source data ({why}); running the demo on 'planted' instead",
+                  file=sys.stderr)
+            args.data = "planted"
     return _run_and_write(args, available_methods(), "demo")
 
 
 def _cmd_run(args) -> int:
     from .compare import available_methods
 
+    args.data = args.data or "colored-fashion"
     canon = {m.lower().replace("†", "-dagger"): m for m in available_methods()}
     key = args.method.lower()
     if key not in canon:
@@ -96,6 +105,18 @@ def _cmd_run(args) -> int:
     if methods[0] != "ERM":
         methods.insert(0, "ERM")
     return _run_and_write(args, methods, f"run {args.method}")
+
+
+def _cmd_report(args) -> int:
+    from . import report
+
+    settings = report.default_settings(args.benchmarks)
+    rows = report.run_report(settings, seed=args.seed, n_boot=args.n_boot, progress=not args.quiet)
+    paths = report.write(rows, args.out, args.seed)
+    print(report.markdown(rows, args.seed))
+    for kind, path in paths.items():
+        print(f"wrote {path}")
+    return 0
 
 
 def _cmd_bench(args) -> int:
@@ -117,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("datasets", help="list the built-in benchmarks and whether each is available")
     d.set_defaults(fn=_cmd_datasets)
     def common(sp):
-        sp.add_argument("--data", default="colored-fashion", help="built-in benchmark (see `pydebias datasets`)")
+        sp.add_argument("--data", default=None,
+                        help="built-in benchmark (see `pydebias datasets`); default colored-fashion")
         sp.add_argument("--param", action="append", metavar="KEY=VALUE",
                         help="data loader parameter, e.g. val_balanced=true or two_stage=false (repeatable)")
         sp.add_argument("--seed", type=int, default=0)
@@ -131,6 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("method", help="erm, classbalanced, jtt, afr, neurontune, neurontune-dagger, nsf, dfr")
     common(run)
     run.set_defaults(fn=_cmd_run)
+    rp = sub.add_parser("report", help="every method x every built-in x both id splits x both backbones")
+    rp.add_argument("--benchmarks", nargs="*", help="restrict to these built-ins")
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--out", default="results/report", help="directory for report.md/.json/.png")
+    rp.add_argument("--n-boot", type=int, default=200)
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(fn=_cmd_report)
     b = sub.add_parser("bench", help="kernel speed as ratios to one read of the input and to baselines")
     b.add_argument("--json", help="also write the table as JSON to this path")
     b.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the bar)")

@@ -75,6 +75,10 @@ def compare(data: Dict, methods: Optional[Sequence[str]] = None, seed: int = 0, 
         rep = evaluate(head, data["test"], train_set=data["train"], group_names=names, n_boot=n_boot, seed=seed)
         out[name] = {"report": rep, "seconds": seconds, "head": head,
                      "method_report": getattr(method, "report_", None)}
+        guard = (out[name]["method_report"] or {}).get("guard") or {}
+        if guard.get("kept_erm_head"):
+            # what the guard cost (or saved): the head it set aside, on the test split
+            out[name]["unguarded"] = evaluate(method.debiased_head_, data["test"], train_set=data["train"])
     return out
 
 
@@ -85,6 +89,8 @@ def results_json(results: Dict[str, Dict], data: Dict, dataset: str, seed: int, 
     return {
         "dataset": dataset, "params": params, **provenance(seed, "auto", data_hash=fp),
         "methods": {name: {**r["report"].to_dict(), "seconds": r["seconds"],
+                           "guard_fired": "unguarded" in r,
+                           "unguarded": r["unguarded"].to_dict() if "unguarded" in r else None,
                            "method_report": _jsonable(r["method_report"])} for name, r in results.items()},
     }
 

@@ -167,48 +167,30 @@ def planted_runs():
 
 
 def test_planted_nsf_helps_and_the_guard_is_silent(planted_runs):
-    # measured: ERM 27.4 % -> NSF 40.9 % test worst-group accuracy; holdout figures rise
+    # balanced identification split: NSF lifts test worst-group accuracy, the guard keeps it
     r = planted_runs["balanced_val"]
     assert r["wga_nsf"] > r["wga_erm"] + 0.08
     g = r["m"].report_["guard"]
-    assert not g["fired"] and r["m"].report_["returned"] == "nsf" and r["head"] is r["m"].nsf_head_
-    assert g["drop"]["worst_class_accuracy"] < 0 and g["drop"]["balanced_accuracy"] < 0
+    assert not g["kept_erm_head"] and r["m"].report_["returned"] == "nsf" and r["head"] is r["m"].nsf_head_
+    assert g["pseudo_group_gain"] > max(0.02, g["balanced_accuracy_drop"])
 
 
 def test_planted_guard_fires_where_nsf_harms(planted_runs):
-    # no shortcut to remove: NSF lowers worst-group accuracy (measured 80.4 % -> 40.9 %)
+    # no shortcut to remove: NSF lowers worst-group accuracy, the guard returns ERM
     r = planted_runs["no_shortcut"]
     assert r["wga_nsf"] < r["wga_erm"] - 0.2
     g = r["m"].report_["guard"]
-    assert g["fired"] and r["head"] is r["erm"] and r["m"].report_["returned"] == "erm"
-    assert g["drop"]["balanced_accuracy"] > g["tolerance"]
+    assert g["kept_erm_head"] and r["head"] is r["erm"] and r["m"].report_["returned"] == "erm"
+    assert g["pseudo_group_gain"] < g["balanced_accuracy_drop"]
 
 
-def test_planted_biased_split_guard_costs_the_gain(planted_runs):
-    # the documented cost: on a biased identification split the label-free figures fall
-    # although NSF lifts worst-group accuracy (measured 27.4 % -> 67.2 %), so the guard
-    # returns ERM; the NSF head stays available
+def test_planted_biased_split_keeps_the_real_gain(planted_runs):
+    # a biased identification split: label-free accuracy falls (the shortcut paid there),
+    # but the gain on the samples ERM gets wrong is larger, so the NSF head is kept
     r = planted_runs["biased_val"]
     assert r["wga_nsf"] > r["wga_erm"] + 0.3
     g = r["m"].report_["guard"]
-    assert g["fired"] and r["head"] is r["erm"]
+    assert g["balanced_accuracy_drop"] > 0 and not g["kept_erm_head"] and r["head"] is r["m"].nsf_head_
     assert g["erm"]["pseudo_group_balanced_accuracy"] == pytest.approx(0.5)
-    assert g["nsf"]["pseudo_group_balanced_accuracy"] > 0.6  # recorded: the gain is visible there
     c = r["m"].report_["counts"]
     assert 0 < c["rescued"] <= c["outliers"] < c["inliers"]
-
-
-def test_memmap_and_chunking_equal_in_memory(tmp_path):
-    x, y = _overlapping(n=900)
-    mm = np.memmap(tmp_path / "f.f32", dtype=np.float32, mode="w+", shape=x.shape)
-    mm[:] = x
-    mm.flush()
-    mm = np.memmap(tmp_path / "f.f32", dtype=np.float32, mode="r", shape=x.shape)
-    a, b, c = NSF(holdout=0, n_eliminate_steps=20, n_update_steps=30), \
-        NSF(holdout=0, n_eliminate_steps=20, n_update_steps=30), \
-        NSF(holdout=0, n_eliminate_steps=20, n_update_steps=30, chunk_rows=128)
-    ha, hb, hc = a.fit(EmbeddingSet(x, y)), b.fit(EmbeddingSet(mm, y)), c.fit(EmbeddingSet(x, y))
-    assert torch.equal(ha.weight, hb.weight) and torch.equal(ha.bias, hb.bias)
-    np.testing.assert_array_equal(a.outlier_, c.outlier_)
-    # chunked full-batch gradients differ from one-chunk ones only by summation order
-    assert (ha.weight - hc.weight).abs().max() < 1e-4

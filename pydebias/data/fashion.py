@@ -285,26 +285,39 @@ def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed,
     if cached is not None and not all(np.array_equal(cached["groups"][s].numpy(), groups[s]) for s in groups):
         cached = None  # stale (e.g. other source files under the same parameters): rebuild
     model = backbones.SmallCNN(n_classes=2, in_channels=renderer.channels, embed_dim=embed_dim)
+    # The backbone depends on train (and pretraining) data only: one trained for another
+    # val_corr is reused, and only the embeddings are extracted again.
+    bb_params = {k: v for k, v in params.items() if k != "val_corr"}
+    bb_path = os.path.join(backbones.cache_root(cache_dir),
+                           f"{name}-backbone-{backbones.cache_key(name, bb_params, seed)[:24]}.pt")
     if cached is not None:
         model.load_state_dict(cached["state_dict"])
         feats = {s: cached["features"][s].numpy() for s in groups}
         log = cached.get("log", {})
     else:
-        log = {}
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(ss_torch.generate_state(1, dtype=np.uint32)[0]))
-            if two_stage:
-                pre = pretrain_set()
-                model = backbones.SmallCNN(n_classes=10, in_channels=renderer.channels, embed_dim=embed_dim)
-                log["pretrain"] = backbones.train_classifier(
-                    model, pre.batch, len(pre), pretrain_epochs, np.random.default_rng(ss_pre),
+        bb = backbones.load_cache(bb_path) if use_cache else None
+        if bb is not None:
+            model.load_state_dict(bb["state_dict"])
+            log = bb.get("log", {})
+        else:
+            log = {}
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(ss_torch.generate_state(1, dtype=np.uint32)[0]))
+                if two_stage:
+                    pre = pretrain_set()
+                    model = backbones.SmallCNN(n_classes=10, in_channels=renderer.channels, embed_dim=embed_dim)
+                    log["pretrain"] = backbones.train_classifier(
+                        model, pre.batch, len(pre), pretrain_epochs, np.random.default_rng(ss_pre),
+                        lr=lr, batch_size=batch_size)
+                    model.reset_head(2)
+                else:
+                    model = backbones.SmallCNN(n_classes=2, in_channels=renderer.channels, embed_dim=embed_dim)
+                log["erm"] = backbones.train_classifier(
+                    model, sets["train"].batch, len(sets["train"]), epochs, np.random.default_rng(ss_ft),
                     lr=lr, batch_size=batch_size)
-                model.reset_head(2)
-            else:
-                model = backbones.SmallCNN(n_classes=2, in_channels=renderer.channels, embed_dim=embed_dim)
-            log["erm"] = backbones.train_classifier(
-                model, sets["train"].batch, len(sets["train"]), epochs, np.random.default_rng(ss_ft),
-                lr=lr, batch_size=batch_size)
+            if use_cache:
+                backbones.save_cache(bb_path, {"state_dict": model.state_dict(), "params": bb_params,
+                                               "seed": int(seed), "version": backbones.CODE_VERSION, "log": log})
         feats = {s: backbones.extract_embeddings(model, sets[s].batch, len(sets[s])) for s in groups}
         if use_cache:
             backbones.save_cache(path, {

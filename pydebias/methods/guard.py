@@ -9,11 +9,18 @@ therefore also splits the holdout into pseudo-groups (class x ERM right/wrong), 
 usual annotation-free proxy for bias-aligned / bias-conflicting samples (as in JTT and
 AFR). ERM scores 1 on its right cells and 0 on its wrong ones, i.e. 0.5 on their mean
 (the *pseudo-group balanced accuracy*, PGA). A debiasing head trades some of the former
-for much of the latter and scores well above 0.5; a head that merely scrambles
-predictions scores about 0.5. The head is rejected when
+for much of the latter; a head that merely scrambles predictions gains little. The rule:
+the new head must gain more PGA than it loses balanced (class-mean) accuracy — what it
+wins on the samples ERM gets wrong must pay for what it loses on the rest. It is
+rejected when
 
-* its PGA does not exceed ERM's by ``min_gain``, or
-* its balanced (class-mean) accuracy falls more than ``tolerance`` below ERM's.
+* its PGA gain is below ``max(min_gain, balanced-accuracy drop)``, or
+* its balanced accuracy falls more than ``tolerance`` (a cap for collapses).
+
+Measured on ``planted`` (seed 0): NeuronTune with a biased identification split loses
+13.0 points of balanced accuracy on the holdout but gains 25.1 of PGA (kept; test
+worst-group accuracy 0.30 -> 0.82); NSF where there is no shortcut to remove loses 15.8
+and gains 12 (rejected; it would cost 40 points of worst-group accuracy).
 """
 from __future__ import annotations
 
@@ -38,7 +45,8 @@ def label_free_figures(pred: np.ndarray, y: np.ndarray, erm_right: np.ndarray, n
 
 
 def guard_check(new_head, erm_head, holdout, tolerance: float, method: str, min_gain: float = 0.02) -> Dict:
-    """Figures of both heads on ``holdout`` and whether the new head should be rejected."""
+    """Figures of both heads on ``holdout`` and whether the new head should be rejected
+    (``harmful``); the caller decides whether to act on it."""
     y = holdout.labels
     C = max(holdout.n_classes, getattr(erm_head, "out_features", 0))
     erm_pred = predict(erm_head, holdout.features)
@@ -48,14 +56,16 @@ def guard_check(new_head, erm_head, holdout, tolerance: float, method: str, min_
     bal_drop = before["balanced_accuracy"] - after["balanced_accuracy"]
     pga_gain = after["pseudo_group_balanced_accuracy"] - before["pseudo_group_balanced_accuracy"]
     reasons = []
-    if pga_gain < min_gain:
-        reasons.append(f"no gain on the samples ERM gets wrong (pseudo-group balanced accuracy "
-                       f"{before['pseudo_group_balanced_accuracy']:.3f} -> {after['pseudo_group_balanced_accuracy']:.3f})")
+    if pga_gain < max(min_gain, bal_drop):
+        reasons.append(f"its gain on the samples ERM gets wrong does not pay for its loss (pseudo-group balanced "
+                       f"accuracy {before['pseudo_group_balanced_accuracy']:.3f} -> "
+                       f"{after['pseudo_group_balanced_accuracy']:.3f}, balanced accuracy "
+                       f"{before['balanced_accuracy']:.3f} -> {after['balanced_accuracy']:.3f})")
     if bal_drop > tolerance:
         reasons.append(f"balanced accuracy fell {bal_drop:.3f} (> tolerance {tolerance})")
     if reasons:
         warnings.warn(f"{method}: the debiased head looks harmful on held-out identification data: "
-                      + "; ".join(reasons), stacklevel=3)
+                      + "; ".join(reasons), RuntimeWarning, stacklevel=3)
     return {"erm": before, "debiased": after, "balanced_accuracy_drop": bal_drop,
             "pseudo_group_gain": pga_gain, "tolerance": tolerance, "min_gain": min_gain,
             "harmful": bool(reasons), "reasons": reasons, "n_holdout": len(holdout)}

@@ -134,6 +134,7 @@ class NeuronTune(Method):
                         "params": self.get_params(), "rounds": rounds, "sfit": rounds[0]["sfit"],
                         "n_identification": len(ident), "n_tune": len(tune)}
         result = current
+        self.debiased_head_ = current  # kept even when the guard returns the ERM head
         if hold is not None:
             g = guard_check(current, head, hold, self.guard_tolerance, "NeuronTune")
             g["kept_erm_head"] = bool(self.guard and g["harmful"])

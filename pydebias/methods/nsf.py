@@ -31,29 +31,10 @@ steps); their other settings: CelebA 350/110, MultiNLI 1200/1500, CivilComments 
 
 **Do no harm.** With ``holdout > 0`` and an ERM ``head`` given, a class-stratified
 fraction of ``id_set`` is held out (NSF is fitted on the rest) and the NSF head is compared
-with ``head`` there on label-free figures: mean accuracy, worst-class accuracy, balanced
-accuracy (mean of per-class accuracies) and prediction balance
-(``1 − ½·Σ_c |share of predictions in c − share of labels in c|``; 1 means the predicted
-class mix equals the true one); also recorded, not used by the rule: the
-pseudo-group balanced accuracy (mean accuracy over the cells class × ERM right/wrong on
-the holdout; ERM itself scores 0.5 there). All are kept in ``report_["guard"]``; a
-warning names every figure that dropped by more than ``guard_tolerance``; with ``guard=True`` the ERM
-``head`` is returned when worst-class *or* balanced accuracy dropped by more than
-``guard_tolerance``. Default 0.03 (3 points): about 1.5 standard deviations of the
-paired difference of two heads' accuracies on ~400 held-out samples per class when they
-disagree on ~15 % of them. The NSF head is always available as ``nsf_head_``.
-
-What the guard can and cannot see (measured on ``planted``, 6,000/3,000/3,000, seed 0):
-with a *balanced* identification split NSF raises test worst-group accuracy
-(27.4 -> 40.9 %) and the holdout figures rise, so the guard stays silent; where there is
-no shortcut (``corr=0.5``) NSF lowers it (80.4 -> 40.9 %), the holdout figures drop
-15 points and the guard fires. But on a *biased* identification split (as biased as
-train) every label-free figure is dominated by the majority groups, so a real gain
-(27.4 -> 67.2 %) shows as an 8-10 point drop and the guard returns ERM: the cost of the
-guard is that gain (the pseudo-group balanced accuracy does show it: +21 points there,
-+12 in the shortcut-free case, so it cannot be the rule on its own). Use ``guard=False``
-(the warning and ``report_["guard"]`` remain) or a group-balanced identification split
-when the split is known to be biased.
+with ``head`` there by the shared rule of :mod:`pydebias.methods.guard` (label-free
+figures only); with ``guard=True`` the ERM ``head`` is returned when that rule calls the
+NSF head harmful. The NSF head is always available as ``nsf_head_``, the figures in
+``report_["guard"]``.
 """
 from __future__ import annotations
 
@@ -65,8 +46,9 @@ import torch
 from torch import nn
 
 from .. import _arrays, cluster
-from ..metrics import GroupReport, predict
+from ..metrics import predict
 from .base import Method
+from .guard import guard_check
 
 __all__ = ["NSF", "fold_transform"]
 
@@ -85,18 +67,6 @@ def fold_transform(head: nn.Linear, beta: torch.Tensor, shift: torch.Tensor) -> 
     return out
 
 
-def _label_free_figures(preds: np.ndarray, s, erm_right: np.ndarray) -> Dict[str, float]:
-    rep = GroupReport(s.labels, preds, None, s.n_classes)  # groups deliberately not passed
-    label_share = np.bincount(s.labels, minlength=s.n_classes)[:s.n_classes] / max(len(s), 1)
-    balance = 1.0 - 0.5 * float(np.abs(np.asarray(rep.prediction_share) - label_share).sum())
-    ok = preds == s.labels
-    cells = [ok[m].mean() for c in range(s.n_classes) for r in (False, True)
-             for m in [(s.labels == c) & (erm_right == r)] if m.any()]
-    return {"accuracy": rep.accuracy, "worst_class_accuracy": rep.worst_class_accuracy,
-            "balanced_accuracy": rep.balanced_accuracy, "prediction_balance": balance,
-            "pseudo_group_balanced_accuracy": float(np.mean(cells))}
-
-
 class NSF(Method):
     """NSF (Let Samples Speak) on a linear head; see the module docstring for the steps.
 
@@ -110,15 +80,16 @@ class NSF(Method):
     seed : seeds the holdout split, head initialisation, sampling and k-means.
     holdout : fraction of ``id_set`` held out (class-stratified) for the do-no-harm check;
         0 disables it (the paper fits on all of the set).
-    guard, guard_tolerance : return the given ERM head when the NSF head's worst-class or
-        balanced accuracy on the holdout is lower by more than ``guard_tolerance``.
+    guard, guard_tolerance : return the given ERM head when the holdout calls the NSF head
+        harmful (:func:`pydebias.methods.guard.guard_check`; ``guard_tolerance`` caps the
+        balanced-accuracy drop).
     kmeans_iter : Lloyd iterations of the k-means extension.
     chunk_rows : rows per chunk for the streaming passes (default: ~16 MB of float32).
     """
 
     def __init__(self, alpha: float = 10.0, n_eliminate_steps: int = 10, n_update_steps: int = 500,
                  lr: float = 1e-3, k_clusters: int = 1, seed: int = 0, holdout: float = 0.25,
-                 guard: bool = True, guard_tolerance: float = 0.03, kmeans_iter: int = 20,
+                 guard: bool = True, guard_tolerance: float = 0.25, kmeans_iter: int = 20,
                  chunk_rows: Optional[int] = None):
         self.alpha, self.n_eliminate_steps, self.n_update_steps = alpha, n_eliminate_steps, n_update_steps
         self.lr, self.k_clusters, self.seed, self.holdout = lr, k_clusters, seed, holdout
@@ -305,7 +276,7 @@ class NSF(Method):
         self.targets_ = targets
         self.outlier_ = outlier  # over the rows NSF was fitted on (id_set minus the holdout)
         self.transformed_head_ = lin  # the fresh head on T(f), before folding
-        self.nsf_head_ = fold_transform(lin, beta_, shift_)
+        self.nsf_head_ = self.debiased_head_ = fold_transform(lin, beta_, shift_)
         self.head_ = self.nsf_head_
 
         counts = {"n_fit": int(N), "outliers": int(out_idx.size), "rescued": int(g1.size), "dropped": dropped,
@@ -322,23 +293,15 @@ class NSF(Method):
 
         # do no harm
         if hold is not None:
-            erm_pred = predict(head, hold.features)
-            erm_f = _label_free_figures(erm_pred, hold, erm_pred == hold.labels)
-            nsf_f = _label_free_figures(predict(self.nsf_head_, hold.features), hold, erm_pred == hold.labels)
-            drop = {k: erm_f[k] - nsf_f[k] for k in erm_f}
-            tol = float(self.guard_tolerance)
-            dropped_figs = [k for k, v in drop.items() if v > tol and k != "pseudo_group_balanced_accuracy"]
-            fire = drop["worst_class_accuracy"] > tol or drop["balanced_accuracy"] > tol
-            self.report_["guard"] = {"n_holdout": len(hold), "erm": erm_f, "nsf": nsf_f, "drop": drop,
-                                     "tolerance": tol, "enabled": bool(self.guard), "fired": bool(self.guard and fire),
-                                     "harm_detected": bool(fire)}
-            if dropped_figs:
-                what = ", ".join(f"{k} {100 * erm_f[k]:.1f}% -> {100 * nsf_f[k]:.1f}%" for k in dropped_figs)
-                act = "returning the ERM head (guard=True)" if (self.guard and fire) else "keeping the NSF head"
-                msg = f"NSF: on the held-out {self.holdout:.0%} of id_set the NSF head is worse than ERM: {what}; {act}"
-                warnings.warn(msg, RuntimeWarning, stacklevel=2)
-                notes.append(msg)
-            if self.guard and fire:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                g = guard_check(self.nsf_head_, head, hold, float(self.guard_tolerance), "NSF")
+            notes.extend(str(w.message) for w in caught)
+            for w in caught:
+                warnings.warn(w.message, RuntimeWarning, stacklevel=2)
+            g["kept_erm_head"] = bool(self.guard and g["harmful"])
+            self.report_["guard"] = g
+            if g["kept_erm_head"]:
                 self.head_ = head
                 self.report_["returned"] = "erm"
         return self.head_
