@@ -75,6 +75,35 @@ void rows4_f32(const float* __restrict x0, const float* __restrict x1, const flo
     }
 }
 
+// Two or three rows of one group (the remainder of a group's rows in a block), with
+// the accumulators loaded and stored once, like rows4_f32.
+template <int NR>
+PYDEBIAS_CLONES void rows_n_f32(const float* const* x, const double* __restrict shift,
+                                double* __restrict a1, double* __restrict a2,
+                                double* __restrict lo, double* __restrict hi, int64_t m) {
+    const float* __restrict x0 = x[0];
+    const float* __restrict x1 = x[1];
+    const float* __restrict x2 = x[NR > 2 ? 2 : 1];
+    for (int64_t c = 0; c < m; ++c) {
+        const double s = shift[c];
+        const double v0 = x0[c], v1 = x1[c];
+        const double d0 = v0 - s, d1 = v1 - s;
+        double s1 = d0 + d1, s2 = d0 * d0 + d1 * d1;
+        double l = std::min(v0, v1), h = std::max(v0, v1);
+        if (NR > 2) {
+            const double v2 = x2[c], d2 = v2 - s;
+            s1 += d2;
+            s2 += d2 * d2;
+            l = std::min(l, v2);
+            h = std::max(h, v2);
+        }
+        a1[c] += s1;
+        a2[c] += s2;
+        lo[c] = l < lo[c] ? l : lo[c];
+        hi[c] = h > hi[c] ? h : hi[c];
+    }
+}
+
 // A block of rows of float32 data (16-bit input is widened into `x` first):
 // rows are bucketed by group, then each group's rows go four at a time.
 void block_f32(const float* x, int64_t m, int64_t nrows, const int64_t* groups, int64_t G,
@@ -96,7 +125,14 @@ void block_f32(const float* x, int64_t m, int64_t nrows, const int64_t* groups, 
         for (; i + 4 <= nr; i += 4)
             rows4_f32(x + rows[i] * m, x + rows[i + 1] * m, x + rows[i + 2] * m,
                       x + rows[i + 3] * m, shift, a1, a2, lo, hi, m);
-        for (; i < nr; ++i) row_f32(x + rows[i] * m, shift, a1, a2, lo, hi, 0, m);
+        const float* rest[3] = {x + rows[i] * m, nullptr, nullptr};
+        for (int64_t j = i + 1; j < nr; ++j) rest[j - i] = x + rows[j] * m;
+        switch (nr - i) {
+            case 3: rows_n_f32<3>(rest, shift, a1, a2, lo, hi, m); break;
+            case 2: rows_n_f32<2>(rest, shift, a1, a2, lo, hi, m); break;
+            case 1: row_f32(rest[0], shift, a1, a2, lo, hi, 0, m); break;
+            default: break;
+        }
     }
 }
 
@@ -249,6 +285,17 @@ void grouped_moments_accumulate(const void* x, Elem elem, int64_t n, int64_t m,
     }
     if (bad_group)
         throw KernelError("groups: a group id is outside [0, n_groups); pass n_groups larger than the largest id");
+}
+
+void grouped_moments_rows_f32(const float* const* rows, int nr, int64_t m, const double* shift,
+                              double* s1, double* s2, double* mn, double* mx) {
+    switch (nr) {
+        case 4: rows4_f32(rows[0], rows[1], rows[2], rows[3], shift, s1, s2, mn, mx, m); break;
+        case 3: rows_n_f32<3>(rows, shift, s1, s2, mn, mx, m); break;
+        case 2: rows_n_f32<2>(rows, shift, s1, s2, mn, mx, m); break;
+        case 1: row_f32(rows[0], shift, s1, s2, mn, mx, 0, m); break;
+        default: break;
+    }
 }
 
 void grouped_moments_block_f32(const float* x, int64_t m, int64_t nrows, const int64_t* groups,

@@ -22,4 +22,9 @@ void grouped_moments_block_f32(const float* x, int64_t m, int64_t nrows, const i
                                double* s2, double* mn, double* mx, std::vector<int64_t>& order,
                                std::vector<int64_t>& start);
 
+// One to four rows of one group added into that group's accumulator rows (length m):
+// the kernel of grouped_moments_block_f32, for callers that bucket rows themselves.
+void grouped_moments_rows_f32(const float* const* rows, int nr, int64_t m, const double* shift,
+                              double* s1, double* s2, double* mn, double* mx);
+
 }  // namespace pydebias

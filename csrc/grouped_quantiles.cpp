@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -162,6 +163,101 @@ bool have_avx2() {
     static const bool yes = __builtin_cpu_supports("avx2");
     return yes;
 }
+
+// The same with AVX-512 (16 columns a step): the compares write mask registers and the
+// counters take masked adds. The values to keep are compressed (in registers) with
+// their column numbers onto a list, (lcol, lval), so the caller appends them in one
+// loop of known length: walking flag bits instead costs a mispredicted branch per kept
+// value (measured: the append then took longer than all the counting). The last
+// partial step runs under a lane mask. Returns the list length (at most NR * m; the
+// list needs 16 entries of slack).
+template <int NR, bool MASS>
+__attribute__((target("avx512f"))) inline int64_t step_avx512(
+    const float* const* xs, const float* __restrict lo, const float* __restrict hi,
+    const float* __restrict mass, int32_t* __restrict a, int32_t* __restrict d,
+    int32_t* __restrict e, int32_t* __restrict lcol, float* __restrict lval, int64_t len,
+    int64_t c, __mmask16 lanes) {
+    const __m512i one = _mm512_set1_epi32(1);
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512 l = _mm512_maskz_loadu_ps(lanes, lo + c), h = _mm512_maskz_loadu_ps(lanes, hi + c);
+    __m512 w = _mm512_setzero_ps();
+    if (MASS) w = _mm512_maskz_loadu_ps(lanes, mass + c);
+    __m512i ca = _mm512_maskz_loadu_epi32(lanes, a + c);
+    __m512i cd = _mm512_maskz_loadu_epi32(lanes, d + c);
+    __m512i ce = _mm512_setzero_si512();
+    if (MASS) ce = _mm512_maskz_loadu_epi32(lanes, e + c);
+    const __m512i col = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int32_t>(c)), iota);
+#pragma GCC unroll 4
+    for (int j = 0; j < NR; ++j) {
+        const __m512 v = _mm512_maskz_loadu_ps(lanes, xs[j] + c);
+        const __mmask16 below = _mm512_mask_cmp_ps_mask(lanes, v, l, _CMP_LT_OQ);
+        const __mmask16 upto = _mm512_mask_cmp_ps_mask(lanes, v, h, _CMP_NGT_UQ);  // <= hi, or NaN
+        ca = _mm512_mask_add_epi32(ca, below, ca, one);
+        cd = _mm512_mask_add_epi32(cd, upto, cd, one);
+        __mmask16 out = below;
+        if (MASS) {
+            const __mmask16 at = _mm512_mask_cmp_ps_mask(lanes, v, w, _CMP_EQ_OQ);
+            ce = _mm512_mask_add_epi32(ce, at, ce, one);
+            out = static_cast<__mmask16>(out | at);
+        }
+        const __mmask16 keep = static_cast<__mmask16>(upto & ~out);
+        _mm512_storeu_ps(lval + len, _mm512_maskz_compress_ps(keep, v));
+        _mm512_storeu_si512(lcol + len, _mm512_maskz_compress_epi32(keep, col));
+        len += __builtin_popcount(keep);
+    }
+    _mm512_mask_storeu_epi32(a + c, lanes, ca);
+    _mm512_mask_storeu_epi32(d + c, lanes, cd);
+    if (MASS) _mm512_mask_storeu_epi32(e + c, lanes, ce);
+    return len;
+}
+
+template <int NR, bool MASS>
+__attribute__((target("avx512f"))) int64_t rows_avx512(
+    const float* const* x, const float* __restrict lo, const float* __restrict hi,
+    const float* __restrict mass, int32_t* __restrict a, int32_t* __restrict d,
+    int32_t* __restrict e, int32_t* __restrict lcol, float* __restrict lval, int64_t m) {
+    const float* xs[4];
+    for (int j = 0; j < NR; ++j) xs[j] = x[j];
+    int64_t len = 0, c = 0;
+    for (; c + 16 <= m; c += 16)
+        len = step_avx512<NR, MASS>(xs, lo, hi, mass, a, d, e, lcol, lval, len, c,
+                                    static_cast<__mmask16>(0xffff));
+    if (c < m)
+        len = step_avx512<NR, MASS>(xs, lo, hi, mass, a, d, e, lcol, lval, len, c,
+                                    static_cast<__mmask16>((1u << (m - c)) - 1));
+    return len;
+}
+
+bool have_avx512() {
+    static const bool yes = __builtin_cpu_supports("avx512f");
+    return yes;
+}
+
+// NR rows against one bracket row with AVX2 (flag bits in bb, row j at bb + j * mb).
+template <bool MASS>
+inline void rows_simd(int nr, const float* const* fr, const float* fl, const float* fh,
+                      const float* fw, int32_t* ca, int32_t* cd, int32_t* ce, uint8_t* bb,
+                      int64_t mb, int64_t m) {
+    switch (nr) {
+        case 4: rows_avx2<4, MASS>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
+        case 3: rows_avx2<3, MASS>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
+        case 2: rows_avx2<2, MASS>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
+        default: rows_avx2<1, MASS>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
+    }
+}
+
+// The same with AVX-512: the kept values come back as a list of (column, value).
+template <bool MASS>
+inline int64_t rows_simd512(int nr, const float* const* fr, const float* fl, const float* fh,
+                            const float* fw, int32_t* ca, int32_t* cd, int32_t* ce, int32_t* lc,
+                            float* lv, int64_t m) {
+    switch (nr) {
+        case 4: return rows_avx512<4, MASS>(fr, fl, fh, fw, ca, cd, ce, lc, lv, m);
+        case 3: return rows_avx512<3, MASS>(fr, fl, fh, fw, ca, cd, ce, lc, lv, m);
+        case 2: return rows_avx512<2, MASS>(fr, fl, fh, fw, ca, cd, ce, lc, lv, m);
+        default: return rows_avx512<1, MASS>(fr, fl, fh, fw, ca, cd, ce, lc, lv, m);
+    }
+}
 #endif
 
 // Where one thread appends: per (q, g, c) write position and end, and a flag set when
@@ -173,10 +269,17 @@ struct Sink {
     K* keep;
     uint8_t* overflow;
     inline void put(int64_t i, K v) {
-        if (wp[i] < end[i])
-            keep[wp[i]++] = v;
-        else
+        const int64_t w = wp[i];
+        if (w < end[i]) {
+            keep[w] = v;
+            wp[i] = w + 1;
+            // Thousands of regions are written a few values at a time: ask for the
+            // region's next line ahead, or each new line stalls on a read-for-ownership
+            // miss (measured: most of the append time).
+            __builtin_prefetch(keep + w + 64 / sizeof(K), 1);
+        } else {
             overflow[i] = 1;
+        }
     }
 };
 
@@ -219,16 +322,20 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
     std::vector<uint8_t> bits(4 * mb, 0), flag(m);
     const int64_t block = std::max<int64_t>(16, (128 << 10) / std::max<int64_t>(1, m * sizeof(T)));
     const bool half = elem == Elem::F16 || elem == Elem::BF16;
-    std::vector<T> scratch(half ? block * m : 0);
+    static const bool copy_exp = std::getenv("PYDEBIAS_COPY") != nullptr;
+    std::vector<T> scratch(half || copy_exp ? block * m : 0);
     const float* table = elem == Elem::F16 ? f16_table() : nullptr;
     std::vector<int64_t> order(block), start(G + 1), fillp(G);
     // per (q, g): does any column have a point mass (else its compare is skipped)
     std::vector<uint8_t> has_mass(Q * G, 0);
     for (int64_t i = 0; i < qgm; ++i)
         if (mass[i] == mass[i]) has_mass[i / m] = 1;
-    bool simd = false;
+    bool simd = false, simd512 = false;
+    std::vector<int32_t> lcol(4 * m + 16);  // the AVX-512 kernel's list of kept values
+    std::vector<float> lval(4 * m + 16);
 #ifdef PYDEBIAS_K2_AVX2
     simd = sizeof(T) == 4 && have_avx2();
+    simd512 = simd && have_avx512() && !std::getenv("PYDEBIAS_NO_AVX512");
 #endif
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
         const int64_t nb = std::min(block, r1 - b0);
@@ -245,35 +352,50 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
             }
             xb = scratch.data();
             xs = m;
+        } else if (copy_exp) {
+            for (int64_t r = 0; r < nb; ++r)
+                std::memcpy(scratch.data() + r * m, static_cast<const T*>(x) + (b0 + r) * stride, m * sizeof(T));
+            xb = scratch.data();
+            xs = m;
         } else {
             xb = static_cast<const T*>(x) + b0 * stride;
             xs = stride;
-            // Rows below are visited in group order, which the hardware prefetcher does
-            // not follow: ask for the next block in address order (measured 0.072 s ->
-            // 0.055 s per 200k x 512 rows on one core).
-            const int64_t nn = std::min(block, r1 - b0 - nb);
-            for (int64_t r = 0; r < nn; ++r) {
-                const char* row = reinterpret_cast<const char*>(xb + (nb + r) * stride);
-                for (int64_t off = 0; off < m * static_cast<int64_t>(sizeof(T)); off += 64)
-                    __builtin_prefetch(row + off);
-            }
-        }
-        if constexpr (std::is_same<T, float>::value) {
-            if (mo && mo->shift)
-                grouped_moments_block_f32(xb, m, nb, groups + b0, G, mo->shift, mo->count.data(),
-                                          mo->s1.data(), mo->s2.data(), mo->mn.data(),
-                                          mo->mx.data(), mo->order, mo->start);
         }
         std::fill(start.begin(), start.end(), 0);
         for (int64_t r = 0; r < nb; ++r) ++start[groups[b0 + r] + 1];
         for (int64_t g = 0; g < G; ++g) start[g + 1] += start[g];
         std::copy(start.begin(), start.end() - 1, fillp.begin());
         for (int64_t r = 0; r < nb; ++r) order[fillp[groups[b0 + r]]++] = r;
+        // Rows below are visited in group order, which the hardware prefetcher does not
+        // follow: the next block's lines are requested in address order, a share with
+        // each batch of rows, so the requests overlap the work. (Requesting the whole
+        // block at once stalled the core on full miss buffers before any work began.)
+        const int64_t nn = half || copy_exp ? 0 : std::min(block, r1 - b0 - nb);
+        const int64_t row_lines = (m * static_cast<int64_t>(sizeof(T)) + 63) / 64;
+        int64_t batches = 0;
+        for (int64_t g = 0; g < G; ++g) batches += (start[g + 1] - start[g] + 3) / 4;
+        const int64_t pf_total = nn * row_lines;
+        const int64_t pf_share = batches ? (pf_total + batches - 1) / batches : 0;
+        int64_t pf_done = 0;
+        const char* pf_base = reinterpret_cast<const char*>(xb + nb * xs);
         for (int64_t g = 0; g < G; ++g) {
             for (int64_t k = start[g]; k < start[g + 1]; k += 4) {
                 const int nr = static_cast<int>(std::min<int64_t>(4, start[g + 1] - k));
                 const T* rows[4];
                 for (int j = 0; j < nr; ++j) rows[j] = xb + order[k + j] * xs;
+                for (const int64_t pf_end = std::min(pf_total, pf_done + pf_share); pf_done < pf_end;
+                     ++pf_done) {
+                    const int64_t r = pf_done / row_lines, l = pf_done - r * row_lines;
+                    __builtin_prefetch(pf_base + (r * xs) * static_cast<int64_t>(sizeof(T)) + l * 64);
+                }
+                if constexpr (std::is_same<T, float>::value) {
+                    if (mo && mo->shift) {  // K1 on these rows while they are in L1
+                        mo->count[g] += nr;
+                        grouped_moments_rows_f32(rows, nr, m, mo->shift, mo->s1.data() + g * m,
+                                                 mo->s2.data() + g * m, mo->mn.data() + g * m,
+                                                 mo->mx.data() + g * m);
+                    }
+                }
                 for (int64_t q = 0; q < Q; ++q) {
                     const int64_t i0 = (q * G + g) * m;
                     const T *l = lo.data() + i0, *h = hi.data() + i0, *w = mass.data() + i0;
@@ -285,21 +407,18 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
                                     *fw = reinterpret_cast<const float*>(w);
                         int32_t *ca = a + i0, *cd = d + i0, *ce = e + i0;
                         uint8_t* bb = bits.data();
-                        if (has_mass[q * G + g]) {
-                            switch (nr) {
-                                case 4: rows_avx2<4, true>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
-                                case 3: rows_avx2<3, true>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
-                                case 2: rows_avx2<2, true>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
-                                default: rows_avx2<1, true>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
-                            }
-                        } else {
-                            switch (nr) {
-                                case 4: rows_avx2<4, false>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
-                                case 3: rows_avx2<3, false>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
-                                case 2: rows_avx2<2, false>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
-                                default: rows_avx2<1, false>(fr, fl, fh, fw, ca, cd, ce, bb, mb, m); break;
-                            }
+                        if (simd512) {
+                            const int64_t len =
+                                has_mass[q * G + g]
+                                    ? rows_simd512<true>(nr, fr, fl, fh, fw, ca, cd, ce, lcol.data(), lval.data(), m)
+                                    : rows_simd512<false>(nr, fr, fl, fh, fw, ca, cd, ce, lcol.data(), lval.data(), m);
+                            for (int64_t k = 0; k < len; ++k) out.put(i0 + lcol[k], static_cast<T>(lval[k]));
+                            continue;
                         }
+                        if (has_mass[q * G + g])
+                            rows_simd<true>(nr, fr, fl, fh, fw, ca, cd, ce, bb, mb, m);
+                        else
+                            rows_simd<false>(nr, fr, fl, fh, fw, ca, cd, ce, bb, mb, m);
                         for (int j = 0; j < nr; ++j) append_bits(bits.data() + j * mb, m, rows[j], i0, out);
                         continue;
                     }

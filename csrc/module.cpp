@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include "grouped_moments.h"
+#include "widen.h"
 #include "grouped_quantiles.h"
 
 #ifdef _OPENMP
@@ -176,6 +177,20 @@ void py_quantile_select(py::array count, py::array ranks, py::array mass, py::ar
 
 }  // namespace
 
+namespace {
+
+void py_widen(py::array in, int elem, py::array out) {
+    if (!(in.flags() & py::array::c_style) || in.itemsize() != 2)
+        throw py::value_error("x: expected a C-contiguous array of 16-bit floats (as uint16)");
+    float* o = checked<float>(out, "out", in.size(), true);
+    const uint16_t* p = static_cast<const uint16_t*>(in.data());
+    const int64_t n = in.size();
+    py::gil_scoped_release nogil;
+    widen(p, static_cast<Elem>(elem), o, n);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(_C, mod) {
     mod.doc() = "pydebias native CPU kernels (C++/OpenMP)";
     py::register_exception<KernelError>(mod, "KernelError", PyExc_ValueError);
@@ -201,6 +216,8 @@ PYBIND11_MODULE(_C, mod) {
             py::arg("mass"), py::arg("cnt"), py::arg("keep"), py::arg("keep_off"),
             py::arg("keep_fill"), py::arg("lower"), py::arg("higher"), py::arg("miss"),
             "K2 phase 3: the order statistics of the target ranks; miss=1 where a bracket missed.");
+    mod.def("widen", &py_widen, py::arg("x"), py::arg("elem"), py::arg("out"),
+            "float16/bfloat16 bits (uint16) -> float32, exactly, into out (in place).");
     mod.def("num_threads", [] {
 #ifdef _OPENMP
         return omp_get_max_threads();

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Iterator, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -79,3 +79,24 @@ def contiguous_rows(x):
     if is_tensor(x):
         return x.contiguous()
     return np.ascontiguousarray(x)
+
+
+def float32_rows(x, buffer: Optional[np.ndarray] = None) -> torch.Tensor:
+    """Rows as a float32 torch tensor for a GEMM. float16/bfloat16 CPU data is widened by
+    the native kernel (torch's own CPU conversion runs slower than reading the data),
+    into ``buffer`` when it is given and large enough (reused across chunks: fresh pages
+    cost a fault each)."""
+    if is_tensor(x) and (x.is_cuda or x.dtype == torch.float32):
+        return x.float()
+    arr, code = native_view(contiguous_rows(x.detach() if is_tensor(x) else x))
+    if code in (F16, BF16):
+        from .backends import native
+
+        lib = native()
+        if lib is not None:
+            size = arr.shape[0] * arr.shape[1]
+            out = (buffer.reshape(-1)[:size].reshape(arr.shape) if buffer is not None and buffer.size >= size
+                   else np.empty(arr.shape, dtype=np.float32))
+            lib.widen(arr, code, out)
+            return torch.from_numpy(out)
+    return as_tensor(arr if code not in (F16, BF16) else x).to(torch.float32)

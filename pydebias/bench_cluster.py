@@ -13,21 +13,16 @@ Ratios measured in one run (see :mod:`pydebias.benchmarks`):
 """
 from __future__ import annotations
 
-import time
 from typing import Dict, List, Sequence
 
 import numpy as np
 
 from . import cluster
+from .benchmarks import median_time
 
 
 def _time(fn, repeat: int) -> float:
-    best = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best.append(time.perf_counter() - t)
-    return float(np.median(best))
+    return median_time(fn, repeat=repeat, warmup=0)
 
 
 def bench_k5(sizes: Sequence[int] = (200_000,), m: int = 256, k: int = 16, n_iter: int = 20,

@@ -106,8 +106,8 @@ def _jsonable(obj):
         return _jsonable(obj.tolist())
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, float) and obj != obj:
-        return None
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None if obj != obj else repr(obj)  # NaN -> null, +-inf -> "inf" / "-inf"
     return obj
 
 

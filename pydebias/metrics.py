@@ -12,7 +12,7 @@ from . import _arrays
 __all__ = ["GroupReport", "evaluate", "predict"]
 
 
-def predict(head_or_model, features, batch_size: int = 65536, device=None) -> np.ndarray:
+def predict(head_or_model, features, batch_size: int = 16384, device=None) -> np.ndarray:
     """Arg-max predictions of a module on (N, M) features, in batches, without grad."""
     if not callable(head_or_model):
         raise TypeError(f"head_or_model: expected a torch module or callable, got {type(head_or_model).__name__}")
@@ -23,9 +23,12 @@ def predict(head_or_model, features, batch_size: int = 65536, device=None) -> np
     else:
         dtype = torch.float32
     out = np.empty(features.shape[0], dtype=np.int64)
+    buf = np.empty(min(batch_size, features.shape[0]) * features.shape[1], dtype=np.float32)
     with torch.no_grad():
         for sl in _arrays.row_chunks(features.shape[0], batch_size):
-            x = _arrays.as_tensor(features[sl]).to(device=device, dtype=dtype)
+            chunk = features[sl]
+            x = (_arrays.float32_rows(chunk, buf) if dtype == torch.float32 else _arrays.as_tensor(chunk))
+            x = x.to(device=device, dtype=dtype)
             out[sl] = head_or_model(x).argmax(1).cpu().numpy()
     return out
 

@@ -12,16 +12,36 @@ def have_matplotlib() -> bool:
     return True
 
 
-def group_accuracy_bars(reports: Dict[str, "object"], path: str, title: str = "",
-                        group_names: Optional[Sequence[str]] = None) -> str:
-    """Grouped bars: per-group accuracy of each method (dict name -> GroupReport), PNG."""
+def save_png(fig, path: str) -> str:
+    """Render a matplotlib figure to PNG and write it atomically; closes the figure."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from .results import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def group_accuracy_bars(reports: Dict[str, "object"], path: str, title: str = "",
+                        group_names: Optional[Sequence[str]] = None) -> str:
+    """Grouped bars: per-group accuracy of each method (dict name -> GroupReport), PNG."""
     import numpy as np
 
-    from .results import write_atomic
+    plt = _pyplot()
 
     names = list(reports)
     n_groups = max(len(r.per_group) for r in reports.values())
@@ -39,26 +59,14 @@ def group_accuracy_bars(reports: Dict[str, "object"], path: str, title: str = ""
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-    return path
+    return save_png(fig, path)
 
 
 def delta_plot(nt_report: Dict, path: str, title: str = "") -> str:
     """NeuronTune's δ per neuron and class (first round), chosen neurons marked."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from .results import write_atomic
+    plt = _pyplot()
 
     rnd = nt_report["rounds"][0]
     delta = np.array([[np.nan if v is None else v for v in row] for row in rnd["delta"]], dtype=float)
@@ -71,14 +79,12 @@ def delta_plot(nt_report: Dict, path: str, title: str = "") -> str:
         ax.plot(xs, row, ".", ms=4, label=f"class {c}")
         picks = chosen[c] if chosen and isinstance(chosen[0], list) else chosen
         ax.plot(picks, row[picks], "o", mfc="none", ms=8, color="k")
-    ax.axhline(nt_report["params"]["lam"], color="grey", lw=0.8, ls="--")
+    lam = rnd.get("lam", nt_report["params"]["lam"])
+    if np.isfinite(lam):
+        ax.axhline(lam, color="grey", lw=0.8, ls="--")
     ax.set_xlabel("neuron")
     ax.set_ylabel("δ = median(wrong) − median(right)")
     ax.set_title(title + " (circled: zeroed)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-    return path
+    return save_png(fig, path)

@@ -100,15 +100,11 @@ def summary(rows: List[Dict]) -> Dict:
 
 
 def plot(rows: List[Dict], path: str) -> str:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
-    from .results import write_atomic
+    from .plots import _pyplot, save_png
+
+    plt = _pyplot()
 
     done = [r for r in rows if "results" in r]
     methods = list(done[0]["results"])
@@ -124,11 +120,7 @@ def plot(rows: List[Dict], path: str) -> str:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, 1.15))
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
-    return path
+    return save_png(fig, path)
 
 
 def write(rows: List[Dict], out_dir: str, seed: int) -> Dict[str, str]:

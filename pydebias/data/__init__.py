@@ -16,6 +16,8 @@ _REGISTRY = {
                         "fashion", "load_colored_fashion"),
     "fashion-on-textures": ("Waterbirds analogue: tops vs footwear pasted on grass/brick photos",
                             "fashion", "load_fashion_on_textures"),
+    "fashion-square": ("MaskTune's biased MNIST / RR-ClArC concept data: Fashion-MNIST 10 classes, "
+                       "4x4 square on 99% of class 0, concept labels", "fashion", "load_fashion_square"),
     "reviews-token": ("fine-food reviews great vs other, appended phrase spurious, MiniLM embeddings",
                       "reviews", "load_reviews_token"),
     "adult-sex": ("Adult census income > 50K, sex as the attribute (real, not planted), MLP",
@@ -26,6 +28,7 @@ BUILTINS = {name: desc for name, (desc, _, _) in _REGISTRY.items()}
 SIZES = {
     "colored-fashion": (20000, 5000, 5000, 4, 64),
     "fashion-on-textures": (20000, 5000, 5000, 4, 64),
+    "fashion-square": (20000, 5000, 10000, 20, 64),
     "reviews-token": (3000, 1000, 1000, 4, 384),
     "adult-sex": (26049, 6512, 16281, 4, 64),
     "planted": (20000, 5000, 5000, 4, 64),
@@ -50,7 +53,7 @@ def load(name: str, seed: int = 0, **params):
 def availability(name: str):
     """(available, reason) for a built-in: whether its source data is installed."""
     _loader(name)
-    if name in ("colored-fashion", "fashion-on-textures"):
+    if name in ("colored-fashion", "fashion-on-textures", "fashion-square"):
         from .fashion import FASHION_ROOT, _find
 
         try:

@@ -16,14 +16,34 @@ as train, i.e. a biased identification split, as the post-hoc papers use;
 ``val_balanced=True`` makes it 0.5) and 0.5 in test, independently per image.
 Groups are ``g = 2*y + a``.
 
+``fashion-square`` (:func:`load_fashion_square`; MaskTune's biased MNIST, RR-ClArC's
+concept data)
+    y = the Fashion-MNIST class (all ten, 1-channel grayscale images). Spurious attribute
+    a = 1 where a white ``SQUARE_SIZE`` x ``SQUARE_SIZE`` square (pixel value 255) is
+    pasted at the fixed top-left corner ``SQUARE_AT`` (:func:`paste_square`). In train
+    the square is in a fraction ``corr`` (default 0.99) of the images of
+    ``attacked_class`` (default 0, T-shirt/top) and in ``other_rate`` (default 0.01) of
+    every other class's images; val is drawn like train (its attacked-class rate is
+    ``val_corr``, default ``corr``), ``val_balanced=True`` puts the square in half of
+    every class's val images. The test split is the *attacked* distribution: the square
+    is in half of every class's test images, so the 20 groups ``g = 2*y + a`` are about
+    equally large; the ``a = 0`` groups are the clean test inputs and the ``a = 1`` groups
+    the attacked ones (RR-ClArC's two test accuracies), and the attacked class's no-square
+    group shows whether the model needs the square to recognise that class. Each
+    EmbeddingSet carries ``concepts`` = a (1 = square present), the concept labels
+    RR-ClArC fits its CAV on. Every draw is independent per image (binomial rates, not
+    exact fractions). Default test size is the whole official test set (10,000: 20 groups
+    of about 250).
+
 Sizes (defaults, chosen so a whole build stays around a minute on 2 CPU cores): train
 20,000, val 5,000, and a disjoint pretraining set of 30,000 images of all ten classes,
 all drawn without replacement from the official 60,000 training images; test 5,000
 drawn from the official 10,000 test images (restricted to the task's classes).
 
 Backbone (:class:`pydebias.data.backbones.SmallCNN`, 64-d ReLU penultimate layer):
-(1) pretrained on all ten classes with the attribute drawn at random (no shortcut),
-then (2) fine-tuned as a whole by ERM on the biased binary train split.
+(1) pretrained on all ten classes with the attribute drawn at random (no shortcut;
+for ``fashion-square``: the square in a random half of the images), then (2)
+fine-tuned as a whole by ERM on the biased train split (a fresh head).
 ``two_stage=False`` skips (1) (a from-scratch backbone, the stress case). Backbone
 weights and embeddings are cached under :func:`pydebias.data.backbones.cache_root`,
 keyed by a sha256 of the data set name, every parameter (not ``root``/``cache_dir``),
@@ -38,16 +58,18 @@ import functools
 import gzip
 import os
 import time
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
+from ._spurious import attribute_for, check_probability, resolve_correlations
 from . import backbones
 from .embedding_set import EmbeddingSet
 
 __all__ = ["FASHION_ROOT", "read_idx", "load_fashion_mnist", "load_colored_fashion",
-           "load_fashion_on_textures", "COLORED_FASHION_GROUPS", "TEXTURE_GROUPS"]
+           "load_fashion_on_textures", "load_fashion_square", "paste_square",
+           "COLORED_FASHION_GROUPS", "TEXTURE_GROUPS", "FASHION_CLASSES", "SQUARE_GROUPS"]
 
 FASHION_ROOT = "/usr/share/datasets/fashion-mnist"
 _FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -66,6 +88,13 @@ COLORED_FASHION_GROUPS = ["y=0,red", "y=0,green", "y=1,red", "y=1,green"]
 TEXTURE_CLASSES = np.array([0, -1, 0, -1, -1, 1, 0, 1, -1, 1])
 TEXTURE_NAMES = ("grass", "brick")
 TEXTURE_GROUPS = ["tops,grass", "tops,brick", "footwear,grass", "footwear,brick"]
+#: Fashion-MNIST class names by label
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+#: fashion-square: side and top-left (row, column) of the pasted square
+SQUARE_SIZE = 4
+SQUARE_AT = (0, 0)
+SQUARE_GROUPS = [f"{c}, {s}" for c in FASHION_CLASSES for s in ("no square", "square")]
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -162,7 +191,17 @@ def _texture(name: str, scale: int) -> np.ndarray:
     return t
 
 
-class _Textured(_Tinted):
+class _Gray(_Tinted):
+    """Prerendered 1-channel uint8 images; batches are (B, 1, 28, 28) floats in [0, 1]."""
+
+    channels = 1
+
+    def batch(self, index: np.ndarray):
+        i = torch.from_numpy(np.asarray(index, dtype=np.int64))
+        return self.images[i].to(torch.float32).div_(255.0).unsqueeze(1), self.labels[i]
+
+
+class _Textured(_Gray):
     """Objects pasted on a random crop of a texture (one per attribute value), 1 channel.
 
     The composite is made once, at construction, with ``rng`` drawing the crop and the
@@ -172,7 +211,6 @@ class _Textured(_Tinted):
     ``alpha = opacity * min(1, object / 0.15)`` (a dark interior stays opaque).
     """
 
-    channels = 1
     scale = 2       # texture photographs block-averaged 512 -> 256 px before cropping
     shrink = 2
     opacity = 1.0
@@ -203,33 +241,51 @@ class _Textured(_Tinted):
                 out[r] = np.rint(255.0 * (alpha * obj + (1.0 - alpha) * win[ys[sl], xs[sl]])).astype(np.uint8)
         super().__init__(out, attr, labels, rng)
 
-    def batch(self, index: np.ndarray):
-        i = torch.from_numpy(np.asarray(index, dtype=np.int64))
-        return self.images[i].to(torch.float32).div_(255.0).unsqueeze(1), self.labels[i]
+
+def paste_square(x):
+    """A copy of ``x`` (``(..., 28, 28)`` numpy array or torch tensor) with the
+    fashion-square square pasted: white (255 for uint8, else 1.0) at :data:`SQUARE_AT`.
+
+    Attacked inputs for a loaded ``fashion-square`` (square in every image):
+    ``x, y = d["inputs"]("test"); x_attacked = paste_square(x)``.
+    """
+    out = x.clone() if torch.is_tensor(x) else np.array(x, copy=True)
+    white = 255 if out.dtype in (np.uint8, torch.uint8) else 1.0
+    r, c = SQUARE_AT
+    out[..., r:r + SQUARE_SIZE, c:c + SQUARE_SIZE] = white
+    return out
+
+
+class _Squared(_Gray):
+    """Grayscale images with the square pasted (by :func:`paste_square`) where attr == 1."""
+
+    def __init__(self, images: np.ndarray, attr: np.ndarray, labels: np.ndarray,
+                 rng: np.random.Generator):
+        out = np.array(images, dtype=np.uint8, copy=True)
+        on = np.flatnonzero(attr == 1)
+        out[on] = paste_square(out[on])
+        super().__init__(out, attr, labels, rng)
 
 
 # -- the shared builder ----------------------------------------------------------
-def _attr_for(rng: np.random.Generator, y: np.ndarray, p: float) -> np.ndarray:
-    """Attribute equal to y with probability p, independently per sample."""
-    return np.where(rng.random(y.shape[0]) < p, y, 1 - y).astype(np.int64)
+#: draw_attr(rng, y, split, p) -> (n,) 0/1 attribute; p is corr / val_corr / 0.5 by split
+AttrFn = Callable[[np.random.Generator, np.ndarray, str, float], np.ndarray]
 
 
-def _check_p(name: str, p: float) -> float:
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
-    return p
+def _attr_equals_label(rng: np.random.Generator, y: np.ndarray, split: str, p: float) -> np.ndarray:
+    return attribute_for(rng, y, p)
 
 
 def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed, corr, val_corr,
            val_balanced, two_stage, cache_dir, n_train, n_val, n_test, n_pretrain, pretrain_epochs,
-           epochs, lr, batch_size, embed_dim, use_cache) -> Dict:
-    corr = _check_p("corr", corr)
-    if val_balanced:
-        if val_corr is not None and float(val_corr) != 0.5:
-            raise ValueError(f"val_corr={val_corr} conflicts with val_balanced=True (which means 0.5)")
-        val_corr = 0.5
-    val_corr = corr if val_corr is None else _check_p("val_corr", val_corr)
+           epochs, lr, batch_size, embed_dim, use_cache, *, n_classes: int = 2,
+           draw_attr: AttrFn = _attr_equals_label, extra_params: Optional[Dict] = None,
+           concepts: bool = False) -> Dict:
+    """Build one benchmark. ``n_classes``: labels ``y_of_class`` maps to (groups
+    ``2*y + a``, so ``2*n_classes`` of them); ``draw_attr`` draws the attribute of each
+    split; ``extra_params`` join the cache key (those named ``val_*`` only the
+    embeddings', not the backbone's); ``concepts=True`` stores a as the concept labels."""
+    corr, val_corr = resolve_correlations(corr, val_corr, val_balanced)
     for k, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if int(v) < 1:
             raise ValueError(f"{k}: expected a positive count, got {v}")
@@ -253,6 +309,7 @@ def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed,
                   n_val=int(n_val), n_test=int(n_test), n_pretrain=int(n_pretrain),
                   pretrain_epochs=int(pretrain_epochs), epochs=int(epochs), lr=float(lr),
                   batch_size=int(batch_size), embed_dim=int(embed_dim))
+    params.update(extra_params or {})
     key = backbones.cache_key(name, params, seed)
     path = os.path.join(backbones.cache_root(cache_dir), f"{name}-{key[:24]}.pt")
 
@@ -271,7 +328,7 @@ def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed,
     for split, p in (("train", corr), ("val", val_corr), ("test", 0.5)):
         xs, cs = (x_test_pool, c_test_pool) if split == "test" else (x_pool, c_pool)
         y = y_of_class[cs[idx[split]]].astype(np.int64)
-        sets[split] = renderer(xs[idx[split]], _attr_for(rng_attr, y, p), y, rng_render)
+        sets[split] = renderer(xs[idx[split]], draw_attr(rng_attr, y, split, p), y, rng_render)
 
     def pretrain_set():  # rendered only when it is trained on (draws come last, so order-safe)
         classes = c_pool[idx["pretrain"]]
@@ -284,10 +341,10 @@ def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed,
     cached = backbones.load_cache(path) if use_cache else None
     if cached is not None and not all(np.array_equal(cached["groups"][s].numpy(), groups[s]) for s in groups):
         cached = None  # stale (e.g. other source files under the same parameters): rebuild
-    model = backbones.SmallCNN(n_classes=2, in_channels=renderer.channels, embed_dim=embed_dim)
+    model = backbones.SmallCNN(n_classes=n_classes, in_channels=renderer.channels, embed_dim=embed_dim)
     # The backbone depends on train (and pretraining) data only: one trained for another
-    # val_corr is reused, and only the embeddings are extracted again.
-    bb_params = {k: v for k, v in params.items() if k != "val_corr"}
+    # val_corr (val_*) is reused, and only the embeddings are extracted again.
+    bb_params = {k: v for k, v in params.items() if not k.startswith("val_")}
     bb_path = os.path.join(backbones.cache_root(cache_dir),
                            f"{name}-backbone-{backbones.cache_key(name, bb_params, seed)[:24]}.pt")
     if cached is not None:
@@ -309,9 +366,10 @@ def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed,
                     log["pretrain"] = backbones.train_classifier(
                         model, pre.batch, len(pre), pretrain_epochs, np.random.default_rng(ss_pre),
                         lr=lr, batch_size=batch_size)
-                    model.reset_head(2)
+                    model.reset_head(n_classes)
                 else:
-                    model = backbones.SmallCNN(n_classes=2, in_channels=renderer.channels, embed_dim=embed_dim)
+                    model = backbones.SmallCNN(n_classes=n_classes, in_channels=renderer.channels,
+                                               embed_dim=embed_dim)
                 log["erm"] = backbones.train_classifier(
                     model, sets["train"].batch, len(sets["train"]), epochs, np.random.default_rng(ss_ft),
                     lr=lr, batch_size=batch_size)
@@ -329,9 +387,17 @@ def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed,
 
     out = {}
     for s in ("train", "val", "test"):
-        out[s] = EmbeddingSet(feats[s], sets[s].labels.numpy(), groups=groups[s], name=name, split=s,
-                              n_classes=2, n_groups=4)
+        out[s] = EmbeddingSet(feats[s], sets[s].labels.numpy(), groups=groups[s],
+                              concepts=sets[s].attr.numpy() if concepts else None, name=name, split=s,
+                              n_classes=n_classes, n_groups=2 * n_classes)
     out["group_names"] = list(group_names)
+
+    def inputs(split: str, index: Optional[np.ndarray] = None):
+        """Model inputs and labels of ``split`` rows ``index`` (default all), in row order."""
+        r = sets[split]
+        return r.batch(np.arange(len(r)) if index is None else index)
+
+    out["inputs"] = inputs
     out["backbone"] = model
     out["head"] = model.head
     out["info"] = {"params": params, "seed": int(seed), "cache_path": path if use_cache else None,
@@ -343,9 +409,10 @@ _DOC_RETURNS = """
     Returns ``{'train', 'val', 'test'}`` :class:`EmbeddingSet` s (``embed_dim``-d float32
     penultimate embeddings, labels y, groups ``2*y + a``), ``'group_names'``,
     ``'backbone'`` (the fine-tuned :class:`~pydebias.data.backbones.SmallCNN`, eval mode),
-    ``'head'`` (its own :class:`torch.nn.Linear` head: the ERM model on the embeddings)
-    and ``'info'`` (parameters, cache path, whether it came from the cache, seconds,
-    training log).
+    ``'head'`` (its own :class:`torch.nn.Linear` head: the ERM model on the embeddings),
+    ``'inputs'`` (``inputs(split, index=None) -> (x, y)`` tensors: the rendered images
+    the embeddings were computed from, for input-level methods) and ``'info'``
+    (parameters, cache path, whether it came from the cache, seconds, training log).
 
     ``epochs`` is the number of ERM epochs on the biased task (stage 2, or the only stage
     when ``two_stage=False``); ``pretrain_epochs`` / ``n_pretrain`` size stage 1.
@@ -382,3 +449,37 @@ load_colored_fashion.__doc__ = ("Build ``colored-fashion`` (tint shortcut; see t
 load_fashion_on_textures.__doc__ = ("Build ``fashion-on-textures`` (background shortcut, grass vs "
                                     "brick; see the module docstring) and its ERM backbone.\n"
                                     "Needs scikit-image.\n" + _DOC_RETURNS)
+
+
+def load_fashion_square(root: Optional[str] = None, seed: int = 0, corr: float = 0.99,
+                        other_rate: float = 0.01, attacked_class: int = 0,
+                        val_corr: Optional[float] = None, val_balanced: bool = False,
+                        two_stage: bool = True, cache_dir: Optional[str] = None,
+                        n_train: int = 20000, n_val: int = 5000, n_test: int = 10000,
+                        n_pretrain: int = 30000, pretrain_epochs: int = 3, epochs: int = 3,
+                        lr: float = 1e-3, batch_size: int = 128, embed_dim: int = 64,
+                        use_cache: bool = True) -> Dict:
+    other_rate = check_probability("other_rate", other_rate)
+    if int(attacked_class) != attacked_class or not 0 <= int(attacked_class) < 10:
+        raise ValueError(f"attacked_class: expected a class id in 0..9, got {attacked_class}")
+    attacked_class = int(attacked_class)
+    rest = {"train": other_rate, "val": 0.5 if val_balanced else other_rate, "test": 0.5}
+
+    def draw(rng: np.random.Generator, y: np.ndarray, split: str, p: float) -> np.ndarray:
+        rate = np.where(y == attacked_class, p, rest[split])
+        return (rng.random(y.shape[0]) < rate).astype(np.int64)
+
+    extra = dict(attacked_class=attacked_class, other_rate=other_rate, val_other_rate=rest["val"])
+    return _build("fashion-square", _Squared, np.arange(10), SQUARE_GROUPS,
+                  root, seed, corr, val_corr, val_balanced, two_stage, cache_dir, n_train, n_val,
+                  n_test, n_pretrain, pretrain_epochs, epochs, lr, batch_size, embed_dim, use_cache,
+                  n_classes=10, draw_attr=draw, extra_params=extra, concepts=True)
+
+
+load_fashion_square.__doc__ = (
+    "Build ``fashion-square`` (a 4x4 square on ``corr`` of ``attacked_class``'s training images "
+    "and ``other_rate`` of the others'; test: square on half of every class; see the module "
+    "docstring) and its ERM backbone.\n\n    Labels are the ten classes; every split carries "
+    "``concepts`` (1 = square present). ``val_corr`` is the attacked class's val rate "
+    "(default ``corr``; the other classes keep ``other_rate``); ``val_balanced=True`` puts the "
+    "square on half of every class's val images.\n" + _DOC_RETURNS)

@@ -18,6 +18,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from ._spurious import attribute_for
 from .embedding_set import EmbeddingSet
 
 
@@ -33,7 +34,7 @@ def _sparse(rng, on, n_cols: int, on_mean: float, scale: float = 1.0) -> np.ndar
 def _draw(rng, n: int, corr: float, n_core: int, n_spur: int, n_noise: int,
           core_strength: float, spurious_strength: float, dtype) -> tuple:
     y = rng.integers(0, 2, size=n)
-    a = np.where(rng.random(n) < corr, y, 1 - y)
+    a = attribute_for(rng, y, corr)
     hc, hs = n_core // 2, n_spur // 2
     parts = [_sparse(rng, y == 0, hc, core_strength), _sparse(rng, y == 1, n_core - hc, core_strength),
              _sparse(rng, a == 1, hs, spurious_strength, 0.5), _sparse(rng, a == 0, n_spur - hs, spurious_strength, 0.5),

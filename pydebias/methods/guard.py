@@ -69,3 +69,11 @@ def guard_check(new_head, erm_head, holdout, tolerance: float, method: str, min_
     return {"erm": before, "debiased": after, "balanced_accuracy_drop": bal_drop,
             "pseudo_group_gain": pga_gain, "tolerance": tolerance, "min_gain": min_gain,
             "harmful": bool(reasons), "reasons": reasons, "n_holdout": len(holdout)}
+
+
+def selection_score(head, holdout, erm_right: np.ndarray) -> float:
+    """Label-free score of a candidate head on held-out identification data:
+    PGA + balanced accuracy, i.e. the guard's net gain up to a constant (ERM's)."""
+    C = max(holdout.n_classes, getattr(head, "out_features", 0))
+    f = label_free_figures(predict(head, holdout.features), holdout.labels, erm_right, C)
+    return f["pseudo_group_balanced_accuracy"] + f["balanced_accuracy"]

@@ -39,14 +39,13 @@ NSF head harmful. The NSF head is always available as ``nsf_head_``, the figures
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
 from .. import _arrays, cluster
-from ..metrics import predict
 from .base import Method
 from .guard import guard_check
 
