@@ -298,13 +298,6 @@ void grouped_moments_rows_f32(const float* const* rows, int nr, int64_t m, const
     }
 }
 
-void grouped_moments_block_f32(const float* x, int64_t m, int64_t nrows, const int64_t* groups,
-                               int64_t G, const double* shift, int64_t* count, double* s1,
-                               double* s2, double* mn, double* mx, std::vector<int64_t>& order,
-                               std::vector<int64_t>& start) {
-    block_f32(x, m, nrows, groups, G, shift, count, s1, s2, mn, mx, order, start);
-}
-
 const float* f16_table() {
     static const std::vector<float> table = [] {
         std::vector<float> t(65536);

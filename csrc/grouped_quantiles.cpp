@@ -1,14 +1,19 @@
 // K2: exact per (group, column) order statistics without sorting whole columns.
 //
 // Sample-bracketed selection (see grouped_quantiles.h for the three phases). Memory
-// access: the one full pass (phase 2) walks row-major X row by row, each thread a
-// contiguous range of rows, so every load is sequential. Per row it touches only the
-// row's group's bracket and counter rows (4 int32 counters + 2 bounds per column, a few
-// KB per group, in L1/L2) in a loop the compiler vectorises, and writes an inside-flag
-// byte per column; a second, scalar loop over the flags 8 at a time appends the few
-// values inside their bracket (about 6 % with the default sample) to per-thread
-// sub-regions of the caller's keep buffer, so no thread shares a write pointer and
-// no per-thread copy is merged afterwards.
+// access of the one full pass (phase 2): rows go in pieces of about n / 16 that the
+// threads take dynamically (one parallel region), and each piece in blocks of 64 rows
+// (128 KB at 512 float32 columns, in L2). Within a block the rows of one group go four
+// at a time against that group's bracket and counter rows (2 bounds + 2-3 int32
+// counters per column, in L1/L2); the next block is prefetched a share at a time
+// between those batches. With AVX-512 the compares write mask registers, the counters
+// take masked adds and the values inside their bracket (about 3 % with the default
+// samples) are compressed with their column numbers onto a short list, appended to the
+// piece's sub-region of the caller's keep buffer in one loop (no branch per flag bit).
+// A value that does not fit its piece's share spills to a per-thread list that the
+// merge moves into the region's free space. The fused entry point
+// (moments_quantile_collect) also adds each batch of four rows into the K1 moments
+// while the rows are in L1: one read of X for K1 and K2.
 #include "grouped_quantiles.h"
 #include "grouped_moments.h"
 
@@ -17,6 +22,7 @@
 #include <cstdlib>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -262,12 +268,15 @@ inline int64_t rows_simd512(int nr, const float* const* fr, const float* fl, con
 
 // Where one thread appends: per (q, g, c) write position and end, and a flag set when
 // a value did not fit.
+// A value that did not fit its piece's share goes to the thread's spill list; the
+// merge after the pass moves it into the region's free space (overflow only when the
+// region as a whole is full), so pieces can be handed out dynamically.
 template <typename K>
 struct Sink {
     int64_t* wp;
     const int64_t* end;
     K* keep;
-    uint8_t* overflow;
+    std::vector<std::pair<int64_t, K>>* spill;
     inline void put(int64_t i, K v) {
         const int64_t w = wp[i];
         if (w < end[i]) {
@@ -275,10 +284,10 @@ struct Sink {
             wp[i] = w + 1;
             // Thousands of regions are written a few values at a time: ask for the
             // region's next line ahead, or each new line stalls on a read-for-ownership
-            // miss (measured: most of the append time).
+            // miss.
             __builtin_prefetch(keep + w + 64 / sizeof(K), 1);
         } else {
-            overflow[i] = 1;
+            spill->emplace_back(i, v);
         }
     }
 };
@@ -299,18 +308,17 @@ inline void append_bits(const uint8_t* bits, int64_t m, const T* row, int64_t i0
     }
 }
 
-// One thread's K1 accumulators (G x m, fused pass), or none (shift == nullptr).
+// One piece's K1 accumulators (G x m, fused pass), or none (shift == nullptr).
 struct MomentAcc {
     const double* shift = nullptr;
     std::vector<int64_t> count;
     std::vector<double> s1, s2, mn, mx;
-    std::vector<int64_t> order, start;
 };
 
-// One thread's rows [r0, r1) of one call. Rows go in blocks (16-bit input widened to a
+// One piece's rows [r0, r1) of one call. Rows go in blocks (16-bit input widened to a
 // float block first), bucketed by group so each group's rows run four at a time. With
-// K1 accumulators (float compare type, contiguous rows) each block is first added into
-// the moments, then counted while it is still in L2: one read of X for K1 and K2.
+// K1 accumulators (float compare type) each batch of four rows is first added into the
+// moments, then counted while it is still in L1: one read of X for K1 and K2.
 template <typename T>
 void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, int64_t stride,
                   const int64_t* groups, int64_t G, int64_t Q, const std::vector<T>& lo,
@@ -322,8 +330,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
     std::vector<uint8_t> bits(4 * mb, 0), flag(m);
     const int64_t block = std::max<int64_t>(16, (128 << 10) / std::max<int64_t>(1, m * sizeof(T)));
     const bool half = elem == Elem::F16 || elem == Elem::BF16;
-    static const bool copy_exp = std::getenv("PYDEBIAS_COPY") != nullptr;
-    std::vector<T> scratch(half || copy_exp ? block * m : 0);
+    std::vector<T> scratch(half ? block * m : 0);
     const float* table = elem == Elem::F16 ? f16_table() : nullptr;
     std::vector<int64_t> order(block), start(G + 1), fillp(G);
     // per (q, g): does any column have a point mass (else its compare is skipped)
@@ -335,6 +342,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
     std::vector<float> lval(4 * m + 16);
 #ifdef PYDEBIAS_K2_AVX2
     simd = sizeof(T) == 4 && have_avx2();
+    // PYDEBIAS_NO_AVX512=1 forces the AVX2 kernel (to test it on an AVX-512 machine).
     simd512 = simd && have_avx512() && !std::getenv("PYDEBIAS_NO_AVX512");
 #endif
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
@@ -352,11 +360,6 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
             }
             xb = scratch.data();
             xs = m;
-        } else if (copy_exp) {
-            for (int64_t r = 0; r < nb; ++r)
-                std::memcpy(scratch.data() + r * m, static_cast<const T*>(x) + (b0 + r) * stride, m * sizeof(T));
-            xb = scratch.data();
-            xs = m;
         } else {
             xb = static_cast<const T*>(x) + b0 * stride;
             xs = stride;
@@ -370,7 +373,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
         // follow: the next block's lines are requested in address order, a share with
         // each batch of rows, so the requests overlap the work. (Requesting the whole
         // block at once stalled the core on full miss buffers before any work began.)
-        const int64_t nn = half || copy_exp ? 0 : std::min(block, r1 - b0 - nb);
+        const int64_t nn = half ? 0 : std::min(block, r1 - b0 - nb);
         const int64_t row_lines = (m * static_cast<int64_t>(sizeof(T)) + 63) / 64;
         int64_t batches = 0;
         for (int64_t g = 0; g < G; ++g) batches += (start[g + 1] - start[g] + 3) / 4;
@@ -449,36 +452,39 @@ void collect_part(const void* x, Elem elem, int64_t n, int64_t m, int64_t stride
                   const MomentOut* mom = nullptr) {
     const int64_t qgm = Q * G * m;
     const int T = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(num_threads(), n / 64)));
-    // Static row split; per thread and group, how many rows (to share keep space).
-    std::vector<int64_t> rstart(T + 1);
-    for (int t = 0; t <= T; ++t) rstart[t] = n * t / T;
-    std::vector<int64_t> ng(static_cast<size_t>(T) * G, 0);
+    // Rows go in P pieces that the threads take as they finish the previous one, so a
+    // core shared with another job slows the pass by its share only (a static split
+    // waits for the slowest thread). One parallel region for the whole pass.
+    const int64_t P = T == 1 ? 1 : std::max<int64_t>(T, std::min<int64_t>(8 * T, n / 4096));
+    std::vector<int64_t> rstart(P + 1);
+    for (int64_t p = 0; p <= P; ++p) rstart[p] = n * p / P;
+    std::vector<int64_t> ng(static_cast<size_t>(P) * G, 0);
     int bad = 0;
-    for (int t = 0; t < T; ++t)
-        for (int64_t r = rstart[t]; r < rstart[t + 1]; ++r) {
+    for (int64_t p = 0; p < P; ++p)
+        for (int64_t r = rstart[p]; r < rstart[p + 1]; ++r) {
             const int64_t g = groups[r];
             if (g < 0 || g >= G) bad = 1;
-            else ++ng[t * G + g];
+            else ++ng[p * G + g];
         }
     if (bad)
         throw KernelError("groups: a group id is outside [0, n_groups); pass n_groups larger than the largest id");
-    // Each region's free space [off + fill, next off) is cut between threads in
+    // Each region's free space [off + fill, next off) is cut between pieces in
     // proportion to their rows of the region's group.
-    std::vector<int64_t> wp(static_cast<size_t>(T) * qgm), end(static_cast<size_t>(T) * qgm);
-    std::vector<int64_t> first(static_cast<size_t>(T) * qgm);
+    std::vector<int64_t> wp(static_cast<size_t>(P) * qgm), end(static_cast<size_t>(P) * qgm);
+    std::vector<int64_t> first(static_cast<size_t>(P) * qgm);
     for (int64_t i = 0; i < qgm; ++i) {
         const int64_t g = (i / m) % G;
         int64_t total = 0;
-        for (int t = 0; t < T; ++t) total += ng[t * G + g];
+        for (int64_t p = 0; p < P; ++p) total += ng[p * G + g];
         const int64_t base = keep_off[i] + std::max<int64_t>(keep_fill[i], 0);
         const int64_t room = keep_fill[i] < 0 ? 0 : keep_off[i + 1] - base;
         int64_t before = 0;
-        for (int t = 0; t < T; ++t) {
+        for (int64_t p = 0; p < P; ++p) {
             const int64_t s0 = total ? base + room * before / total : base;
-            before += ng[t * G + g];
+            before += ng[p * G + g];
             const int64_t s1 = total ? base + room * before / total : base;
-            first[t * qgm + i] = wp[t * qgm + i] = s0;
-            end[t * qgm + i] = s1;
+            first[p * qgm + i] = wp[p * qgm + i] = s0;
+            end[p * qgm + i] = s1;
         }
     }
     // Bounds in the compare type: exact, they are sample values, +-inf or NaN.
@@ -497,48 +503,70 @@ void collect_part(const void* x, Elem elem, int64_t n, int64_t m, int64_t stride
         }
     }
     std::vector<std::vector<int32_t>> tc(T);
-    std::vector<uint8_t> overflow(static_cast<size_t>(T) * qgm, 0);
-    std::vector<MomentAcc> macc(T);
+    std::vector<std::vector<std::pair<int64_t, float>>> sp32(T);
+    std::vector<std::vector<std::pair<int64_t, double>>> sp64(T);
+    // K1 accumulators per piece (not per thread): summed in piece order after the pass,
+    // the bits do not depend on which thread took which piece.
+    std::vector<MomentAcc> macc(mom ? P : 0);
     const int64_t gm = G * m;
 #pragma omp parallel num_threads(T)
     {
         const int t = thread_id();
         tc[t].assign(3 * qgm, 0);
-        MomentAcc* mo = nullptr;
-        if (mom) {  // thread-private, first touched by their thread
-            mo = &macc[t];
-            mo->shift = mom->shift;
-            mo->count.assign(G, 0);
-            mo->s1.assign(gm, 0.0);
-            mo->s2.assign(gm, 0.0);
-            mo->mn.assign(gm, std::numeric_limits<double>::infinity());
-            mo->mx.assign(gm, -std::numeric_limits<double>::infinity());
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t p = 0; p < P; ++p) {
+            MomentAcc* mo = nullptr;
+            if (mom) {
+                mo = &macc[p];
+                mo->shift = mom->shift;
+                mo->count.assign(G, 0);
+                mo->s1.assign(gm, 0.0);
+                mo->s2.assign(gm, 0.0);
+                mo->mn.assign(gm, std::numeric_limits<double>::infinity());
+                mo->mx.assign(gm, -std::numeric_limits<double>::infinity());
+            }
+            if (wide)
+                collect_rows<double>(x, elem, rstart[p], rstart[p + 1], m, stride, groups, G, Q, lo64,
+                                     hi64, w64, tc[t],
+                                     Sink<double>{wp.data() + p * qgm, end.data() + p * qgm,
+                                                  static_cast<double*>(keep), &sp64[t]},
+                                     nullptr);
+            else
+                collect_rows<float>(x, elem, rstart[p], rstart[p + 1], m, stride, groups, G, Q, lo32,
+                                    hi32, w32, tc[t],
+                                    Sink<float>{wp.data() + p * qgm, end.data() + p * qgm,
+                                                static_cast<float*>(keep), &sp32[t]},
+                                    mo);
         }
-        if (wide)
-            collect_rows<double>(x, elem, rstart[t], rstart[t + 1], m, stride, groups, G, Q, lo64, hi64,
-                                 w64, tc[t],
-                                 Sink<double>{wp.data() + t * qgm, end.data() + t * qgm,
-                                              static_cast<double*>(keep), overflow.data() + t * qgm},
-                                 nullptr);
-        else
-            collect_rows<float>(x, elem, rstart[t], rstart[t + 1], m, stride, groups, G, Q, lo32, hi32,
-                                w32, tc[t],
-                                Sink<float>{wp.data() + t * qgm, end.data() + t * qgm,
-                                            static_cast<float*>(keep), overflow.data() + t * qgm},
-                                mo);
     }
-    // K1: reduce in thread order so a fixed thread count gives identical bits.
+    // K1: reduce in piece order.
     if (mom)
-        for (int t = 0; t < T; ++t) {
-            for (int64_t g = 0; g < G; ++g) mom->count[g] += macc[t].count[g];
+        for (int64_t p = 0; p < P; ++p) {
+            for (int64_t g = 0; g < G; ++g) mom->count[g] += macc[p].count[g];
             for (int64_t i = 0; i < gm; ++i) {
-                mom->s1[i] += macc[t].s1[i];
-                mom->s2[i] += macc[t].s2[i];
-                mom->mn[i] = std::min(mom->mn[i], macc[t].mn[i]);
-                mom->mx[i] = std::max(mom->mx[i], macc[t].mx[i]);
+                mom->s1[i] += macc[p].s1[i];
+                mom->s2[i] += macc[p].s2[i];
+                mom->mn[i] = std::min(mom->mn[i], macc[p].mn[i]);
+                mom->mx[i] = std::max(mom->mx[i], macc[p].mx[i]);
             }
         }
-    // Reduce counters and close the gaps between the threads' pieces of each region.
+    // Spilled values by region (usually none): counts, then offsets.
+    std::vector<int64_t> sstart(qgm + 1, 0);
+    for (int t = 0; t < T; ++t) {
+        for (const auto& e : sp32[t]) ++sstart[e.first + 1];
+        for (const auto& e : sp64[t]) ++sstart[e.first + 1];
+    }
+    for (int64_t i = 0; i < qgm; ++i) sstart[i + 1] += sstart[i];
+    std::vector<double> sval(sstart[qgm]);
+    {
+        std::vector<int64_t> sfill(sstart.begin(), sstart.end() - 1);
+        for (int t = 0; t < T; ++t) {
+            for (const auto& e : sp32[t]) sval[sfill[e.first]++] = e.second;
+            for (const auto& e : sp64[t]) sval[sfill[e.first]++] = e.second;
+        }
+    }
+    // Reduce counters, close the gaps between the pieces of each region, and append its
+    // spilled values where the region still has room.
     const size_t ksize = wide ? sizeof(double) : sizeof(float);
     char* kb = static_cast<char*>(keep);
 #pragma omp parallel for schedule(static)
@@ -546,14 +574,19 @@ void collect_part(const void* x, Elem elem, int64_t n, int64_t m, int64_t stride
         for (int t = 0; t < T; ++t)
             for (int k = 0; k < 3; ++k) cnt[k * qgm + i] += tc[t][k * qgm + i];
         if (keep_fill[i] < 0) continue;
-        bool over = false;
         int64_t w = keep_off[i] + keep_fill[i];
-        for (int t = 0; t < T; ++t) {
-            over |= overflow[t * qgm + i] != 0;
-            const int64_t s0 = first[t * qgm + i], len = wp[t * qgm + i] - s0;
+        for (int64_t p = 0; p < P; ++p) {
+            const int64_t s0 = first[p * qgm + i], len = wp[p * qgm + i] - s0;
             if (w != s0 && len) std::memmove(kb + w * ksize, kb + s0 * ksize, len * ksize);
             w += len;
         }
+        const int64_t ns = sstart[i + 1] - sstart[i];
+        bool over = w + ns > keep_off[i + 1];
+        if (!over)
+            for (int64_t k = sstart[i]; k < sstart[i + 1]; ++k, ++w) {
+                if (wide) static_cast<double*>(keep)[w] = sval[k];
+                else static_cast<float*>(keep)[w] = static_cast<float>(sval[k]);
+            }
         keep_fill[i] = over ? -1 : w - keep_off[i];
     }
 }

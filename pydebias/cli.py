@@ -101,9 +101,8 @@ def _cmd_run(args) -> int:
     key = args.method.lower()
     if key not in canon:
         raise ValueError(f"method: unknown {args.method!r}; choose from {sorted(canon)}")
-    methods = [canon[key]]
-    if methods[0] != "ERM":
-        methods.insert(0, "ERM")
+    # beside the references every table needs: ERM (the starting point) and DFR (group labels)
+    methods = list(dict.fromkeys(["ERM", canon[key], "DFR"]))
     return _run_and_write(args, methods, f"run {args.method}")
 
 

@@ -44,3 +44,31 @@ def test_bench_quick_json(tmp_path, capsys):
     impls = {r["impl"] for r in rows}
     assert {"cpp (pydebias._C)", "numpy baseline"} <= impls
     assert all(r["x_one_read"] > 0 for r in rows)
+
+
+def test_run_matches_the_report_for_the_same_seed(tmp_path):
+    from pydebias import report
+
+    assert main(["run", "neurontune", "--data", "planted", "--out", str(tmp_path), "--quiet", "--n-boot", "0"]) == 0
+    single = json.loads((tmp_path / "results.json").read_text())["methods"]
+    assert list(single) == ["ERM", "NeuronTune", "DFR"]
+    rows = report.run_report([("planted", "planted", "biased", {})], seed=0, n_boot=0, progress=False,
+                             methods=["ERM", "NeuronTune", "DFR"])
+    for name in ("ERM", "NeuronTune", "DFR"):
+        rep = rows[0]["results"][name]["report"]
+        assert rep.worst_group_accuracy == single[name]["worst_group_accuracy"]
+        assert rep.accuracy == single[name]["accuracy"]
+
+
+def test_report_markdown_and_files(tmp_path):
+    from pydebias import report
+
+    rows = report.run_report([("planted", "planted", "balanced", {"val_corr": 0.5})], seed=0, n_boot=20,
+                             progress=False, methods=["ERM", "ClassBalanced†", "DFR"])
+    paths = report.write(rows, str(tmp_path), seed=0)
+    md = open(paths["markdown"]).read()
+    assert "| planted | planted | balanced |" in md and "ClassBalanced†" in md
+    gains = json.loads(open(paths["json"]).read())["summary_gain_over_erm_points"]
+    erm = rows[0]["results"]["ERM"]["report"].worst_group_accuracy
+    dfr = rows[0]["results"]["DFR"]["report"].worst_group_accuracy
+    assert gains["planted / planted / balanced"]["DFR"] == round(100 * (dfr - erm), 1)

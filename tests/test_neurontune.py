@@ -158,3 +158,28 @@ def test_guard_keeps_erm_head_when_told():
         head = m.fit(s, erm)
     assert m.report_["guard"]["harmful"] and m.report_["guard"]["kept_erm_head"]
     assert torch.equal(head.weight, erm.weight)
+
+
+def test_candidate_thresholds_select_top_k():
+    from pydebias.methods.neurontune import candidate_lams
+
+    delta = np.array([[0.9, -1.0, 0.3, 0.0, 0.5], [0.1, 0.7, -0.2, np.nan, 0.05]])
+    # max over classes: [0.9, 0.7, 0.3, 0.0, 0.5] -> positives sorted 0.9, 0.7, 0.5, 0.3
+    lams = candidate_lams(delta)
+    assert lams == [0.7, 0.5, 0.0, float("inf")]
+    sizes = [int((spurious_masks(delta, lam, "union") == 0).sum()) for lam in lams]
+    assert sizes == [1, 2, 4, 0]  # top 1, top 2, every positive neuron, none
+
+
+def test_auto_lambda_records_its_selection(bench):
+    d, erm = bench
+    m = NeuronTune()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m.fit(d["val"], erm, tune_set=d["train"])
+    sel = m.report_["rounds"][0]["selection"]
+    chosen = m.report_["rounds"][0]["lam"]
+    best = max(sel, key=lambda r: r["score"])
+    assert chosen == best["lam"] and best["n_zeroed"] == len(d["spurious_neurons"])
+    with pytest.raises(ValueError, match="holdout"):
+        NeuronTune(holdout=0).fit(d["val"], erm)
