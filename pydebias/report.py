@@ -12,7 +12,7 @@ Setting = Tuple[str, str, str, Dict]
 
 def default_settings(benchmarks: Optional[Sequence[str]] = None) -> List[Setting]:
     out: List[Setting] = []
-    for name in ("colored-fashion", "fashion-on-textures"):
+    for name in ("colored-fashion", "fashion-on-textures", "fashion-square"):
         for bb, two in (("two-stage", True), ("from scratch", False)):
             for split, p in (("biased", {}), ("balanced", {"val_balanced": True})):
                 out.append((name, bb, split, {"two_stage": two, **p}))
