@@ -7,6 +7,14 @@
 #include <stdexcept>
 #include <string>
 
+// Hot loops are compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at
+// run time, so one wheel runs on any x86-64 and still uses the wide units where present.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PYDEBIAS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PYDEBIAS_CLONES
+#endif
+
 namespace pydebias {
 
 // Input element kinds, decided once in the binding from the numpy dtype.

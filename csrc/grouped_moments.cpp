@@ -19,14 +19,6 @@ namespace pydebias {
 
 namespace {
 
-// The per-row update is the whole cost: compile it for AVX-512, AVX2 and baseline
-// x86-64 and let the loader pick (the wheel must run on any x86-64).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYDEBIAS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PYDEBIAS_CLONES
-#endif
-
 PYDEBIAS_CLONES
 void row_f32(const float* __restrict x, const double* __restrict shift, double* __restrict a1,
              double* __restrict a2, double* __restrict lo, double* __restrict hi, int64_t c0,

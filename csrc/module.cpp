@@ -31,6 +31,16 @@ T* checked(py::array& a, const char* name, py::ssize_t size, bool writable) {
 
 size_t elem_size(Elem e) { return e == Elem::F32 ? 4 : e == Elem::F64 ? 8 : 2; }
 
+// The buffer the K2 counting pass appends in-bracket values to.
+void* checked_keep(py::array& keep, Elem e, int64_t needed) {
+    if (static_cast<size_t>(keep.itemsize()) != (e == Elem::F64 ? 8u : 4u))
+        throw py::type_error("keep: must be float64 for float64 features, else float32");
+    if (!(keep.flags() & py::array::c_style)) throw py::value_error("keep: must be C-contiguous");
+    if (!keep.writeable()) throw py::value_error("keep: must be writable");
+    if (keep.size() < needed) throw py::value_error("keep: smaller than keep_off[-1]");
+    return keep.mutable_data();
+}
+
 void py_grouped_moments(py::array x, int elem, py::array groups, int64_t n_groups,
                         py::array shift, py::array count, py::array s1, py::array s2, py::array mn,
                         py::array mx) {
@@ -105,12 +115,7 @@ void py_quantile_collect(py::array x, int elem, py::array groups, int64_t n_grou
     int64_t* cn = checked<int64_t>(cnt, "cnt", 3 * qgm, true);
     const int64_t* off = checked<const int64_t>(keep_off, "keep_off", qgm + 1, false);
     int64_t* fill = checked<int64_t>(keep_fill, "keep_fill", qgm, true);
-    if (static_cast<size_t>(keep.itemsize()) != (e == Elem::F64 ? 8u : 4u))
-        throw py::type_error("keep: must be float64 for float64 features, else float32");
-    if (!(keep.flags() & py::array::c_style)) throw py::value_error("keep: must be C-contiguous");
-    if (!keep.writeable()) throw py::value_error("keep: must be writable");
-    void* kp = keep.mutable_data();
-    if (keep.size() < off[qgm]) throw py::value_error("keep: smaller than keep_off[-1]");
+    void* kp = checked_keep(keep, e, off[qgm]);
     const void* data = x.data();
     py::gil_scoped_release nogil;
     quantile_collect(data, e, n, m, stride, g, n_groups, q, l, h, w, cn, kp, off, fill);
@@ -139,12 +144,7 @@ void py_moments_quantile_collect(py::array x, int elem, py::array groups, int64_
     int64_t* cn = checked<int64_t>(cnt, "cnt", 3 * qgm, true);
     const int64_t* off = checked<const int64_t>(keep_off, "keep_off", qgm + 1, false);
     int64_t* fill = checked<int64_t>(keep_fill, "keep_fill", qgm, true);
-    if (static_cast<size_t>(keep.itemsize()) != (e == Elem::F64 ? 8u : 4u))
-        throw py::type_error("keep: must be float64 for float64 features, else float32");
-    if (!(keep.flags() & py::array::c_style)) throw py::value_error("keep: must be C-contiguous");
-    if (!keep.writeable()) throw py::value_error("keep: must be writable");
-    void* kp = keep.mutable_data();
-    if (keep.size() < off[qgm]) throw py::value_error("keep: smaller than keep_off[-1]");
+    void* kp = checked_keep(keep, e, off[qgm]);
     const void* data = x.data();
     py::gil_scoped_release nogil;
     moments_quantile_collect(data, e, n, m, g, n_groups, sh, c, a1, a2, mnp, mxp, q, l, h, w, cn,

@@ -13,12 +13,6 @@ namespace pydebias {
 
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PYDEBIAS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PYDEBIAS_CLONES
-#endif
-
 inline float as_float(uint32_t u) {
     float f;
     std::memcpy(&f, &u, sizeof f);
