@@ -1,7 +1,9 @@
 """Per-neuron activation statistics split by group (class x correctness, or any grouping).
 
-``neuron_stats`` makes one streaming pass over the features (numpy, memmap or torch)
-through the backend chosen in :mod:`pydebias.backends`; the result is a
+``neuron_stats`` streams over the features (numpy, memmap or torch) through the backend
+chosen in :mod:`pydebias.backends`: one pass for the moments (K1), which in-memory
+float32 input shares with the counting pass of the exact quantiles (K2: sampled
+brackets, one counting pass, a select over the few values kept); the result is a
 :class:`NeuronStats` that merges with another (Chan et al.'s parallel update) and
 round-trips through a JSON-safe dict, so shards computed on different workers or
 files combine into the statistics of the whole.
