@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .masked_linear import masked_tile_dot
+
 ONE_HOT_CELLS = 64  # at most this many cells: reduce in the program, then one atomic per counter
 
 
@@ -40,16 +42,8 @@ def _mask_sweep_kernel(
     w_row = c.to(tl.int64) * n_in
     m_row = (k * mask_rows + c * per_class).to(tl.int64) * n_in
     x_row = rows.to(tl.int64) * n_in
-    acc = tl.zeros((BLOCK_N, KB * CP), dtype=ACC)
-    for m0 in range(0, n_in, BLOCK_M):
-        cols = m0 + tl.arange(0, BLOCK_M)
-        cmask = cols < n_in
-        x = tl.load(x_ptr + x_row[:, None] + cols[None, :],
-                    mask=rmask[:, None] & cmask[None, :], other=0.0).to(ACC)
-        wmask = cmask[:, None] & jmask[None, :]
-        w = tl.load(w_ptr + w_row[None, :] + cols[:, None], mask=wmask, other=0.0).to(ACC)
-        w = w * tl.load(m_ptr + m_row[None, :] + cols[:, None], mask=wmask, other=0.0).to(ACC)
-        acc = tl.dot(x, w, acc, input_precision="ieee")
+    acc = masked_tile_dot(x_ptr, w_ptr, m_ptr, x_row, w_row, m_row, rmask, jmask, n_in,
+                          tl.zeros((BLOCK_N, KB * CP), dtype=ACC), True, ACC, BLOCK_M)
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=c < n_cls, other=0.0).to(ACC)[None, :]
     # padded classes can never win the arg-max

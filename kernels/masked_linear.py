@@ -18,6 +18,25 @@ import triton.language as tl
 
 
 @triton.jit
+def masked_tile_dot(x_ptr, w_ptr, m_ptr, x_row, w_row, m_row, rmask, jmask, n_in, acc,
+                    HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr):
+    """acc += x[rows] @ (W ⊙ mask)ᵀ over all input columns, one x tile at a time; column
+    j of each (BLOCK_M, J) weight tile is ``W[c_j, cols] * mask[row_j, cols]`` (shared by
+    K3 and K4)."""
+    for m0 in range(0, n_in, BLOCK_M):
+        cols = m0 + tl.arange(0, BLOCK_M)
+        cmask = cols < n_in
+        x = tl.load(x_ptr + x_row[:, None] + cols[None, :],
+                    mask=rmask[:, None] & cmask[None, :], other=0.0).to(ACC)
+        wmask = cmask[:, None] & jmask[None, :]
+        w = tl.load(w_ptr + w_row[None, :] + cols[:, None], mask=wmask, other=0.0).to(ACC)
+        if HAS_MASK:
+            w = w * tl.load(m_ptr + m_row[None, :] + cols[:, None], mask=wmask, other=0.0).to(ACC)
+        acc = tl.dot(x, w, acc, input_precision="ieee")
+    return acc
+
+
+@triton.jit
 def _masked_linear_kernel(
     x_ptr, w_ptr, b_ptr, m_ptr, out_ptr,
     n_rows, n_in, n_cls, n_out, mask_rows, per_class,
@@ -35,18 +54,8 @@ def _masked_linear_kernel(
     w_row = c.to(tl.int64) * n_in
     m_row = (k * mask_rows + c * per_class).to(tl.int64) * n_in
     x_row = rows.to(tl.int64) * n_in
-    acc = tl.zeros((BLOCK_N, BLOCK_J), dtype=ACC)
-    for m0 in range(0, n_in, BLOCK_M):
-        cols = m0 + tl.arange(0, BLOCK_M)
-        cmask = cols < n_in
-        x = tl.load(x_ptr + x_row[:, None] + cols[None, :],
-                    mask=rmask[:, None] & cmask[None, :], other=0.0).to(ACC)
-        wmask = cmask[:, None] & jmask[None, :]
-        # (BLOCK_M, BLOCK_J): column j of the tile is W[c_j, cols]
-        w = tl.load(w_ptr + w_row[None, :] + cols[:, None], mask=wmask, other=0.0).to(ACC)
-        if HAS_MASK:
-            w = w * tl.load(m_ptr + m_row[None, :] + cols[:, None], mask=wmask, other=0.0).to(ACC)
-        acc = tl.dot(x, w, acc, input_precision="ieee")
+    acc = masked_tile_dot(x_ptr, w_ptr, m_ptr, x_row, w_row, m_row, rmask, jmask, n_in,
+                          tl.zeros((BLOCK_N, BLOCK_J), dtype=ACC), HAS_MASK, ACC, BLOCK_M)
     if HAS_BIAS:
         acc += tl.load(b_ptr + c, mask=jmask, other=0.0).to(ACC)[None, :]
     out = out_ptr + rows.to(tl.int64)[:, None] * n_out + js[None, :]
