@@ -12,9 +12,10 @@ namespace pydebias {
 //     fall strictly inside it (the caller sizes the keep buffers from it).
 //     The bracket may name a point mass (a value repeated in the sample inside it, or
 //     lo == hi): its copies are counted, not kept -- ReLU zeros cost nothing.
-//  2. quantile_collect: one pass over rows. Per (q, g, c) it counts values < lo,
-//     values not > hi, and values == mass, and appends the others in [lo, hi] to that
-//     bracket's region of `keep`. A region that fills up is marked overflowed (fill = -1).
+//  2. quantile_collect: one pass over rows. Per (q, g, c) it counts values < lo and
+//     values == mass, and appends the others in [lo, hi] to that bracket's region of
+//     `keep`; the count of values not > hi then follows from these (no compare of its
+//     own). A region that fills up is marked overflowed (fill = -1).
 //     NaN compares "not > hi" and is kept, so phase 3 finds it without a compare here.
 //  3. quantile_select: per (q, g, c) finds the order statistics of rank r_lo and r_hi
 //     from the counts and an nth_element over the kept values; where the bracket missed
@@ -25,6 +26,7 @@ namespace pydebias {
 // (exact), float64 for float64 input.
 //
 // Counter layout: cnt is (3, Q, G, m) int64: [0] v < lo, [1] !(v > hi), [2] v == mass.
+// [1] is rewritten by every call from [0], [2] and the fill (-1 where overflowed).
 // lo, hi, mass are (Q, G, m) float64 (mass NaN: none). Ranks are (Q, G, 2) int64
 // (lower, higher), 0-based, ignored where a group is empty.
 
@@ -34,7 +36,8 @@ void quantile_brackets(const void* sample, Elem elem, int64_t s, int64_t m,
                        double* mass, int64_t* expect);
 
 // Row r of x starts at element r * stride (stride >= m: a strided sample of rows is
-// read in place). Throws KernelError on a group id outside [0, G).
+// read in place). Throws KernelError on a group id outside [0, G), and on a bracket of a
+// group with rows here that has lo > hi (or NaN) or a mass outside [lo, hi].
 void quantile_collect(const void* x, Elem elem, int64_t n, int64_t m, int64_t stride,
                       const int64_t* groups, int64_t G, int64_t Q, const double* lo,
                       const double* hi, const double* mass, int64_t* cnt, void* keep,

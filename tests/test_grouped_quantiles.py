@@ -139,6 +139,69 @@ def test_cpp_two_stage_brackets(monkeypatch, dtype):
     assert calls
 
 
+def _count_fallbacks(monkeypatch) -> list:
+    """A list that grows by one each time the exact (np.partition) fallback runs."""
+    calls = []
+    orig = stats_mod._fallback
+    monkeypatch.setattr(stats_mod, "_fallback", lambda *a: calls.append(1) or orig(*a))
+    return calls
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_cpp_median_pair_straddles_point_mass(monkeypatch, fused):
+    """Even groups whose two middle ranks are a copy of a point mass (counted, not kept)
+    and a kept value, on either side of it: phase 3 resolves one target from the counts
+    and selects the other among the kept values."""
+    monkeypatch.setattr(stats_mod, "QUANTILE_SAMPLE_ROWS", 64)
+    monkeypatch.setattr(stats_mod, "QUANTILE_REFINE", 4)
+    fallbacks = _count_fallbacks(monkeypatch)  # the exact fallback would hide a wrong select
+    rng = np.random.default_rng(17)
+    n, G = 24000, 2
+    g = np.repeat(np.arange(G), n // G)
+    x = np.empty((n, 3), dtype=np.float32)
+    for k in range(G):
+        rows = np.flatnonzero(g == k)
+        half = rows.size // 2
+        pos = rng.random(half).astype(np.float32) + 0.5
+        x[rows, 0] = rng.permutation(np.concatenate([np.zeros(half, np.float32), pos]))  # mass, then kept
+        x[rows, 1] = rng.permutation(np.concatenate([-pos, np.zeros(half, np.float32)]))  # kept, then mass
+        x[rows, 2] = rng.standard_normal(rows.size)
+    if fused:
+        st = neuron_stats(x, groups=g, n_groups=G, backend="cpp")
+        got = {m: st.quantile(0.5, m) for m in ("lower", "higher")}
+    else:
+        got = {m: grouped_quantiles(x, g, G, method=m, backend="cpp")[0] for m in ("lower", "higher")}
+    for m in ("lower", "higher"):
+        np.testing.assert_array_equal(got[m], numpy_quantiles(x, g, G, (0.5,), m)[0])
+    assert not fallbacks
+    assert (got["lower"][:, 0] == 0).all() and (got["higher"][:, 0] > 0).all()
+    assert (got["lower"][:, 1] < 0).all() and (got["higher"][:, 1] == 0).all()
+
+
+def test_cpp_median_pair_far_apart(monkeypatch):
+    """Two clusters far apart with equal halves: the two middle ranks lie at opposite
+    ends of the bracket, in different bins of the select's one histogram."""
+    fallbacks = _count_fallbacks(monkeypatch)
+    rng = np.random.default_rng(19)
+    n, G = 30000, 3
+    g = np.repeat(np.arange(G), n // G)
+    x = np.empty((n, 4), dtype=np.float32)
+    for k in range(G):
+        rows = np.flatnonzero(g == k)
+        half = rows.size // 2
+        for c, gap in enumerate((1e3, 1e30, 1.0, 1e-30)):
+            lo = -gap + rng.standard_normal(half) * gap * 1e-3
+            hi = gap + rng.standard_normal(half) * gap * 1e-3
+            x[rows, c] = rng.permutation(np.concatenate([lo, hi]))
+    for m in ("lower", "higher"):
+        got = grouped_quantiles(x, g, G, method=m, backend="cpp")
+        np.testing.assert_array_equal(got, numpy_quantiles(x, g, G, (0.5,), m))
+    lower = grouped_quantiles(x, g, G, method="lower", backend="cpp")
+    higher = grouped_quantiles(x, g, G, method="higher", backend="cpp")
+    assert (lower < 0).all() and (higher > 0).all()
+    assert not fallbacks
+
+
 def test_cpp_memmap_chunks(tmp_path):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((5000, 16)).astype(np.float16)
@@ -232,3 +295,130 @@ def test_neuron_stats_backends_agree(backend):
     for q in (0.5, 0.2):
         for method in ("lower", "higher", "midpoint"):
             np.testing.assert_array_equal(got.quantile(q, method), ref.quantile(q, method))
+
+
+def _lib():
+    from pydebias import backends
+    lib = backends.native()
+    if lib is None:
+        pytest.skip("native extension not built")
+    return lib
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2", "float64"])
+def test_cpp_collect_counters_against_numpy(monkeypatch, kernel):
+    """Phase 2 called directly in two chunks (one a strided view): the counts below lo and
+    at the point mass, the derived count not above hi, and the multiset of kept values
+    (NaN included) per cell, against numpy -- with bounds and masses that sit on data
+    values, infinite bounds, an empty bracket, and a region too small (overflow)."""
+    if kernel == "avx2":
+        monkeypatch.setenv("PYDEBIAS_NO_AVX512", "1")
+    lib = _lib()
+    rng = np.random.default_rng(23)
+    n, m, G = 9001, 19, 3  # several 64+-row blocks and pieces, a ragged last block
+    base = np.round(rng.standard_normal((2 * n, m)) * 4) / 4  # ties everywhere
+    base[::97, 3] = np.inf
+    base[::89, 4] = -np.inf
+    base[::1000, 5] = np.nan
+    dt = np.float64 if kernel == "float64" else np.float32
+    x = base.astype(dt)
+    g = rng.integers(0, G, 2 * n)
+    lo = np.full((1, G, m), -0.5); hi = np.full((1, G, m), 0.75); mass = np.full((1, G, m), np.nan)
+    mass[0, :, 0] = 0.25  # a point mass inside the bracket: counted, not kept
+    mass[0, 1, 1] = -0.5  # a mass on the lower bound
+    lo[0, :, 3] = -np.inf; hi[0, :, 3] = np.inf; mass[0, :, 3] = np.inf  # everything, +inf a mass
+    lo[0, :, 4] = hi[0, :, 4] = -np.inf  # bracket and mass at -inf: nothing below
+    mass[0, :, 4] = -np.inf
+    lo[0, 2, 6] = hi[0, 2, 6] = mass[0, 2, 6] = 0.0  # lo == hi == mass
+    code = 1 if kernel == "float64" else 0
+    strided = np.empty((n, m + 5), dtype=dt)[:, :m]  # rows read in place, stride > m
+    strided[:] = x[n:]
+    chunks = [(x[:n], g[:n]), (strided, g[n:])]
+    cap = np.full(G * m, 2 * n, dtype=np.int64)
+    cap[1 * m + 7] = 3  # one region far too small: it must overflow, not corrupt others
+    off = np.zeros(G * m + 1, dtype=np.int64); np.cumsum(cap, out=off[1:])
+    keep = np.empty(int(off[-1]), dtype=dt)
+    fill = np.zeros(G * m, dtype=np.int64)
+    cnt = np.zeros((3, 1, G, m), dtype=np.int64)
+    for arr, gs in chunks:
+        lib.quantile_collect(arr, code, np.ascontiguousarray(gs), G, lo, hi, mass, cnt, keep, off, fill)
+    v64 = x.astype(np.float64)
+    for k in range(G):
+        rows = v64[g == k]
+        for c in range(m):
+            i = k * m + c
+            v, l, h, w = rows[:, c], lo[0, k, c], hi[0, k, c], mass[0, k, c]
+            with np.errstate(invalid="ignore"):
+                below, at, upto = (v < l).sum(), (v == w).sum(), (~(v > h)).sum()
+                kept = np.sort(v[~(v < l) & ~(v > h) & ~(v == w)])
+            assert cnt[0, 0, k, c] == below and cnt[2, 0, k, c] == at, (k, c)
+            if i == 1 * m + 7:
+                assert fill[i] == -1 and cnt[1, 0, k, c] == -1
+                continue
+            assert fill[i] == kept.size and cnt[1, 0, k, c] == upto, (k, c)
+            got = np.sort(keep[off[i]:off[i] + fill[i]].astype(np.float64))
+            np.testing.assert_array_equal(got, kept)
+    assert cnt[0, 0, :, 4].sum() == 0 and cnt[2, 0, :, 4].sum() == (v64[:, 4] == -np.inf).sum() > 0
+    assert fill[np.arange(G) * m + 5].sum() >= np.isnan(v64[:, 5]).sum() > 0  # NaN always kept
+    # The derived count needs lo <= hi and the mass inside: other brackets are refused
+    # where the group has rows, accepted for a group without any (an empty group's).
+    for bad_lo, bad_hi, bad_mass in ((1.0, 0.0, np.nan), (0.0, 1.0, 2.0), (np.nan, 1.0, np.nan)):
+        l2, h2, w2 = lo.copy(), hi.copy(), mass.copy()
+        l2[0, 1, 2], h2[0, 1, 2], w2[0, 1, 2] = bad_lo, bad_hi, bad_mass
+        fill[:] = 0
+        with pytest.raises(ValueError, match="lo <= hi"):
+            lib.quantile_collect(x[:n], code, np.ascontiguousarray(g[:n]), G, l2, h2, w2, cnt, keep, off, fill)
+        g0 = np.zeros(n, dtype=np.int64)  # group 1 has no rows now
+        lib.quantile_collect(x[:n], code, g0, G, l2, h2, w2, cnt, keep, off, fill)
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2"])
+def test_cpp_fused_pass_many_blocks_exact(monkeypatch, kernel):
+    """The fused K1+K2 pass over many blocks and pieces (with next-block prefetches
+    issued from each batch) under both SIMD kernels: exact medians, and the moments of
+    the moments-only pass (counts, min, max bit for bit)."""
+    if kernel == "avx2":
+        monkeypatch.setenv("PYDEBIAS_NO_AVX512", "1")
+    rng = np.random.default_rng(29)
+    n, m, G = 70001, 40, 5
+    x = rng.standard_normal((n, m)).astype(np.float32)
+    x[:, 0] = np.maximum(x[:, 0], 0)
+    x[:, 1] = np.round(x[:, 1])
+    g = rng.integers(0, G, n)
+    g[g == 4] = 3
+    g[-1] = 4  # a one-row group
+    st = neuron_stats(x, groups=g, n_groups=G + 1, backend="cpp")  # group 5 empty
+    ref = numpy_quantiles(x, g, G + 1, (0.5,), "lower")[0]
+    np.testing.assert_array_equal(st.median, ref)
+    mom = neuron_stats(x, groups=g, n_groups=G + 1, backend="cpp", quantiles=())
+    for a in ("count", "min", "max"):  # order-free: exact; sums differ in rounding only
+        np.testing.assert_array_equal(getattr(st, a), getattr(mom, a))
+    for a in ("mean", "m2"):
+        np.testing.assert_allclose(getattr(st, a), getattr(mom, a), rtol=1e-9, atol=1e-12)
+
+
+def test_region_margin_covers_sampling_error():
+    """Regions sized from a sample's estimate grow by five standard errors, never beyond
+    the group, and not at all where the group was sampled whole."""
+    count = np.array([125000, 500, 0, 2000])
+    sampled = np.array([1024, 500, 0, 1024])
+    expect = np.array([[[16344, 125000, 0], [10, 500, 0], [0, 0, 0], [2000, 7, 1000]]])
+    got = stats_mod._with_margin(expect, count, sampled)
+    assert got.dtype == np.int64 and got.shape == expect.shape
+    assert (got >= expect).all() and (got <= count[None, :, None]).all()
+    np.testing.assert_array_equal(got[0, 1], expect[0, 1])  # taken whole: exact already
+    f = 16344 / 125000
+    assert got[0, 0, 0] >= 125000 * (f + 4.9 * np.sqrt(f * (1 - f) / 1024)) > 21527 * 0.8
+    assert got[0, 0, 1] == 125000 and got[0, 3, 0] == 2000
+
+
+def test_cpp_sample_scratch_reused_across_dtypes():
+    """The first-stage sample is copied into a reused buffer: calls in a row with other
+    dtypes, widths and tensors must not see each other's rows."""
+    rng = np.random.default_rng(31)
+    for dtype, m in ((np.float32, 7), (np.float16, 13), ("bf16", 5), (np.float64, 9), (np.float32, 3)):
+        x = rng.standard_normal((30000, m)).astype(np.float32)
+        x[:, 0] = np.maximum(x[:, 0], 0)
+        g = rng.integers(0, 3, 30000)
+        data = torch.from_numpy(x).to(torch.bfloat16) if dtype == "bf16" else x.astype(dtype)
+        assert_exact(data, g, 3, "cpp", levels=(0.5, 0.1))
