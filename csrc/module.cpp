@@ -5,6 +5,7 @@
 
 #include "grouped_moments.h"
 #include "widen.h"
+#include "dispersion.h"
 #include "grouped_quantiles.h"
 
 #ifdef _OPENMP
@@ -179,6 +180,46 @@ void py_quantile_select(py::array count, py::array ranks, py::array mass, py::ar
 
 namespace {
 
+void py_dispersion(py::array x, int elem, py::array labels, int64_t n_classes, py::array centroids,
+                   py::array owner, int64_t row_offset, py::array count, py::array sum_a,
+                   py::array sum_s, py::array n_out, py::object nearest) {
+    const Elem e = checked_elem(x, elem, "x");
+    const int64_t n = x.shape(0), m = x.shape(1);
+    if (centroids.ndim() != 2 || centroids.shape(1) != m)
+        throw py::value_error("centroids: must have shape (k, n_neurons of x)");
+    if (static_cast<size_t>(centroids.itemsize()) != (e == Elem::F64 ? 8u : 4u))
+        throw py::type_error("centroids: must be float64 for float64 x, else float32");
+    const int64_t k = centroids.shape(0);
+    if (!(centroids.flags() & py::array::c_style)) throw py::value_error("centroids: must be C-contiguous");
+    const void* cp = centroids.data();
+    const int64_t* y = checked<const int64_t>(labels, "labels", n, false);
+    const int64_t* own = checked<const int64_t>(owner, "owner", k, false);
+    int64_t* c = checked<int64_t>(count, "count", n_classes, true);
+    double* sa = checked<double>(sum_a, "sum_a", n_classes, true);
+    double* ss = checked<double>(sum_s, "sum_s", n_classes, true);
+    int64_t* no = checked<int64_t>(n_out, "n_out", n_classes, true);
+    int64_t* near = nullptr;
+    if (!nearest.is_none()) {
+        py::array na = nearest.cast<py::array>();
+        near = checked<int64_t>(na, "nearest", n, true);
+    }
+    const void* data = x.data();
+    py::gil_scoped_release nogil;
+    dispersion_accumulate(data, e, n, m, y, n_classes, cp, k, own, row_offset, c, sa, ss, no, near);
+}
+
+void py_class_sums(py::array x, int elem, py::array labels, int64_t n_classes, py::array count,
+                   py::array sums) {
+    const Elem e = checked_elem(x, elem, "x");
+    const int64_t n = x.shape(0), m = x.shape(1);
+    const int64_t* y = checked<const int64_t>(labels, "labels", n, false);
+    int64_t* c = checked<int64_t>(count, "count", n_classes, true);
+    double* s = checked<double>(sums, "sums", n_classes * m, true);
+    const void* data = x.data();
+    py::gil_scoped_release nogil;
+    class_sums_accumulate(data, e, n, m, y, n_classes, c, s);
+}
+
 void py_widen(py::array in, int elem, py::array out) {
     if (!(in.flags() & py::array::c_style) || in.itemsize() != 2)
         throw py::value_error("x: expected a C-contiguous array of 16-bit floats (as uint16)");
@@ -216,6 +257,14 @@ PYBIND11_MODULE(_C, mod) {
             py::arg("mass"), py::arg("cnt"), py::arg("keep"), py::arg("keep_off"),
             py::arg("keep_fill"), py::arg("lower"), py::arg("higher"), py::arg("miss"),
             "K2 phase 3: the order statistics of the target ranks; miss=1 where a bracket missed.");
+    mod.def("dispersion_accumulate", &py_dispersion, py::arg("x"), py::arg("elem"),
+            py::arg("labels"), py::arg("n_classes"), py::arg("centroids"), py::arg("owner"),
+            py::arg("row_offset"), py::arg("count"), py::arg("sum_a"), py::arg("sum_s"),
+            py::arg("n_out"), py::arg("nearest"),
+            "K5: add rows' own-class distance, silhouette and outlier counts per class (in place).");
+    mod.def("class_sums_accumulate", &py_class_sums, py::arg("x"), py::arg("elem"),
+            py::arg("labels"), py::arg("n_classes"), py::arg("count"), py::arg("sums"),
+            "K5: add rows into per-class float64 sums (in place; thread- and chunk-invariant).");
     mod.def("widen", &py_widen, py::arg("x"), py::arg("elem"), py::arg("out"),
             "float16/bfloat16 bits (uint16) -> float32, exactly, into out (in place).");
     mod.def("num_threads", [] {

@@ -110,6 +110,16 @@ def _cmd_report(args) -> int:
     from . import report
 
     settings = report.default_settings(args.benchmarks)
+    if args.neurontune_modes:
+        from .results import write_atomic, write_json
+
+        rows = report.neurontune_modes(settings, seed=args.seed, progress=not args.quiet)
+        md = report.neurontune_modes_markdown(rows, args.seed)
+        os.makedirs(args.out, exist_ok=True)
+        write_atomic(os.path.join(args.out, "neurontune_modes.md"), md.encode())
+        write_json(os.path.join(args.out, "neurontune_modes.json"), {"seed": args.seed, "rows": rows})
+        print(md)
+        return 0
     rows = report.run_report(settings, seed=args.seed, n_boot=args.n_boot, progress=not args.quiet)
     paths = report.write(rows, args.out, args.seed)
     print(report.markdown(rows, args.seed))
@@ -122,7 +132,13 @@ def _cmd_bench(args) -> int:
     from . import benchmarks
     from .results import provenance, write_json
 
-    rows = benchmarks.run(quick=args.quick)
+    if args.large:
+        from .bench_cluster import bench_k5_scale
+
+        rows = bench_k5_scale(args.rows or (100_000, 1_000_000, 10_000_000), cold=args.cold,
+                              directory=args.dir, keep_files=args.keep_files, threads=args.threads)
+    else:
+        rows = benchmarks.run(quick=args.quick)
     print(benchmarks.format_table(rows))
     if args.json:
         write_json(args.json, {"rows": rows, **provenance(0, "all")})
@@ -158,10 +174,20 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="results/report", help="directory for report.md/.json/.png")
     rp.add_argument("--n-boot", type=int, default=200)
     rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--neurontune-modes", action="store_true",
+                    help="instead: NeuronTune's mask modes and λ on every setting (neurontune_modes.md/.json)")
     rp.set_defaults(fn=_cmd_report)
     b = sub.add_parser("bench", help="kernel speed as ratios to one read of the input and to baselines")
     b.add_argument("--json", help="also write the table as JSON to this path")
     b.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the bar)")
+    b.add_argument("--large", action="store_true",
+                   help="instead: K5 clustering pipeline on float32 memmaps of 10^5-10^7 x 256 rows, streamed "
+                        "(writes files of up to 10 GB; see README, Performance)")
+    b.add_argument("--rows", type=int, nargs="+", help="with --large: row counts (default 100000 1000000 10000000)")
+    b.add_argument("--cold", action="store_true", help="with --large: evict the file from the page cache before each pass")
+    b.add_argument("--dir", help="with --large: where the memmaps go (default: a temporary directory)")
+    b.add_argument("--keep-files", action="store_true", help="with --large: keep (and reuse) the memmaps")
+    b.add_argument("--threads", type=int, default=1, help="with --large: threads for FAISS, torch and the kernels")
     b.set_defaults(fn=_cmd_bench)
     return p
 

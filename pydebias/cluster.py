@@ -8,7 +8,8 @@ Backends: FAISS does the k-means and the nearest-centroid searches. ``gpu="auto"
 faiss-gpu when it is installed *and* the input is a CUDA tensor; otherwise faiss-cpu
 (CUDA chunks are then copied to the host one at a time). The per-class dispersion pass
 needs the distance of every sample to *every* class mean (C is small), which is one
-GEMM per chunk; it runs in torch on the input's own device.
+pass per chunk: a native C++ kernel on the CPU (bound by reading x), torch's GEMM on
+CUDA input.
 
 Determinism: on the CPU every result is a function of the input and ``seed`` for a fixed
 number of OpenMP threads (FAISS splits its BLAS work over threads).
@@ -30,7 +31,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from . import _arrays
+from . import _arrays, backends
 
 __all__ = ["KMeansResult", "Dispersion", "kmeans", "nearest_centroid", "class_means", "dispersion",
            "faiss_gpu_available"]
@@ -243,13 +244,45 @@ def _torch_chunk(chunk, dtype) -> torch.Tensor:
     return _arrays.as_tensor(chunk).to(dtype)
 
 
-def class_means(x, labels, n_classes: Optional[int] = None, chunk_rows: Optional[int] = None):
+def class_means(x, labels, n_classes: Optional[int] = None, chunk_rows: Optional[int] = None,
+                backend: str = "auto"):
     """Per-class means (C, M) float64 and counts (C,), one chunked pass (fp64 sums).
 
-    A class with no samples gets a row of NaN (callers decide what that means).
+    A class with no samples gets a row of NaN (callers decide what that means); NaN or
+    inf in ``x`` raises ``ValueError``. CPU input goes through the native class-sum
+    kernel (``backend="auto"``/``"cpp"``; the same result for any chunking and thread
+    count), CUDA input through a one-hot fp64 GEMM in torch.
     """
     _arrays.check_2d(x, "x")
     y, C = _check_labels(x, labels, n_classes)
+    which = backends.resolve(backend, x)
+    counts = np.bincount(y, minlength=C)[:C]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if which == "cpp":
+            means = _class_sums_cpp(x, y, C, chunk_rows) / counts[:, None]
+        else:
+            means = _class_sums_torch(x, y, C, chunk_rows) / counts[:, None]
+    bad = (counts > 0) & ~np.isfinite(means).all(1)
+    if bad.any():
+        raise ValueError(f"x: class {int(np.flatnonzero(bad)[0])} has rows with NaN or inf; "
+                         "drop or impute such rows")
+    return means, counts
+
+
+def _class_sums_cpp(x, y, C, chunk_rows):
+    """(C, M) float64 class sums. The kernel adds every sum in row order, so the result is
+    the same for any chunking and thread count."""
+    lib = backends.native()
+    m = x.shape[1]
+    count = np.zeros(C, np.int64)
+    s1 = np.zeros((C, m))
+    for sl in _arrays.row_chunks(x.shape[0], _chunk_rows(x, chunk_rows)):
+        arr, code = _arrays.native_view(_arrays.contiguous_rows(x[sl]))
+        lib.class_sums_accumulate(arr, code, y[sl], C, count, s1)
+    return s1
+
+
+def _class_sums_torch(x, y, C, chunk_rows) -> np.ndarray:
     dev = x.device if _arrays.is_tensor(x) else torch.device("cpu")
     sums = torch.zeros(C, x.shape[1], dtype=torch.float64, device=dev)
     yt = torch.from_numpy(y).to(dev)
@@ -259,11 +292,7 @@ def class_means(x, labels, n_classes: Optional[int] = None, chunk_rows: Optional
         for j in range(0, xc.shape[0], 1024):  # small blocks: the fp64 copy stays in cache
             blk = xc[j:j + 1024].to(device=dev, dtype=torch.float64)
             sums += eye[yt[sl][j:j + 1024]].T @ blk  # one-hot GEMM: exact fp64 class sums
-    counts = np.bincount(y, minlength=C)[:C]
-    means = sums.cpu().numpy()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = means / counts[:, None]
-    return means, counts
+    return sums.cpu().numpy()
 
 
 @dataclass
@@ -291,11 +320,14 @@ class Dispersion:
 
     ``overall`` holds the same figures over all samples (sample-weighted). ``nearest``
     (N,) is every sample's nearest class mean (outlier ⇔ ``nearest != label``).
-    Distances come from the expansion ``||x-r||² - 2(x-r)·(μ_c-r) + ||μ_c-r||²`` about
-    ``r`` = the mean of the class means: per chunk one thin GEMM ``x·[μ_c - r, r]`` and one
-    row-norm pass, all in the input precision (float32; float64 for float64 input),
-    clamped at 0; per-class sums are accumulated in float64. Absolute error of a squared
-    distance is about ``1e-7·||x||²`` for float32 input.
+    Computation, one pass over x per call: on the CPU the native kernel takes each
+    distance as ``Σ_j (x_j - μ_cj)²`` in the input precision (float32 for float32 and
+    half input, float64 for float64), relative error about 1e-7. The torch path (CUDA
+    input, or ``backend="torch"``) uses the expansion
+    ``||x-r||² - 2(x-r)·(μ_c-r) + ||μ_c-r||²`` about ``r`` = the mean of the class means
+    (per chunk one thin GEMM ``x·[μ_c - r, r]`` and one row-norm pass, clamped at 0),
+    whose absolute error is about ``1e-7·||x||²`` for float32 input. Both accumulate the
+    per-class sums in float64; on the CPU they do not depend on the thread count.
     """
 
     count: np.ndarray
@@ -316,11 +348,20 @@ class Dispersion:
 
 
 def dispersion(x, labels, n_classes: Optional[int] = None, means=None,
-               chunk_rows: Optional[int] = None) -> Dispersion:
+               chunk_rows: Optional[int] = None, backend: str = "auto") -> Dispersion:
     """Per-class dispersion figures (see :class:`Dispersion`), one chunked pass over x
-    (two when ``means`` is not given: the class means are computed first)."""
+    (two when ``means`` is not given: the class means are computed first).
+
+    ``backend``: ``"auto"`` runs CPU input through the native kernel
+    (``pydebias._C.dispersion_accumulate``: one read of each chunk, distances as
+    ``Σ (x - μ_c)²`` in the input precision — float32 for half input —, float64 sums)
+    and CUDA input through the torch GEMM expansion; ``"cpp"`` / ``"torch"`` force one.
+    Both agree to float32 rounding; exact ties between class means go to the lower class
+    id in both. NaN or inf in ``x`` raises ``ValueError`` naming the row.
+    """
     _arrays.check_2d(x, "x")
     y, C = _check_labels(x, labels, n_classes)
+    which = backends.resolve(backend, x)
     if means is None:
         means, _ = class_means(x, y, C, chunk_rows)
     means = np.asarray(_arrays.to_numpy(means), dtype=np.float64)
@@ -329,6 +370,35 @@ def dispersion(x, labels, n_classes: Optional[int] = None, means=None,
     present = np.isfinite(means).all(1)
     if not present.any():
         raise ValueError("labels: no class has samples")
+    orphan = np.flatnonzero(~present & (np.bincount(y, minlength=C)[:C] > 0))
+    if orphan.size:
+        raise ValueError(f"means: class {int(orphan[0])} has samples but its mean is not finite")
+    if which == "cpp":
+        sa, ss, no, nearest = _dispersion_cpp(x, y, C, means, present, chunk_rows)
+    else:  # no Triton kernel: on CUDA, torch's GEMM is the fast path
+        sa, ss, no, nearest = _dispersion_torch(x, y, C, means, present, chunk_rows)
+    return _dispersion_report(y, C, means, present, sa, ss, no, nearest)
+
+
+def _dispersion_cpp(x, y, C, means, present, chunk_rows):
+    lib = backends.native()
+    wide = x.dtype in (np.float64, torch.float64)
+    cents = np.ascontiguousarray(means[present], dtype=np.float64 if wide else np.float32)
+    owner = np.flatnonzero(present).astype(np.int64)  # absent classes have no centroid
+    count = np.zeros(C, np.int64)
+    n_out = np.zeros(C, np.int64)
+    sum_a, sum_s = np.zeros(C), np.zeros(C)
+    nearest = np.empty(x.shape[0], dtype=np.int64)
+    for sl in _arrays.row_chunks(x.shape[0], _chunk_rows(x, chunk_rows)):
+        arr, code = _arrays.native_view(_arrays.contiguous_rows(x[sl]))
+        lib.dispersion_accumulate(arr, code, y[sl], C, cents, owner, sl.start, count, sum_a, sum_s,
+                                  n_out, nearest[sl])
+    return sum_a, sum_s, n_out.astype(np.float64), nearest
+
+
+def _dispersion_torch(x, y, C, means, present, chunk_rows):
+    """The reference: distances from the expansion about the mean of the class means, one
+    thin GEMM per chunk on the input's device (see :class:`Dispersion`)."""
     dev = x.device if _arrays.is_tensor(x) else torch.device("cpu")
     cdt = torch.float64 if x.dtype in (np.float64, torch.float64) else torch.float32
     ref = means[present].mean(0)
@@ -349,6 +419,11 @@ def dispersion(x, labels, n_classes: Optional[int] = None, means=None,
         xc = _torch_chunk(x[sl], cdt)
         g = torch.nn.functional.linear(xc, W)  # (rows, C + 1): x·(μ_c - r), x·r
         base = torch.linalg.vector_norm(xc, dim=1).square_().sub_(g[:, C], alpha=2.0).add_(r_sq)
+        bad = ~torch.isfinite(base)
+        if bad.any():
+            row = sl.start + int(bad.nonzero()[0, 0])
+            raise ValueError(f"x: row {row} contains NaN or inf (or values too large to square in the "
+                             "input precision); drop or impute such rows")
         d = g[:, :C].mul(-2.0).add_(const).add_(base[:, None]).clamp_min_(0).sqrt_()
         yc = yt[sl]
         near = d.argmin(1)
@@ -360,8 +435,11 @@ def dispersion(x, labels, n_classes: Optional[int] = None, means=None,
         sum_a.index_add_(0, yc, a.double())
         n_out.index_add_(0, yc, (near != yc).double())
         nearest[sl] = near.cpu().numpy()
+    return (*(t.cpu().numpy() for t in (sum_a, sum_s, n_out)), nearest)
+
+
+def _dispersion_report(y, C, means, present, sa, ss, no, nearest) -> Dispersion:
     count = np.bincount(y, minlength=C)[:C]
-    sa, ss, no = (t.cpu().numpy() for t in (sum_a, sum_s, n_out))
     nan = np.full(C, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_d = np.where(count > 0, sa / count, np.nan)

@@ -18,6 +18,8 @@ def default_settings(benchmarks: Optional[Sequence[str]] = None) -> List[Setting
                 out.append((name, bb, split, {"two_stage": two, **p}))
     out += [("reviews-token", "MiniLM (pretrained)", "biased", {}),
             ("reviews-token", "MiniLM (pretrained)", "balanced", {"val_balanced": True}),
+            ("reviews-token", "bag-of-words MLP (from scratch)", "biased", {"backbone": "mlp"}),
+            ("reviews-token", "bag-of-words MLP (from scratch)", "balanced", {"backbone": "mlp", "val_balanced": True}),
             ("adult-sex", "MLP (one-stage)", "as in the data", {}),
             ("planted", "planted", "biased", {}),
             ("planted", "planted", "balanced", {"val_corr": 0.5})]
@@ -47,6 +49,71 @@ def run_report(settings: Sequence[Setting], seed: int = 0, n_boot: int = 200, pr
         rows.append({"benchmark": name, "backbone": bb, "id_split": split, "params": params,
                      "load_seconds": load_s, "results": res})
     return rows
+
+
+#: NeuronTune variants compared by :func:`neurontune_modes` (guard off: the variant's own effect)
+NT_VARIANTS = {
+    "intersection": {"mask_mode": "intersection"},
+    "union": {"mask_mode": "union"},
+    "per_class": {"mask_mode": "per_class"},
+    "intersection, λ=0": {"mask_mode": "intersection", "lam": 0.0},
+    "union, λ=0": {"mask_mode": "union", "lam": 0.0},
+    "per_class, λ=0": {"mask_mode": "per_class", "lam": 0.0},
+}
+
+
+def neurontune_modes(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
+    """Worst-group / mean test accuracy and neurons zeroed of each :data:`NT_VARIANTS`
+    NeuronTune (identification on val, retraining on train, guard off) per setting,
+    beside ERM: the measurements behind the ``mask_mode`` and ``lam`` defaults."""
+    from tqdm import tqdm
+
+    from .data import availability, load
+    from .methods import NeuronTune
+    from .metrics import evaluate
+
+    rows = []
+    for name, bb, split, params in tqdm(settings, desc="NeuronTune variants", disable=not progress):
+        ok, why = availability(name)
+        if not ok:
+            rows.append({"benchmark": name, "backbone": bb, "id_split": split, "skipped": why})
+            continue
+        data = load(name, seed=seed, **params)
+        erm = data.get("head")
+        if erm is None:
+            from .methods import ERM
+
+            erm = ERM(seed=seed).fit(data["train"])
+        base = evaluate(erm, data["test"])
+        row = {"benchmark": name, "backbone": bb, "id_split": split, "params": params,
+               "ERM": {"worst_group": base.worst_group_accuracy, "mean": base.accuracy}}
+        for label, kw in NT_VARIANTS.items():
+            m = NeuronTune(seed=seed, guard=False, **kw)
+            head = m.fit(data["val"], head=erm, tune_set=data["train"])
+            rep = evaluate(head, data["test"])
+            row[label] = {"worst_group": rep.worst_group_accuracy, "mean": rep.accuracy,
+                          "n_zeroed": int(len(m.spurious_neurons())),
+                          "lam": lam if (lam := m.report_["rounds"][-1]["lam"]) != float("inf") else None}
+        rows.append(row)
+    return rows
+
+
+def neurontune_modes_markdown(rows: List[Dict], seed: int) -> str:
+    labels = ["ERM"] + list(NT_VARIANTS)
+    out = [f"NeuronTune mask mode and λ, seed {seed}, guard off, retraining on train: worst-group / mean "
+           "test accuracy %, [neurons zeroed for at least one class]; no λ given = `lam=\"auto\"`.", "",
+           "| benchmark | backbone | id split | " + " | ".join(labels) + " |",
+           "| --- | --- | --- | " + " | ".join("---" for _ in labels) + " |"]
+    for r in rows:
+        if "skipped" in r:
+            continue
+        cells = []
+        for k in labels:
+            v = r[k]
+            c = f"{100 * v['worst_group']:.1f} / {100 * v['mean']:.1f}"
+            cells.append(c + (f" [{v['n_zeroed']}]" if "n_zeroed" in v else ""))
+        out.append(f"| {r['benchmark']} | {r['backbone']} | {r['id_split']} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def _cell(r) -> str:

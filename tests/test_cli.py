@@ -72,3 +72,20 @@ def test_report_markdown_and_files(tmp_path):
     erm = rows[0]["results"]["ERM"]["report"].worst_group_accuracy
     dfr = rows[0]["results"]["DFR"]["report"].worst_group_accuracy
     assert gains["planted / planted / balanced"]["DFR"] == round(100 * (dfr - erm), 1)
+
+
+def test_neurontune_modes_table_on_planted(tmp_path):
+    """The mask-mode / λ comparison behind NeuronTune's defaults: on ``planted`` the literal
+    intersection selects nothing, per-class finds the 8 planted neurons but leaves the
+    worst group where ERM has it, union finds them and lifts it (NeuronTune's docstring)."""
+    assert main(["report", "--neurontune-modes", "--benchmarks", "planted", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    md = (tmp_path / "neurontune_modes.md").read_text()
+    assert md.count("| planted | planted |") == 2 and "union, λ=0" in md
+    for row in json.loads((tmp_path / "neurontune_modes.json").read_text())["rows"]:
+        erm = row["ERM"]["worst_group"]
+        assert row["intersection"]["n_zeroed"] == 0 and row["union, λ=0"]["n_zeroed"] == 8
+        assert row["per_class, λ=0"]["n_zeroed"] == 8
+        assert row["union"]["worst_group"] > erm + 0.3 and row["union, λ=0"]["worst_group"] > erm + 0.3
+        assert abs(row["per_class, λ=0"]["worst_group"] - erm) < 0.05
+        assert f"{100 * erm:.1f} / {100 * row['ERM']['mean']:.1f}" in md

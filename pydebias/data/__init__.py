@@ -18,7 +18,8 @@ _REGISTRY = {
                             "fashion", "load_fashion_on_textures"),
     "fashion-square": ("MaskTune's biased MNIST / RR-ClArC concept data: Fashion-MNIST 10 classes, "
                        "4x4 square on 99% of class 0, concept labels", "fashion", "load_fashion_square"),
-    "reviews-token": ("fine-food reviews great vs other, appended phrase spurious, MiniLM embeddings",
+    "reviews-token": ("fine-food reviews great vs other, appended phrase spurious, MiniLM embeddings "
+                      "(backbone=mlp: a from-scratch bag-of-words MLP, 64-d)",
                       "reviews", "load_reviews_token"),
     "adult-sex": ("Adult census income > 50K, sex as the attribute (real, not planted), MLP",
                   "adult", "load_adult_sex"),

