@@ -42,27 +42,6 @@ void* checked_keep(py::array& keep, Elem e, int64_t needed) {
     return keep.mutable_data();
 }
 
-void py_grouped_moments(py::array x, int elem, py::array groups, int64_t n_groups,
-                        py::array shift, py::array count, py::array s1, py::array s2, py::array mn,
-                        py::array mx) {
-    if (x.ndim() != 2) throw py::value_error("features: must be 2-D (rows, neurons)");
-    const Elem e = static_cast<Elem>(elem);
-    if (static_cast<size_t>(x.itemsize()) != elem_size(e))
-        throw py::type_error("features: element size does not match the declared dtype");
-    if (!(x.flags() & py::array::c_style)) throw py::value_error("features: must be C-contiguous");
-    const int64_t n = x.shape(0), m = x.shape(1), gm = n_groups * m;
-    const int64_t* g = checked<const int64_t>(groups, "groups", n, false);
-    const double* sh = checked<const double>(shift, "shift", m, false);
-    int64_t* c = checked<int64_t>(count, "count", n_groups, true);
-    double* a1 = checked<double>(s1, "s1", gm, true);
-    double* a2 = checked<double>(s2, "s2", gm, true);
-    double* lo = checked<double>(mn, "mn", gm, true);
-    double* hi = checked<double>(mx, "mx", gm, true);
-    const void* data = x.data();
-    py::gil_scoped_release nogil;
-    grouped_moments_accumulate(data, e, n, m, g, n_groups, sh, c, a1, a2, lo, hi);
-}
-
 Elem checked_elem(py::array& x, int elem, const char* name) {
     if (x.ndim() != 2) throw py::value_error(std::string(name) + ": must be 2-D (rows, neurons)");
     const Elem e = static_cast<Elem>(elem);
@@ -70,6 +49,34 @@ Elem checked_elem(py::array& x, int elem, const char* name) {
         throw py::type_error(std::string(name) + ": element size does not match the declared dtype");
     if (!(x.flags() & py::array::c_style)) throw py::value_error(std::string(name) + ": must be C-contiguous");
     return e;
+}
+
+// The group ids and moment accumulators K1 and the fused K1+K2 pass share.
+struct MomentArgs {
+    const int64_t* groups;
+    const double* shift;
+    int64_t* count;
+    double *s1, *s2, *mn, *mx;
+};
+
+MomentArgs checked_moments(int64_t n, int64_t m, int64_t n_groups, py::array groups, py::array shift,
+                           py::array count, py::array s1, py::array s2, py::array mn, py::array mx) {
+    const int64_t gm = n_groups * m;
+    return {checked<const int64_t>(groups, "groups", n, false), checked<const double>(shift, "shift", m, false),
+            checked<int64_t>(count, "count", n_groups, true), checked<double>(s1, "s1", gm, true),
+            checked<double>(s2, "s2", gm, true), checked<double>(mn, "mn", gm, true),
+            checked<double>(mx, "mx", gm, true)};
+}
+
+void py_grouped_moments(py::array x, int elem, py::array groups, int64_t n_groups,
+                        py::array shift, py::array count, py::array s1, py::array s2, py::array mn,
+                        py::array mx) {
+    const Elem e = checked_elem(x, elem, "features");
+    const int64_t n = x.shape(0), m = x.shape(1);
+    const MomentArgs a = checked_moments(n, m, n_groups, groups, shift, count, s1, s2, mn, mx);
+    const void* data = x.data();
+    py::gil_scoped_release nogil;
+    grouped_moments_accumulate(data, e, n, m, a.groups, n_groups, a.shift, a.count, a.s1, a.s2, a.mn, a.mx);
 }
 
 void py_quantile_brackets(py::array sample, int elem, py::array sample_groups, int64_t n_groups,
@@ -93,6 +100,34 @@ void py_quantile_brackets(py::array sample, int elem, py::array sample_groups, i
     quantile_brackets(data, e, s, m, sg, n_groups, c, r, q, z, l, h, w, ex);
 }
 
+// The bracket and keep-buffer arguments the two counting passes (K2 alone, K1+K2 fused)
+// share, checked once against (n_levels, n_groups, m).
+struct CollectArgs {
+    int64_t q;
+    const double *lo, *hi, *mass;
+    int64_t* cnt;
+    void* keep;
+    const int64_t* off;
+    int64_t* fill;
+};
+
+CollectArgs checked_collect(Elem e, int64_t n_groups, int64_t m, py::array lo, py::array hi, py::array mass,
+                            py::array cnt, py::array keep, py::array keep_off, py::array keep_fill) {
+    if (cnt.ndim() != 4 || cnt.shape(0) != 3 || cnt.shape(2) != n_groups || cnt.shape(3) != m)
+        throw py::value_error("cnt: must have shape (3, n_levels, n_groups, n_neurons)");
+    CollectArgs a;
+    a.q = cnt.shape(1);
+    const int64_t qgm = a.q * n_groups * m;
+    a.lo = checked<const double>(lo, "lo", qgm, false);
+    a.hi = checked<const double>(hi, "hi", qgm, false);
+    a.mass = checked<const double>(mass, "mass", qgm, false);
+    a.cnt = checked<int64_t>(cnt, "cnt", 3 * qgm, true);
+    a.off = checked<const int64_t>(keep_off, "keep_off", qgm + 1, false);
+    a.fill = checked<int64_t>(keep_fill, "keep_fill", qgm, true);
+    a.keep = checked_keep(keep, e, a.off[qgm]);
+    return a;
+}
+
 void py_quantile_collect(py::array x, int elem, py::array groups, int64_t n_groups, py::array lo,
                          py::array hi, py::array mass, py::array cnt, py::array keep,
                          py::array keep_off, py::array keep_fill) {
@@ -106,20 +141,12 @@ void py_quantile_collect(py::array x, int elem, py::array groups, int64_t n_grou
                                                                x.strides(0) % x.itemsize())))
         throw py::value_error("features: rows must be contiguous, with a positive row stride");
     const int64_t stride = n > 1 ? x.strides(0) / x.itemsize() : m;
-    if (cnt.ndim() != 4 || cnt.shape(0) != 3 || cnt.shape(2) != n_groups || cnt.shape(3) != m)
-        throw py::value_error("cnt: must have shape (3, n_levels, n_groups, n_neurons)");
-    const int64_t q = cnt.shape(1), qgm = q * n_groups * m;
     const int64_t* g = checked<const int64_t>(groups, "groups", n, false);
-    const double* l = checked<const double>(lo, "lo", qgm, false);
-    const double* h = checked<const double>(hi, "hi", qgm, false);
-    const double* w = checked<const double>(mass, "mass", qgm, false);
-    int64_t* cn = checked<int64_t>(cnt, "cnt", 3 * qgm, true);
-    const int64_t* off = checked<const int64_t>(keep_off, "keep_off", qgm + 1, false);
-    int64_t* fill = checked<int64_t>(keep_fill, "keep_fill", qgm, true);
-    void* kp = checked_keep(keep, e, off[qgm]);
+    const CollectArgs a = checked_collect(e, n_groups, m, lo, hi, mass, cnt, keep, keep_off, keep_fill);
     const void* data = x.data();
     py::gil_scoped_release nogil;
-    quantile_collect(data, e, n, m, stride, g, n_groups, q, l, h, w, cn, kp, off, fill);
+    quantile_collect(data, e, n, m, stride, g, n_groups, a.q, a.lo, a.hi, a.mass, a.cnt, a.keep, a.off,
+                     a.fill);
 }
 
 void py_moments_quantile_collect(py::array x, int elem, py::array groups, int64_t n_groups,
@@ -128,28 +155,13 @@ void py_moments_quantile_collect(py::array x, int elem, py::array groups, int64_
                                  py::array mass, py::array cnt, py::array keep,
                                  py::array keep_off, py::array keep_fill) {
     const Elem e = checked_elem(x, elem, "features");
-    const int64_t n = x.shape(0), m = x.shape(1), gm = n_groups * m;
-    if (cnt.ndim() != 4 || cnt.shape(0) != 3 || cnt.shape(2) != n_groups || cnt.shape(3) != m)
-        throw py::value_error("cnt: must have shape (3, n_levels, n_groups, n_neurons)");
-    const int64_t q = cnt.shape(1), qgm = q * n_groups * m;
-    const int64_t* g = checked<const int64_t>(groups, "groups", n, false);
-    const double* sh = checked<const double>(shift, "shift", m, false);
-    int64_t* c = checked<int64_t>(count, "count", n_groups, true);
-    double* a1 = checked<double>(s1, "s1", gm, true);
-    double* a2 = checked<double>(s2, "s2", gm, true);
-    double* mnp = checked<double>(mn, "mn", gm, true);
-    double* mxp = checked<double>(mx, "mx", gm, true);
-    const double* l = checked<const double>(lo, "lo", qgm, false);
-    const double* h = checked<const double>(hi, "hi", qgm, false);
-    const double* w = checked<const double>(mass, "mass", qgm, false);
-    int64_t* cn = checked<int64_t>(cnt, "cnt", 3 * qgm, true);
-    const int64_t* off = checked<const int64_t>(keep_off, "keep_off", qgm + 1, false);
-    int64_t* fill = checked<int64_t>(keep_fill, "keep_fill", qgm, true);
-    void* kp = checked_keep(keep, e, off[qgm]);
+    const int64_t n = x.shape(0), m = x.shape(1);
+    const MomentArgs k1 = checked_moments(n, m, n_groups, groups, shift, count, s1, s2, mn, mx);
+    const CollectArgs a = checked_collect(e, n_groups, m, lo, hi, mass, cnt, keep, keep_off, keep_fill);
     const void* data = x.data();
     py::gil_scoped_release nogil;
-    moments_quantile_collect(data, e, n, m, g, n_groups, sh, c, a1, a2, mnp, mxp, q, l, h, w, cn,
-                             kp, off, fill);
+    moments_quantile_collect(data, e, n, m, k1.groups, n_groups, k1.shift, k1.count, k1.s1, k1.s2, k1.mn,
+                             k1.mx, a.q, a.lo, a.hi, a.mass, a.cnt, a.keep, a.off, a.fill);
 }
 
 void py_quantile_select(py::array count, py::array ranks, py::array mass, py::array cnt,

@@ -435,36 +435,24 @@ def _target_ranks(count: np.ndarray, levels: Sequence[float]) -> np.ndarray:
 
 def _exact_quantiles(features, g, G, levels, which, chunk_rows):
     """(lower, higher), each (Q, G, M) float64, through the chosen backend."""
+    if which == "cpp":
+        return _quantiles_cpp(features, g, G, levels, chunk_rows)
     if which == "triton":
-        from .kernels import grouped_quantiles as k2
-        x = _arrays.as_tensor(features)
-        if x.shape[0] and torch.isnan(x).any():
-            raise ValueError(_NAN_MESSAGE)
-        lo, hi = k2.grouped_quantiles(x, torch.from_numpy(g).to(x.device), G, levels)
-        return lo.cpu().numpy(), hi.cpu().numpy()
-    if which == "torch":
-        x = _arrays.as_tensor(features)
-        if x.shape[0] and torch.isnan(x).any():
-            raise ValueError(_NAN_MESSAGE)
-        lo, hi = reference.grouped_quantiles(x, torch.from_numpy(g).to(x.device), G, levels)
-        return lo.cpu().numpy(), hi.cpu().numpy()
-    return _quantiles_cpp(features, g, G, levels, chunk_rows)
-
-
-def _rows_at(features, idx: np.ndarray):
-    """The rows idx of features, C-contiguous, as the kernels take them."""
-    if idx.size == features.shape[0]:
-        rows = features[:]
+        from .kernels import grouped_quantiles as impl
     else:
-        rows = features[torch.from_numpy(idx)] if _arrays.is_tensor(features) else features[idx]
-    return _arrays.native_view(_arrays.contiguous_rows(rows))
+        impl = reference
+    x = _arrays.as_tensor(features)
+    if x.shape[0] and torch.isnan(x).any():
+        raise ValueError(_NAN_MESSAGE)
+    lo, hi = impl.grouped_quantiles(x, torch.from_numpy(g).to(x.device), G, levels)
+    return lo.cpu().numpy(), hi.cpu().numpy()
 
 
-def _sample_rows(features, idx: np.ndarray):
-    """The rows idx of features, C-contiguous, copied into a reused scratch buffer (a
-    fresh 8 MB copy per call spent most of its time faulting in pages)."""
+def _sample_rows(features, idx: np.ndarray, slot: str = "sample"):
+    """The rows idx of features, C-contiguous, copied into the reused scratch buffer
+    ``slot`` (a fresh 8 MB copy per call spent most of its time faulting in pages)."""
     arr, code = _arrays.native_view(features.detach() if _arrays.is_tensor(features) else features)
-    out = _scratch(idx.size * arr.shape[1], arr.dtype, slot="sample").reshape(idx.size, arr.shape[1])
+    out = _scratch(idx.size * arr.shape[1], arr.dtype, slot=slot).reshape(idx.size, arr.shape[1])
     np.take(arr, idx, axis=0, out=out)
     return out, code
 
@@ -630,7 +618,7 @@ def _refine_brackets(lib, features, g, count, ranks, per2, z, lo1, hi1, mass1, e
     extra = np.flatnonzero(np.isin(g, np.flatnonzero(count <= per2)) & ~on_stride)
     parts = [(*_arrays.native_view(features[::step]), np.ascontiguousarray(g[::step]))]
     if extra.size:
-        parts.append((*_rows_at(features, extra), np.ascontiguousarray(g[extra])))
+        parts.append((*_sample_rows(features, extra, slot="extra"), np.ascontiguousarray(g[extra])))
     g2 = np.concatenate([p[2] for p in parts])
     c2 = np.bincount(g2, minlength=count.size)[:count.size].astype(np.int64)
     # sample ranks of the new bracket ends around each target (as the C++ phase 1 does)

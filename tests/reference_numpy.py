@@ -20,3 +20,13 @@ def grouped(x, g, G):
                 out["var"][k] = rows.var(0, ddof=1)
     out["count"] = count
     return out
+
+
+def gaussian_blobs(n, m, C, seed=0, spread=1.0):
+    """float32 rows around C random centres (scale 2) with per-row noise ``spread``;
+    labels drawn uniformly: test data for clustering and NSF."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, n)
+    centers = rng.standard_normal((C, m)) * 2.0
+    x = (centers[y] + spread * rng.standard_normal((n, m))).astype(np.float32)
+    return x, y

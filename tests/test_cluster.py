@@ -4,14 +4,11 @@ import pytest
 import torch
 
 from pydebias import cluster
+from reference_numpy import gaussian_blobs
 
 
 def _blobs(n=3000, m=12, C=3, seed=0, spread=1.0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, C, n)
-    centers = rng.standard_normal((C, m)) * 2.0
-    x = (centers[y] + spread * rng.standard_normal((n, m))).astype(np.float32)
-    return x, y
+    return gaussian_blobs(n, m, C, seed, spread)
 
 
 def _numpy_dispersion(x, y, C):

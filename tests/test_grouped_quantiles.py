@@ -422,3 +422,19 @@ def test_cpp_sample_scratch_reused_across_dtypes():
         g = rng.integers(0, 3, 30000)
         data = torch.from_numpy(x).to(torch.bfloat16) if dtype == "bf16" else x.astype(dtype)
         assert_exact(data, g, 3, "cpp", levels=(0.5, 0.1))
+
+
+def test_cpp_small_group_taken_whole_beside_a_sampled_one(monkeypatch):
+    """A group small enough to be read whole in the second bracketing stage (its rows off
+    the stride are gathered separately) next to a large, sampled one: both exact."""
+    seen = []
+    orig = stats_mod._sample_rows
+    monkeypatch.setattr(stats_mod, "_sample_rows", lambda f, i, slot="sample": seen.append(slot) or orig(f, i, slot))
+    rng = np.random.default_rng(23)
+    n = 400_000
+    g = np.where(rng.random(n) < 0.01, 1, 0)
+    x = rng.standard_normal((n, 8)).astype(np.float32)
+    for m in ("lower", "higher"):
+        got = grouped_quantiles(x, g, 2, method=m, backend="cpp")[0]
+        np.testing.assert_array_equal(got, numpy_quantiles(x, g, 2, (0.5,), m)[0])
+    assert "extra" in seen

@@ -62,12 +62,20 @@ def test_mask_modes():
         spurious_masks(delta, 0.0, "all")
 
 
-def test_recovers_planted_neurons_at_default_setting(bench):
+@pytest.fixture(scope="module")
+def fitted(bench):
+    """NeuronTune with its defaults, fitted once on ``bench`` (identification on val,
+    retraining on train)."""
     d, erm = bench
     m = NeuronTune()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m.fit(d["val"], erm, tune_set=d["train"])
+    return m
+
+
+def test_recovers_planted_neurons_at_default_setting(bench, fitted):
+    d, m = bench[0], fitted
     found, truth = set(m.spurious_neurons().tolist()), set(d["spurious_neurons"].tolist())
     precision = len(found & truth) / max(1, len(found))
     recall = len(found & truth) / len(truth)
@@ -171,12 +179,8 @@ def test_candidate_thresholds_select_top_k():
     assert sizes == [1, 2, 4, 0]  # top 1, top 2, every positive neuron, none
 
 
-def test_auto_lambda_records_its_selection(bench):
-    d, erm = bench
-    m = NeuronTune()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m.fit(d["val"], erm, tune_set=d["train"])
+def test_auto_lambda_records_its_selection(bench, fitted):
+    (d, erm), m = bench, fitted
     sel = m.report_["rounds"][0]["selection"]
     chosen = m.report_["rounds"][0]["lam"]
     best = max(sel, key=lambda r: r["score"])

@@ -10,14 +10,11 @@ from pydebias import EmbeddingSet, evaluate
 from pydebias.data import planted
 from pydebias.methods import ERM, NSF
 from pydebias.methods.nsf import fold_transform
+from reference_numpy import gaussian_blobs
 
 
 def _overlapping(n=1200, m=10, C=3, seed=0, spread=2.0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, C, n)
-    centers = rng.standard_normal((C, m)) * 2.0
-    x = (centers[y] + spread * rng.standard_normal((n, m))).astype(np.float32)
-    return x, y
+    return gaussian_blobs(n, m, C, seed, spread)
 
 
 def test_fold_transform_is_exact():
