@@ -28,7 +28,7 @@ def rand(n, m, seed=0, scale=3.0, offset=50.0):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("n,m,G", [(997, 37, 4), (1, 5, 3), (50, 1, 2), (300, 130, 5), (64, 16, 20)])
+@pytest.mark.parametrize("n,m,G", [(997, 37, 4), (1, 5, 3), (50, 1, 2), (300, 130, 5), (64, 16, 20), (2000, 45, 3)])
 def test_random_matches_numpy(backend, n, m, G):
     x, rng = rand(n, m, seed=n + m)
     g = rng.integers(0, G, n)

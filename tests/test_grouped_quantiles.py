@@ -376,14 +376,19 @@ def test_cpp_collect_counters_against_numpy(monkeypatch, kernel):
 def test_cpp_fused_pass_many_blocks_exact(monkeypatch, kernel):
     """The fused K1+K2 pass over many blocks and pieces (with next-block prefetches
     issued from each batch) under both SIMD kernels: exact medians, and the moments of
-    the moments-only pass (counts, min, max bit for bit)."""
+    the moments-only pass (counts, min, max bit for bit). With AVX-512 the moments of
+    four-row batches are taken inside the K2 column loop: 45 columns leave a last step
+    of 13 lanes, so both masked halves of it are exercised, with infinities and -0.0."""
     if kernel == "avx2":
         monkeypatch.setenv("PYDEBIAS_NO_AVX512", "1")
     rng = np.random.default_rng(29)
-    n, m, G = 70001, 40, 5
+    n, m, G = 70001, 45, 5
     x = rng.standard_normal((n, m)).astype(np.float32)
     x[:, 0] = np.maximum(x[:, 0], 0)
     x[:, 1] = np.round(x[:, 1])
+    x[rng.integers(0, n, 50), 44] = -0.0
+    x[rng.integers(0, n, 5), 42] = np.inf  # in the masked upper half of the last step
+    x[rng.integers(0, n, 5), 33] = -np.inf
     g = rng.integers(0, G, n)
     g[g == 4] = 3
     g[-1] = 4  # a one-row group
