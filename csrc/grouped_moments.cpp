@@ -6,6 +6,7 @@
 // shift (a value near the data) so the variance does not lose digits to
 // cancellation when |mean| >> std.
 #include "grouped_moments.h"
+#include "widen.h"
 
 #include <algorithm>
 #include <limits>
@@ -141,7 +142,6 @@ void accumulate_rows(const Rows& in, int64_t r0, int64_t r1, int64_t c0, int64_t
                      int* bad_group) {
     const int64_t m = in.m;
     std::vector<float> scratch(in.elem == Elem::F16 || in.elem == Elem::BF16 ? m : 0);
-    const float* table = in.elem == Elem::F16 ? f16_table() : nullptr;
     for (int64_t r = r0; r < r1; ++r) {
         const int64_t g = groups[r];
         if (g < 0 || g >= G) {
@@ -163,10 +163,7 @@ void accumulate_rows(const Rows& in, int64_t r0, int64_t r1, int64_t c0, int64_t
             case Elem::F16:
             case Elem::BF16: {
                 const uint16_t* h = static_cast<const uint16_t*>(in.x) + r * m;
-                if (table)
-                    for (int64_t c = c0; c < c1; ++c) scratch[c] = table[h[c]];
-                else
-                    for (int64_t c = c0; c < c1; ++c) scratch[c] = bf16_to_float(h[c]);
+                widen_row(h + c0, in.elem, scratch.data() + c0, c1 - c0);
                 row_f32(scratch.data(), shift, a1, a2, lo, hi, c0, c1);
                 break;
             }
@@ -183,7 +180,6 @@ void blocked_rows(const Rows& in, int64_t r0, int64_t r1, const int64_t* groups,
     const int64_t block = std::max<int64_t>(16, (128 << 10) / std::max<int64_t>(1, m * 4));
     std::vector<int64_t> order, start;
     std::vector<float> scratch;
-    const float* table = in.elem == Elem::F16 ? f16_table() : nullptr;
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
         const int64_t nb = std::min(block, r1 - b0);
         const int64_t* g = groups + b0;
@@ -197,11 +193,7 @@ void blocked_rows(const Rows& in, int64_t r0, int64_t r1, const int64_t* groups,
             x = static_cast<const float*>(in.x) + b0 * m;
         } else {
             scratch.resize(nb * m);
-            const uint16_t* h = static_cast<const uint16_t*>(in.x) + b0 * m;
-            if (table)
-                for (int64_t i = 0; i < nb * m; ++i) scratch[i] = table[h[i]];
-            else
-                for (int64_t i = 0; i < nb * m; ++i) scratch[i] = bf16_to_float(h[i]);
+            widen_row(static_cast<const uint16_t*>(in.x) + b0 * m, in.elem, scratch.data(), nb * m);
             x = scratch.data();
         }
         block_f32(x, m, nb, g, G, shift, count, s1, s2, mn, mx, order, start);

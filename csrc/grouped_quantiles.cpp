@@ -16,6 +16,7 @@
 // one read of X for K1 and K2.
 #include "grouped_quantiles.h"
 #include "grouped_moments.h"
+#include "widen.h"
 
 #include <algorithm>
 #include <cmath>
@@ -377,7 +378,6 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
     const int64_t block = std::max<int64_t>(16, (128 << 10) / std::max<int64_t>(1, m * sizeof(T)));
     const bool half = elem == Elem::F16 || elem == Elem::BF16;
     std::vector<T> scratch(half ? block * m : 0);
-    const float* table = elem == Elem::F16 ? f16_table() : nullptr;
     std::vector<int64_t> order(block), start(G + 1), fillp(G);
     // per (q, g): does any column have a point mass (else its compare is skipped)
     std::vector<uint8_t> has_mass(Q * G, 0);
@@ -399,11 +399,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
         if (half) {
             for (int64_t r = 0; r < nb; ++r) {
                 const uint16_t* h = static_cast<const uint16_t*>(x) + (b0 + r) * stride;
-                T* o = scratch.data() + r * m;
-                if (table)
-                    for (int64_t c = 0; c < m; ++c) o[c] = table[h[c]];
-                else
-                    for (int64_t c = 0; c < m; ++c) o[c] = bf16_to_float(h[c]);
+                if constexpr (std::is_same<T, float>::value) widen_row(h, elem, scratch.data() + r * m, m);
             }
             xb = scratch.data();
             xs = m;

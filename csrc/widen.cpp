@@ -5,6 +5,10 @@
 
 #include <algorithm>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -40,6 +44,55 @@ void half_row(const uint16_t* __restrict in, float* __restrict out, int64_t n) {
     }
 }
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#define PYDEBIAS_F16C 1
+// The hardware conversion (vcvtph2ps) is exact for every finite and infinite half but
+// quiets signalling NaNs; NaN lanes (rare) are patched to the bit-moved pattern of
+// half_row, so the result is that of half_row for every input. half_row as compiled
+// (target_clones) ran 0.58 ns per element on 2 threads here, in cache; this ~20x less.
+__attribute__((target("avx512f"))) void half_row_avx512(const uint16_t* __restrict in,
+                                                        float* __restrict out, int64_t n) {
+    const __m512i low15 = _mm512_set1_epi32(0x7fff), inf = _mm512_set1_epi32(0x7c00);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i));
+        __m512 f = _mm512_cvtph_ps(h);
+        const __m512i h32 = _mm512_cvtepu16_epi32(h);
+        const __m512i em = _mm512_and_si512(h32, low15);
+        const __mmask16 nan = _mm512_cmpgt_epu32_mask(em, inf);
+        if (nan) {
+            const __m512i bits = _mm512_or_si512(
+                _mm512_slli_epi32(_mm512_andnot_si512(low15, h32), 16),
+                _mm512_or_si512(_mm512_set1_epi32(0x7f800000), _mm512_slli_epi32(em, 13)));
+            f = _mm512_mask_mov_ps(f, nan, _mm512_castsi512_ps(bits));
+        }
+        _mm512_storeu_ps(out + i, f);
+    }
+    if (i < n) half_row(in + i, out + i, n - i);
+}
+
+__attribute__((target("avx2,f16c"))) void half_row_f16c(const uint16_t* __restrict in,
+                                                         float* __restrict out, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i));
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(h));
+        // NaN lanes: redo the eight with half_row (rare)
+        const __m128i em = _mm_and_si128(h, _mm_set1_epi16(0x7fff));
+        if (_mm_movemask_epi8(_mm_cmpgt_epi16(em, _mm_set1_epi16(0x7c00)))) half_row(in + i, out + i, 8);
+    }
+    if (i < n) half_row(in + i, out + i, n - i);
+}
+
+void half_row_fast(const uint16_t* in, float* out, int64_t n) {
+    static const int kind = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("f16c") &&
+                                                                         __builtin_cpu_supports("avx2") ? 1 : 0;
+    if (kind == 2) half_row_avx512(in, out, n);
+    else if (kind == 1) half_row_f16c(in, out, n);
+    else half_row(in, out, n);
+}
+#endif
+
 PYDEBIAS_CLONES
 void bf16_row(const uint16_t* __restrict in, float* __restrict out, int64_t n) {
     for (int64_t i = 0; i < n; ++i) out[i] = as_float(static_cast<uint32_t>(in[i]) << 16);
@@ -49,7 +102,11 @@ void bf16_row(const uint16_t* __restrict in, float* __restrict out, int64_t n) {
 
 void widen_row(const uint16_t* in, Elem elem, float* out, int64_t n) {
     if (elem == Elem::F16)
+#ifdef PYDEBIAS_F16C
+        half_row_fast(in, out, n);
+#else
         half_row(in, out, n);
+#endif
     else if (elem == Elem::BF16)
         bf16_row(in, out, n);
     else

@@ -132,7 +132,11 @@ def _cmd_bench(args) -> int:
     from . import benchmarks
     from .results import provenance, write_json
 
-    if args.large:
+    if args.e2e:
+        rows = benchmarks.bench_identification(n=(args.rows or [2_000_000])[0],
+                                               path=os.path.join(args.dir, "planted_e2e.npy") if args.dir else None,
+                                               keep_file=args.keep_files)
+    elif args.large:
         from .bench_cluster import bench_k5_scale
 
         rows = bench_k5_scale(args.rows or (100_000, 1_000_000, 10_000_000), cold=args.cold,
@@ -183,10 +187,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--large", action="store_true",
                    help="instead: K5 clustering pipeline on float32 memmaps of 10^5-10^7 x 256 rows, streamed "
                         "(writes files of up to 10 GB; see README, Performance)")
-    b.add_argument("--rows", type=int, nargs="+", help="with --large: row counts (default 100000 1000000 10000000)")
+    b.add_argument("--e2e", action="store_true",
+                   help="instead: NeuronTune identification end to end on a float16 memmap of 2,000,000 x 1,024 "
+                        "(a 4 GB file, written first) against one read of the file")
+    b.add_argument("--rows", type=int, nargs="+",
+                   help="with --large: row counts (default 100000 1000000 10000000); with --e2e: the row count")
     b.add_argument("--cold", action="store_true", help="with --large: evict the file from the page cache before each pass")
-    b.add_argument("--dir", help="with --large: where the memmaps go (default: a temporary directory)")
-    b.add_argument("--keep-files", action="store_true", help="with --large: keep (and reuse) the memmaps")
+    b.add_argument("--dir", help="with --large/--e2e: where the memmaps go (default: a temporary directory)")
+    b.add_argument("--keep-files", action="store_true", help="with --large/--e2e: keep (and reuse) the memmaps")
     b.add_argument("--threads", type=int, default=1, help="with --large: threads for FAISS, torch and the kernels")
     b.set_defaults(fn=_cmd_bench)
     return p

