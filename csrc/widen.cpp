@@ -4,6 +4,7 @@
 #include "widen.h"
 
 #include <algorithm>
+#include <cstdlib>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -84,9 +85,10 @@ __attribute__((target("avx2,f16c"))) void half_row_f16c(const uint16_t* __restri
     if (i < n) half_row(in + i, out + i, n - i);
 }
 
+// PYDEBIAS_NO_AVX512=1 (read once) takes the AVX2 path, to test it on an AVX-512 machine.
 void half_row_fast(const uint16_t* in, float* out, int64_t n) {
-    static const int kind = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("f16c") &&
-                                                                         __builtin_cpu_supports("avx2") ? 1 : 0;
+    static const int kind = __builtin_cpu_supports("avx512f") && !std::getenv("PYDEBIAS_NO_AVX512") ? 2
+                            : __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2") ? 1 : 0;
     if (kind == 2) half_row_avx512(in, out, n);
     else if (kind == 1) half_row_f16c(in, out, n);
     else half_row(in, out, n);

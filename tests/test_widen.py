@@ -1,4 +1,8 @@
 """The native float16/bfloat16 -> float32 widening and the predict path that uses it."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +26,25 @@ def test_every_bit_pattern_widens_exactly(code):
     else:
         ref = torch.from_numpy(bits.view(np.int16)).view(torch.bfloat16).float().numpy()
     np.testing.assert_array_equal(out.view(np.uint32), ref.view(np.uint32))  # NaN payloads too
+
+
+@needs_native
+def test_float16_avx2_path_widens_every_pattern_exactly():
+    """The AVX2/F16C kernel (taken where AVX-512 is absent; forced here in a fresh process)
+    gives numpy's bits for every pattern, NaN payloads included, and rows of odd length."""
+    code = (
+        "import numpy as np\n"
+        "from pydebias import _arrays, backends\n"
+        "bits = np.arange(65536, dtype=np.uint32).astype(np.uint16)\n"
+        "ref = bits.view(np.float16).astype(np.float32).view(np.uint32)\n"
+        "for n in (65536, 65533, 7):\n"
+        "    out = np.empty(n, np.float32)\n"
+        "    backends.native().widen(bits[-n:], _arrays.F16, out)\n"
+        "    assert (out.view(np.uint32) == ref[-n:]).all(), n\n"
+        "print('ok')\n")
+    env = dict(os.environ, PYDEBIAS_NO_AVX512="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
 
 @needs_native
