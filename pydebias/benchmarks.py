@@ -81,11 +81,13 @@ def torch_grouped_median(x: torch.Tensor, g: torch.Tensor, G: int):
     return [x[g == k].median(0).values for k in range(G)]
 
 
-def bench_k2(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 3, seed: int = 0,
-             baselines: bool = True, sketch: bool = True) -> List[Dict]:
+def bench_k2(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 7, seed: int = 0,
+             baselines: bool = True, sketch: bool = True, baseline_repeat: int = 3) -> List[Dict]:
     """K2 exact grouped medians: K1+K2 together (``neuron_stats`` with its default
     ``quantiles=(0.5,)``) and K2 alone vs one read of X (bar: K1+K2 <= 4x) and vs torch's
-    per-group ``median`` (bar: >= 20x); the K2s sketch (one streaming pass) beside them."""
+    per-group ``median`` (bar: >= 20x); the K2s sketch (one streaming pass) beside them.
+    Medians of ``repeat`` calls (``baseline_repeat`` for torch, ~3 s a call): both bars
+    sit within the machine's run-to-run noise of single calls (±10 % here)."""
     from .sketch import QuantileSketch
     from .stats import grouped_quantiles
 
@@ -107,7 +109,7 @@ def bench_k2(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 3, seed: 
     if sketch:
         measure("K2s sketch (numpy)", lambda: QuantileSketch(m, G).update(x, g), 1, warmup=0)
     if baselines:
-        measure("torch baseline", lambda: torch_grouped_median(xt, gt, G), 1)
+        measure("torch baseline", lambda: torch_grouped_median(xt, gt, G), baseline_repeat)
         base = rows[-1]["seconds"]
         for r in rows:
             r["speedup_vs_torch"] = base / r["seconds"]
@@ -235,7 +237,7 @@ def format_table(rows: List[Dict]) -> str:
 
 def run(quick: bool = False) -> List[Dict]:
     if quick:
-        return (bench_k1(n=50_000, m=128, repeat=3) + bench_k2(n=50_000, m=128, repeat=2)
+        return (bench_k1(n=50_000, m=128, repeat=3) + bench_k2(n=50_000, m=128, repeat=2, baseline_repeat=1)
                 + bench_k3(n=50_000, m=128, repeat=3)
                 + bench_k4(n=50_000, m=128, repeat=2))
     from .bench_cluster import bench_k5
@@ -307,5 +309,7 @@ def bench_identification(n: int = 2_000_000, m: int = 1024, path: str = None, se
 
             shutil.rmtree(tmpdir, ignore_errors=True)
         elif made:
-            os.remove(path)
+            for f in (path, path + ".json", path + ".labels.npy"):  # the file and planted_memmap's sidecars
+                if os.path.exists(f):
+                    os.remove(f)
     return out

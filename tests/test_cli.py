@@ -46,6 +46,16 @@ def test_bench_quick_json(tmp_path, capsys):
     assert all(r["x_one_read"] > 0 for r in rows)
 
 
+def test_bench_e2e_small_file_finds_the_planted_neurons_and_cleans_up(tmp_path):
+    path = tmp_path / "e.json"
+    assert main(["bench", "--e2e", "--rows", "20000", "--dir", str(tmp_path), "--json", str(path)]) == 0
+    (row,) = json.loads(path.read_text())["rows"]
+    assert row["kernel"] == "E2E NeuronTune identification" and row["n"] == 20000
+    assert row["precision"] == 1.0 and row["recall"] == 1.0
+    assert row["x_one_read"] == row["seconds"] / row["one_read_seconds"] > 0
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["e.json"]  # the memmap it wrote is removed
+
+
 def test_run_matches_the_report_for_the_same_seed(tmp_path):
     from pydebias import report
 
