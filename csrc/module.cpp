@@ -5,6 +5,7 @@
 
 #include "grouped_moments.h"
 #include "widen.h"
+#include "linear.h"
 #include "dispersion.h"
 #include "grouped_quantiles.h"
 
@@ -242,6 +243,20 @@ void py_widen(py::array in, int elem, py::array out) {
     widen(p, static_cast<Elem>(elem), o, n);
 }
 
+void py_linear_argmax(py::array x, int elem, py::array weight, py::array bias, py::array out) {
+    const Elem e = checked_elem(x, elem, "x");
+    const int64_t n = x.shape(0), m = x.shape(1);
+    if (weight.ndim() != 2 || weight.shape(1) != m)
+        throw py::value_error("weight: expected shape (n_classes, " + std::to_string(m) + ")");
+    const int64_t C = weight.shape(0);
+    const float* w = checked<const float>(weight, "weight", C * m, false);
+    const float* b = checked<const float>(bias, "bias", C, false);
+    int64_t* o = checked<int64_t>(out, "out", n, true);
+    const void* data = x.data();
+    py::gil_scoped_release nogil;
+    linear_argmax(data, e, n, m, w, b, C, o);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, mod) {
@@ -279,6 +294,9 @@ PYBIND11_MODULE(_C, mod) {
             "K5: add rows into per-class float64 sums (in place; thread- and chunk-invariant).");
     mod.def("widen", &py_widen, py::arg("x"), py::arg("elem"), py::arg("out"),
             "float16/bfloat16 bits (uint16) -> float32, exactly, into out (in place).");
+    mod.def("linear_argmax", &py_linear_argmax, py::arg("x"), py::arg("elem"), py::arg("weight"),
+            py::arg("bias"), py::arg("out"),
+            "argmax_c(x . weight[c] + bias[c]) per row of float32/16-bit x, into out (in place).");
     mod.def("num_threads", [] {
 #ifdef _OPENMP
         return omp_get_max_threads();

@@ -31,6 +31,8 @@ def predict(head_or_model, features, batch_size: Optional[int] = None, device=No
     else:
         dtype = torch.float32
     out = np.empty(features.shape[0], dtype=np.int64)
+    if _native_linear_argmax(head_or_model, features, out, device):
+        return out
     buf = np.empty(min(batch_size, features.shape[0]) * features.shape[1], dtype=np.float32)
     with torch.no_grad():
         for sl in _arrays.row_chunks(features.shape[0], batch_size):
@@ -39,6 +41,41 @@ def predict(head_or_model, features, batch_size: Optional[int] = None, device=No
             x = x.to(device=device, dtype=dtype)
             out[sl] = head_or_model(x).argmax(1).cpu().numpy()
     return out
+
+
+#: heads up to this many classes on 16-bit CPU features go through ``_C.linear_argmax``
+NATIVE_PREDICT_MAX_CLASSES = 64
+
+
+def _native_linear_argmax(head, features, out: np.ndarray, device) -> bool:
+    """Predictions of a plain float32 ``nn.Linear`` head on float16/bfloat16 CPU rows in one
+    native pass (no widened copy, no GEMM over it; measured on a 2,000,000 x 1,024 float16
+    memmap: see the README's performance section). Returns False where it does not apply
+    (other modules or dtypes, CUDA, large heads): the torch path then runs."""
+    from . import backends
+
+    if type(head) is not torch.nn.Linear or head.out_features > NATIVE_PREDICT_MAX_CLASSES:
+        return False
+    w = head.weight
+    if w.dtype != torch.float32 or w.device.type != "cpu" or (device is not None and torch.device(device).type != "cpu"):
+        return False
+    if _arrays.is_tensor(features):
+        if features.device.type != "cpu" or features.dtype not in (torch.float16, torch.bfloat16):
+            return False
+    elif np.dtype(features.dtype) != np.float16:
+        return False
+    lib = backends.native()
+    if lib is None:
+        return False
+    weight = w.detach().contiguous().numpy()
+    bias = (head.bias.detach().float().contiguous().numpy() if head.bias is not None
+            else np.zeros(head.out_features, dtype=np.float32))
+    rows = _arrays.default_chunk_rows(features.shape[1], 2)
+    for sl in _arrays.row_chunks(features.shape[0], rows):
+        chunk = features[sl]
+        arr, code = _arrays.native_view(_arrays.contiguous_rows(chunk.detach() if _arrays.is_tensor(chunk) else chunk))
+        lib.linear_argmax(arr, code, weight, bias, out[sl])
+    return True
 
 
 class GroupReport:

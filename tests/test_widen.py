@@ -10,7 +10,7 @@ import torch
 from pydebias import _arrays, backends
 from pydebias.data import planted
 from pydebias.methods import ERM
-from pydebias.metrics import predict
+from pydebias.metrics import _native_linear_argmax, predict
 
 needs_native = pytest.mark.skipif(backends.native() is None, reason="pydebias._C not built")
 
@@ -62,3 +62,32 @@ def test_predict_on_half_precision_equals_float32_predict(dtype):
     widened = torch.from_numpy(x.astype(np.float32)) if dtype != "bf16" else x.float()
     ref = erm(widened).argmax(1).numpy()
     np.testing.assert_array_equal(predict(erm, x, batch_size=700), ref)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [np.float16, "bf16"])
+@pytest.mark.parametrize("C", [1, 2, 7])
+def test_native_predict_equals_torch_argmax(dtype, C):
+    """predict's native path for 16-bit rows (one pass, logits in SIMD order) against
+    torch on the widened rows: random rows of odd width, a duplicated class (ties go to
+    the lowest), +-inf and NaN rows (a NaN logit wins, as torch.argmax), one row."""
+    rng = np.random.default_rng(C)
+    head = torch.nn.Linear(37, C)
+    if C > 2:
+        with torch.no_grad():
+            head.weight[2] = head.weight[1]
+            head.bias[2] = head.bias[1]
+    x32 = rng.standard_normal((3001, 37)).astype(np.float32)
+    x32[5, 3] = np.inf
+    x32[6, 4] = -np.inf
+    x32[7, 0] = np.nan
+    x = torch.from_numpy(x32).to(torch.bfloat16) if dtype == "bf16" else x32.astype(np.float16)
+    widened = x.float() if dtype == "bf16" else torch.from_numpy(x.astype(np.float32))
+    with torch.no_grad():
+        ref = head(widened).argmax(1).numpy()
+    out = np.empty(len(ref), dtype=np.int64)
+    assert _native_linear_argmax(head, x, out, None)  # the native path takes it
+    np.testing.assert_array_equal(out, ref)
+    np.testing.assert_array_equal(predict(head, x), ref)
+    np.testing.assert_array_equal(predict(head, x[:1]), ref[:1])
+    assert not _native_linear_argmax(head, x32, out, None)  # float32 rows: torch's GEMM
