@@ -202,3 +202,51 @@ def test_auto_lambda_records_its_selection(bench, fitted):
     assert chosen == best["lam"] and best["n_zeroed"] == len(d["spurious_neurons"])
     with pytest.raises(ValueError, match="holdout"):
         NeuronTune(holdout=0).fit(d["val"], erm)
+
+
+def test_fit_reads_a_memmap_identification_set_in_place(bench, tmp_path, monkeypatch):
+    """A memmap identification set: only the holdout is copied out (capped at
+    holdout_max_rows), and the fit equals the fit on the same rows in memory."""
+    d, erm = bench
+    v = d["val"]
+    path = tmp_path / "val.npy"
+    np.save(path, v.features)
+    mm = EmbeddingSet(np.load(path, mmap_mode="r"), v.labels, n_classes=v.n_classes)
+    taken = []
+    subset = EmbeddingSet.subset
+
+    def spy(self, index, split=None):
+        out = subset(self, index, split)
+        if isinstance(self.features, np.memmap):
+            taken.append(len(out))
+        return out
+    monkeypatch.setattr(EmbeddingSet, "subset", spy)
+    kw = dict(holdout_max_rows=600, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ma = NeuronTune(**kw)
+        a = ma.fit(mm, erm, tune_set=d["train"])
+        mb = NeuronTune(**kw)
+        b = mb.fit(EmbeddingSet(np.array(v.features), v.labels, n_classes=v.n_classes), erm,
+                   tune_set=d["train"])
+    assert len(taken) == 1 and taken[0] <= 600  # the holdout only; 20 % of 5,000 would be 1,000
+    assert ma.report_["n_identification"] == len(v) - taken[0]
+    np.testing.assert_array_equal(ma.delta_, mb.delta_)
+    np.testing.assert_array_equal(ma.mask_, mb.mask_)
+    torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="holdout_max_rows"):
+        NeuronTune(holdout_max_rows=0).fit(mm, erm)
+
+
+def test_delta_rows_mask_equals_the_subset():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((500, 6)).astype(np.float32)
+    y = rng.integers(0, 2, 500)
+    ok = rng.random(500) < 0.6
+    keep = rng.random(500) < 0.7
+    d1, c1 = neuron_deltas(x, y, ok, 2, rows=keep)
+    d2, c2 = neuron_deltas(x[keep], y[keep], ok[keep], 2)
+    np.testing.assert_array_equal(d1, d2)
+    np.testing.assert_array_equal(c1, c2)
+    with pytest.raises(ValueError, match="rows: expected a boolean mask"):
+        neuron_deltas(x, y, ok, 2, rows=np.arange(500))

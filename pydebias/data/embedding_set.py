@@ -109,8 +109,9 @@ class EmbeddingSet:
                             name=self.name, split=split or self.split, n_classes=self.n_classes,
                             n_groups=self.n_groups or None, check_finite=False)
 
-    def split_holdout(self, fraction: float, seed: int = 0):
-        """Class-stratified random split into (rest, holdout) with ``fraction`` held out."""
+    def holdout_mask(self, fraction: float, seed: int = 0) -> np.ndarray:
+        """Boolean (N,) mask of a class-stratified random ``fraction`` of the rows (the
+        holdout of :meth:`split_holdout`), without copying any features."""
         if not 0 < fraction < 1:
             raise ValueError(f"fraction: expected a number in (0, 1), got {fraction}")
         rng = np.random.default_rng(seed)
@@ -119,6 +120,12 @@ class EmbeddingSet:
             idx = np.flatnonzero(self.labels == c)
             k = int(round(fraction * idx.size))
             hold[rng.choice(idx, size=k, replace=False)] = True
+        return hold
+
+    def split_holdout(self, fraction: float, seed: int = 0):
+        """Class-stratified random split into (rest, holdout) with ``fraction`` held out
+        (both copied; :meth:`holdout_mask` gives the rows without a copy)."""
+        hold = self.holdout_mask(fraction, seed)
         return self.subset(~hold), self.subset(hold)
 
     def fingerprint(self) -> str:
