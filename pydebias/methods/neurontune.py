@@ -10,9 +10,9 @@ from typing import Dict, List, Union
 import numpy as np
 from torch import nn
 
+from .. import _arrays
 from ..metrics import predict
 from ..nn.last_layer import balance_weights, train_linear_head
-from .. import _arrays
 from ..stats import _group_ids, grouped_quantiles
 from .base import Method
 from .guard import guard_check, selection_score
