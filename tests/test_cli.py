@@ -44,6 +44,12 @@ def test_bench_quick_json(tmp_path, capsys):
     impls = {r["impl"] for r in rows}
     assert {"cpp (pydebias._C)", "numpy baseline"} <= impls
     assert all(r["x_one_read"] > 0 for r in rows)
+    # K2's bar is against torch computing what K1+K2 returns (mean, var, median), each
+    # kernel row against its own baseline and paired
+    k2 = {r["impl"]: r for r in rows if r["kernel"] == "K2 grouped median"}
+    assert {"torch mean+var+median", "torch median only"} <= set(k2)
+    assert k2["cpp K1+K2"]["speedup_vs_torch"] == k2["cpp K1+K2"]["speedup_vs_torch_paired"] > 0
+    assert k2["cpp K2 alone"]["speedup_vs_torch"] == k2["cpp K2 alone"]["speedup_vs_torch_median_only_paired"] > 0
 
 
 def test_bench_e2e_small_file_finds_the_planted_neurons_and_cleans_up(tmp_path):
