@@ -305,14 +305,33 @@ def _lib():
     return lib
 
 
-@pytest.mark.parametrize("kernel", ["avx512", "avx2", "float64"])
+def _as_16bit(a: np.ndarray, kernel: str) -> np.ndarray:
+    """float16 values, or bfloat16 bit patterns (the upper half of float32: exact for
+    values that fit, as every value here does), with a's shape and strides."""
+    if kernel.startswith("bfloat16"):
+        out = np.empty((a.shape[0], a.shape[1] + (a.strides[0] // a.itemsize - a.shape[1])), dtype=np.uint16)
+        out = out[:, :a.shape[1]]
+        out[:] = (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+        return out
+    out = np.empty((a.shape[0], a.strides[0] // a.itemsize), dtype=np.float16)[:, :a.shape[1]]
+    out[:] = a
+    return out
+
+
+@pytest.mark.parametrize("kernel", ["avx512", "avx2", "float64", "float16", "bfloat16", "float16-widened",
+                                    "bfloat16-avx2", "bfloat16-widened", "float16-avx2"])
 def test_cpp_collect_counters_against_numpy(monkeypatch, kernel):
     """Phase 2 called directly in two chunks (one a strided view): the counts below lo and
     at the point mass, the derived count not above hi, and the multiset of kept values
     (NaN included) per cell, against numpy -- with bounds and masses that sit on data
-    values, infinite bounds, an empty bracket, and a region too small (overflow)."""
-    if kernel == "avx2":
+    values, infinite bounds, an empty bracket, and a region too small (overflow).
+    16-bit rows are counted from the raw rows with AVX-512 (converted in registers), and
+    widened to float blocks first with PYDEBIAS_NO_DIRECT16=1 or on the AVX2 kernel."""
+    if kernel.endswith("avx2"):
         monkeypatch.setenv("PYDEBIAS_NO_AVX512", "1")
+    if kernel.endswith("widened"):
+        monkeypatch.setenv("PYDEBIAS_NO_DIRECT16", "1")
+    half = kernel.startswith(("float16", "bfloat16"))
     lib = _lib()
     rng = np.random.default_rng(23)
     n, m, G = 9001, 19, 3  # several 64+-row blocks and pieces, a ragged last block
@@ -330,10 +349,12 @@ def test_cpp_collect_counters_against_numpy(monkeypatch, kernel):
     lo[0, :, 4] = hi[0, :, 4] = -np.inf  # bracket and mass at -inf: nothing below
     mass[0, :, 4] = -np.inf
     lo[0, 2, 6] = hi[0, 2, 6] = mass[0, 2, 6] = 0.0  # lo == hi == mass
-    code = 1 if kernel == "float64" else 0
+    code = 1 if kernel == "float64" else 2 if kernel.startswith("float16") else 3 if half else 0
     strided = np.empty((n, m + 5), dtype=dt)[:, :m]  # rows read in place, stride > m
     strided[:] = x[n:]
     chunks = [(x[:n], g[:n]), (strided, g[n:])]
+    if half:
+        chunks = [(_as_16bit(a, kernel), gs) for a, gs in chunks]
     cap = np.full(G * m, 2 * n, dtype=np.int64)
     cap[1 * m + 7] = 3  # one region far too small: it must overflow, not corrupt others
     off = np.zeros(G * m + 1, dtype=np.int64); np.cumsum(cap, out=off[1:])
@@ -367,9 +388,9 @@ def test_cpp_collect_counters_against_numpy(monkeypatch, kernel):
         l2[0, 1, 2], h2[0, 1, 2], w2[0, 1, 2] = bad_lo, bad_hi, bad_mass
         fill[:] = 0
         with pytest.raises(ValueError, match="lo <= hi"):
-            lib.quantile_collect(x[:n], code, np.ascontiguousarray(g[:n]), G, l2, h2, w2, cnt, keep, off, fill)
+            lib.quantile_collect(chunks[0][0], code, np.ascontiguousarray(g[:n]), G, l2, h2, w2, cnt, keep, off, fill)
         g0 = np.zeros(n, dtype=np.int64)  # group 1 has no rows now
-        lib.quantile_collect(x[:n], code, g0, G, l2, h2, w2, cnt, keep, off, fill)
+        lib.quantile_collect(chunks[0][0], code, g0, G, l2, h2, w2, cnt, keep, off, fill)
 
 
 @pytest.mark.parametrize("kernel", ["avx512", "avx2"])

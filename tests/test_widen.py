@@ -66,18 +66,20 @@ def test_predict_on_half_precision_equals_float32_predict(dtype):
 
 @needs_native
 @pytest.mark.parametrize("dtype", [np.float16, "bf16"])
-@pytest.mark.parametrize("C", [1, 2, 7])
-def test_native_predict_equals_torch_argmax(dtype, C):
+@pytest.mark.parametrize("C,m", [(1, 37), (2, 37), (7, 37), (2, 48), (4, 200), (3, 5)])
+def test_native_predict_equals_torch_argmax(dtype, C, m):
     """predict's native path for 16-bit rows (one pass, logits in SIMD order) against
     torch on the widened rows: random rows of odd width, a duplicated class (ties go to
-    the lowest), +-inf and NaN rows (a NaN logit wins, as torch.argmax), one row."""
+    the lowest), +-inf and NaN rows (a NaN logit wins, as torch.argmax), one row. Up to
+    four classes run the AVX-512 kernel where the CPU has it (32-column steps, a full
+    16-column step, a masked last step); seven the generic one."""
     rng = np.random.default_rng(C)
-    head = torch.nn.Linear(37, C)
+    head = torch.nn.Linear(m, C)
     if C > 2:
         with torch.no_grad():
             head.weight[2] = head.weight[1]
             head.bias[2] = head.bias[1]
-    x32 = rng.standard_normal((3001, 37)).astype(np.float32)
+    x32 = rng.standard_normal((3001, m)).astype(np.float32)
     x32[5, 3] = np.inf
     x32[6, 4] = -np.inf
     x32[7, 0] = np.nan
@@ -91,3 +93,24 @@ def test_native_predict_equals_torch_argmax(dtype, C):
     np.testing.assert_array_equal(predict(head, x), ref)
     np.testing.assert_array_equal(predict(head, x[:1]), ref[:1])
     assert not _native_linear_argmax(head, x32, out, None)  # float32 rows: torch's GEMM
+
+
+@needs_native
+def test_native_predict_generic_kernel_equals_torch_argmax():
+    """The generic native predict (no AVX-512, or more than four classes) for two classes,
+    in a process that turns the AVX-512 kernels off."""
+    code = (
+        "import numpy as np, torch\n"
+        "from pydebias.metrics import _native_linear_argmax\n"
+        "rng = np.random.default_rng(5)\n"
+        "head = torch.nn.Linear(200, 2)\n"
+        "x = rng.standard_normal((4001, 200)).astype(np.float16)\n"
+        "with torch.no_grad():\n"
+        "    ref = head(torch.from_numpy(x.astype(np.float32))).argmax(1).numpy()\n"
+        "out = np.empty(len(ref), dtype=np.int64)\n"
+        "assert _native_linear_argmax(head, x, out, None)\n"
+        "assert (out == ref).all()\n"
+        "print('ok')\n")
+    env = dict(os.environ, PYDEBIAS_NO_AVX512="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
