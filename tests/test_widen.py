@@ -15,6 +15,14 @@ from pydebias.metrics import _native_linear_argmax, predict
 needs_native = pytest.mark.skipif(backends.native() is None, reason="pydebias._C not built")
 
 
+def _run_without_avx512(code: str) -> None:
+    """Run ``code`` in a fresh process with the AVX-512 kernels off (the switch is read
+    once per process); it must print ok."""
+    env = dict(os.environ, PYDEBIAS_NO_AVX512="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
 @needs_native
 @pytest.mark.parametrize("code", [_arrays.F16, _arrays.BF16])
 def test_every_bit_pattern_widens_exactly(code):
@@ -42,9 +50,7 @@ def test_float16_avx2_path_widens_every_pattern_exactly():
         "    backends.native().widen(bits[-n:], _arrays.F16, out)\n"
         "    assert (out.view(np.uint32) == ref[-n:]).all(), n\n"
         "print('ok')\n")
-    env = dict(os.environ, PYDEBIAS_NO_AVX512="1")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    _run_without_avx512(code)
 
 
 @needs_native
@@ -111,6 +117,4 @@ def test_native_predict_generic_kernel_equals_torch_argmax():
         "assert _native_linear_argmax(head, x, out, None)\n"
         "assert (out == ref).all()\n"
         "print('ok')\n")
-    env = dict(os.environ, PYDEBIAS_NO_AVX512="1")
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+    _run_without_avx512(code)
