@@ -308,13 +308,10 @@ def _lib():
 def _as_16bit(a: np.ndarray, kernel: str) -> np.ndarray:
     """float16 values, or bfloat16 bit patterns (the upper half of float32: exact for
     values that fit, as every value here does), with a's shape and strides."""
-    if kernel.startswith("bfloat16"):
-        out = np.empty((a.shape[0], a.shape[1] + (a.strides[0] // a.itemsize - a.shape[1])), dtype=np.uint16)
-        out = out[:, :a.shape[1]]
-        out[:] = (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
-        return out
-    out = np.empty((a.shape[0], a.strides[0] // a.itemsize), dtype=np.float16)[:, :a.shape[1]]
-    out[:] = a
+    bf16 = kernel.startswith("bfloat16")
+    out = np.empty((a.shape[0], a.strides[0] // a.itemsize), dtype=np.uint16 if bf16 else np.float16)
+    out = out[:, :a.shape[1]]
+    out[:] = (a.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16) if bf16 else a
     return out
 
 
