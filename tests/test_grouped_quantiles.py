@@ -147,6 +147,12 @@ def _count_fallbacks(monkeypatch) -> list:
     return calls
 
 
+def _equal_groups(n, G):
+    """Group ids of n rows in G equal runs, and each group's (rows, half its size)."""
+    g = np.repeat(np.arange(G), n // G)
+    return g, [(rows, rows.size // 2) for rows in (np.flatnonzero(g == k) for k in range(G))]
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_cpp_median_pair_straddles_point_mass(monkeypatch, fused):
     """Even groups whose two middle ranks are a copy of a point mass (counted, not kept)
@@ -157,11 +163,9 @@ def test_cpp_median_pair_straddles_point_mass(monkeypatch, fused):
     fallbacks = _count_fallbacks(monkeypatch)  # the exact fallback would hide a wrong select
     rng = np.random.default_rng(17)
     n, G = 24000, 2
-    g = np.repeat(np.arange(G), n // G)
+    g, parts = _equal_groups(n, G)
     x = np.empty((n, 3), dtype=np.float32)
-    for k in range(G):
-        rows = np.flatnonzero(g == k)
-        half = rows.size // 2
+    for rows, half in parts:
         pos = rng.random(half).astype(np.float32) + 0.5
         x[rows, 0] = rng.permutation(np.concatenate([np.zeros(half, np.float32), pos]))  # mass, then kept
         x[rows, 1] = rng.permutation(np.concatenate([-pos, np.zeros(half, np.float32)]))  # kept, then mass
@@ -184,11 +188,9 @@ def test_cpp_median_pair_far_apart(monkeypatch):
     fallbacks = _count_fallbacks(monkeypatch)
     rng = np.random.default_rng(19)
     n, G = 30000, 3
-    g = np.repeat(np.arange(G), n // G)
+    g, parts = _equal_groups(n, G)
     x = np.empty((n, 4), dtype=np.float32)
-    for k in range(G):
-        rows = np.flatnonzero(g == k)
-        half = rows.size // 2
+    for rows, half in parts:
         for c, gap in enumerate((1e3, 1e30, 1.0, 1e-30)):
             lo = -gap + rng.standard_normal(half) * gap * 1e-3
             hi = gap + rng.standard_normal(half) * gap * 1e-3
