@@ -110,21 +110,48 @@ def _cmd_report(args) -> int:
     from . import report
 
     settings = report.default_settings(args.benchmarks)
-    if args.neurontune_modes:
-        from .results import write_atomic, write_json
+    # the two studies behind the table: (rows function, markdown function, file stem)
+    studies = {"neurontune_modes": (report.neurontune_modes, report.neurontune_modes_markdown, "neurontune_modes"),
+               "localisation": (report.localisation, report.localisation_markdown, "localisation")}
+    for flag, (run, to_md, stem) in studies.items():
+        if getattr(args, flag):
+            from .results import provenance, write_atomic, write_json
 
-        rows = report.neurontune_modes(settings, seed=args.seed, progress=not args.quiet)
-        md = report.neurontune_modes_markdown(rows, args.seed)
-        os.makedirs(args.out, exist_ok=True)
-        write_atomic(os.path.join(args.out, "neurontune_modes.md"), md.encode())
-        write_json(os.path.join(args.out, "neurontune_modes.json"), {"seed": args.seed, "rows": rows})
-        print(md)
-        return 0
+            seeds = list(dict.fromkeys(args.seeds or [args.seed]))
+            rows = [{**r, "seed": s} for s in seeds for r in run(settings, seed=s, progress=not args.quiet)]
+            md = to_md(rows, seeds)
+            os.makedirs(args.out, exist_ok=True)
+            write_atomic(os.path.join(args.out, f"{stem}.md"), md.encode())
+            write_json(os.path.join(args.out, f"{stem}.json"),
+                       {**provenance(seeds[0], "auto", seeds=seeds), "rows": rows})
+            print(md)
+            return 0
+    if args.seeds:
+        return _report_seeds(args, settings)
     rows = report.run_report(settings, seed=args.seed, n_boot=args.n_boot, progress=not args.quiet)
     paths = report.write(rows, args.out, args.seed)
     print(report.markdown(rows, args.seed))
     for kind, path in paths.items():
         print(f"wrote {path}")
+    return 0
+
+
+def _report_seeds(args, settings) -> int:
+    """One report per seed under OUT/seed-S/, then OUT/seeds.md/.json across them."""
+    from . import report
+    from .results import provenance, write_atomic, write_json
+
+    seeds = list(dict.fromkeys(args.seeds))
+    by_seed = {}
+    for s in seeds:
+        by_seed[s] = report.run_report(settings, seed=s, n_boot=args.n_boot, progress=not args.quiet)
+        report.write(by_seed[s], os.path.join(args.out, f"seed-{s}"), s)
+    rows = report.across_seeds(by_seed)
+    md = report.across_seeds_markdown(rows)
+    write_atomic(os.path.join(args.out, "seeds.md"), md.encode())
+    write_json(os.path.join(args.out, "seeds.json"), {**provenance(seeds[0], "auto", seeds=seeds), "rows": rows})
+    print(md)
+    print(f"wrote {os.path.join(args.out, 'seeds.md')} and one report per seed under {args.out}/seed-*/")
     return 0
 
 
@@ -174,12 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(fn=_cmd_run)
     rp = sub.add_parser("report", help="every method x every built-in x both id splits x both backbones")
     rp.add_argument("--benchmarks", nargs="*", help="restrict to these built-ins")
-    rp.add_argument("--seed", type=int, default=0)
+    which = rp.add_mutually_exclusive_group()
+    which.add_argument("--seed", type=int, default=0)
+    which.add_argument("--seeds", type=int, nargs="+",
+                       help="one report per seed (OUT/seed-S/) and the spread across them (OUT/seeds.md/.json); "
+                            "with --neurontune-modes or --localisation, one table over all the seeds")
     rp.add_argument("--out", default="results/report", help="directory for report.md/.json/.png")
     rp.add_argument("--n-boot", type=int, default=200)
     rp.add_argument("--quiet", action="store_true")
-    rp.add_argument("--neurontune-modes", action="store_true",
-                    help="instead: NeuronTune's mask modes and λ on every setting (neurontune_modes.md/.json)")
+    study = rp.add_mutually_exclusive_group()
+    study.add_argument("--neurontune-modes", action="store_true",
+                       help="instead: NeuronTune's mask modes and λ on every setting (neurontune_modes.md/.json)")
+    study.add_argument("--localisation", action="store_true",
+                       help="instead: how many neurons carry each shortcut (oracle masks, group labels read) and "
+                            "whether NeuronTune's mask finds them (localisation.md/.json)")
     rp.set_defaults(fn=_cmd_report)
     b = sub.add_parser("bench", help="kernel speed as ratios to one read of the input and to baselines")
     b.add_argument("--json", help="also write the table as JSON to this path")

@@ -1,9 +1,12 @@
 """`pydebias report`: every method on every built-in, both identification settings and
-both backbone kinds, one seed: a markdown table, a PNG and the JSON behind them."""
+both backbone kinds, one seed (or several, and the spread across them): a markdown table,
+a PNG and the JSON behind them; and the studies behind NeuronTune's defaults (mask mode,
+λ and its selection margin) and behind its failures (shortcut localisation)."""
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 # (benchmark, backbone, identification split, loader parameters)
@@ -65,7 +68,10 @@ NT_VARIANTS = {
 def neurontune_modes(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
     """Worst-group / mean test accuracy and neurons zeroed of each :data:`NT_VARIANTS`
     NeuronTune (identification on val, retraining on train, guard off) per setting,
-    beside ERM: the measurements behind the ``mask_mode`` and ``lam`` defaults."""
+    beside ERM, and under ``"lam_candidates"`` every λ candidate the default
+    (``lam="auto"``) weighed, for NeuronTune and NeuronTune†, with its selection score and
+    test worst-group accuracy: the measurements behind the ``mask_mode``, ``lam`` and
+    ``lam_margin`` defaults (:func:`lam_margin_table` replays the rule on them)."""
     from tqdm import tqdm
 
     from .data import availability, load
@@ -94,16 +100,64 @@ def neurontune_modes(settings: Sequence[Setting], seed: int = 0, progress: bool 
             row[label] = {"worst_group": rep.worst_group_accuracy, "mean": rep.accuracy,
                           "n_zeroed": int(len(m.spurious_neurons())),
                           "lam": lam if (lam := m.report_["rounds"][-1]["lam"]) != float("inf") else None}
+        # every λ candidate of the default (union, λ="auto"), main and † variants: its
+        # label-free selection score and its test accuracy, the evidence for lam_margin
+        row["lam_candidates"] = {}
+        for variant, tune in (("NeuronTune", data["train"]), ("NeuronTune†", None)):
+            m = NeuronTune(seed=seed, guard=False)
+            m.fit(data["val"], head=erm, tune_set=tune)
+            cands = []
+            for c in m.report_["rounds"][0]["selection"]:
+                with warnings.catch_warnings():  # the guard's verdicts on candidates are not news
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    fixed = NeuronTune(seed=seed, guard=False, lam=c["lam"]).fit(data["val"], head=erm,
+                                                                                   tune_set=tune)
+                cands.append({**c, "worst_group": evaluate(fixed, data["test"]).worst_group_accuracy})
+            row["lam_candidates"][variant] = cands
         rows.append(row)
     return rows
 
 
-def neurontune_modes_markdown(rows: List[Dict], seed: int) -> str:
+def choose_lam(candidates: List[Dict], margin: float) -> Dict:
+    """NeuronTune's ``lam="auto"`` rule on recorded candidates: the paper's λ = 0 unless a
+    candidate's score beats it by more than ``margin`` (ties keep the larger λ)."""
+    best = None
+    for c in candidates:  # in NeuronTune's order: λ descending
+        if best is None or c["score"] > best["score"] + 1e-12:
+            best = c
+    paper = next((c for c in candidates if c["lam"] == 0.0), None)
+    return paper if paper is not None and paper["score"] >= best["score"] - margin else best
+
+
+#: margins compared by :func:`lam_margin_table`; inf = always the paper's λ = 0
+LAM_MARGINS = (0.0, 0.01, 0.02, 0.03, 0.05, 0.1, float("inf"))
+
+
+def lam_margin_table(rows: List[Dict]) -> List[Dict]:
+    """Per margin: mean test worst-group accuracy of the λ it selects over every recorded
+    (setting, seed, variant), and how many of those fall more than 5 points below ERM."""
+    fits = [(r["ERM"]["worst_group"], cands) for r in rows if "lam_candidates" in r
+            for cands in r["lam_candidates"].values() if cands]
+    out = []
+    for mu in LAM_MARGINS:
+        picked = [choose_lam(c, mu)["worst_group"] for _, c in fits]
+        out.append({"margin": mu, "n_fits": len(fits),
+                    "mean_worst_group": float(sum(picked) / max(1, len(picked))),
+                    "n_below_erm_by_5": int(sum(p < e - 0.05 for p, (e, _) in zip(picked, fits)))})
+    return out
+
+
+def _seeds_label(seeds: Sequence[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
+def neurontune_modes_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     labels = ["ERM"] + list(NT_VARIANTS)
-    out = [f"NeuronTune mask mode and λ, seed {seed}, guard off, retraining on train: worst-group / mean "
-           "test accuracy %, [neurons zeroed for at least one class]; no λ given = `lam=\"auto\"`.", "",
-           "| benchmark | backbone | id split | " + " | ".join(labels) + " |",
-           "| --- | --- | --- | " + " | ".join("---" for _ in labels) + " |"]
+    many = len(seeds) > 1
+    out = [f"NeuronTune mask mode and λ, {_seeds_label(seeds)}, guard off, retraining on train: worst-group / "
+           "mean test accuracy %, [neurons zeroed for at least one class]; no λ given = `lam=\"auto\"`.", "",
+           "| benchmark | backbone | id split | " + ("seed | " if many else "") + " | ".join(labels) + " |",
+           "| --- | --- | --- | " + ("--- | " if many else "") + " | ".join("---" for _ in labels) + " |"]
     for r in rows:
         if "skipped" in r:
             continue
@@ -112,7 +166,91 @@ def neurontune_modes_markdown(rows: List[Dict], seed: int) -> str:
             v = r[k]
             c = f"{100 * v['worst_group']:.1f} / {100 * v['mean']:.1f}"
             cells.append(c + (f" [{v['n_zeroed']}]" if "n_zeroed" in v else ""))
-        out.append(f"| {r['benchmark']} | {r['backbone']} | {r['id_split']} | " + " | ".join(cells) + " |")
+        out.append(f"| {r['benchmark']} | {r['backbone']} | {r['id_split']} | "
+                   + (f"{r['seed']} | " if many else "") + " | ".join(cells) + " |")
+    table = lam_margin_table(rows)
+    if table and table[0]["n_fits"]:
+        out += ["", f"`lam_margin` of `lam=\"auto\"` (keep the paper's λ = 0 unless a candidate's label-free "
+                f"score beats it by more than the margin), replayed on the recorded candidates of "
+                f"{table[0]['n_fits']} fits (every setting above, NeuronTune and NeuronTune†): mean worst-group "
+                "test accuracy of the λ each margin selects, and how many of those fits fall more than 5 points "
+                "below ERM; ∞ = always λ = 0.", "",
+                "| margin | " + " | ".join("∞" if t["margin"] == float("inf") else f"{t['margin']:g}"
+                                         for t in table) + " |",
+                "| --- | " + " | ".join("---" for _ in table) + " |",
+                "| mean worst-group % | " + " | ".join(f"{100 * t['mean_worst_group']:.2f}" for t in table) + " |",
+                "| fits > 5 below ERM | " + " | ".join(str(t["n_below_erm_by_5"]) for t in table) + " |"]
+    return "\n".join(out) + "\n"
+
+
+def localisation(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
+    """:func:`pydebias.diagnostics.shortcut_localisation` per (benchmark, backbone) of
+    ``settings``, beside NeuronTune's own mask (biased identification split, guard off,
+    retraining on train): how spread the shortcut is, and whether NeuronTune finds it.
+
+    The neurons are ranked on the balanced-identification setting's val split where there
+    is one (both attribute values in every class), and NeuronTune identifies on the
+    biased one's; the backbone and train/test embeddings are the same in both.
+    """
+    from tqdm import tqdm
+
+    from .data import availability, load
+    from .diagnostics import shortcut_localisation
+    from .methods import NeuronTune
+    from .metrics import evaluate
+
+    pairs: Dict = {}
+    for name, bb, split, params in settings:
+        pairs.setdefault((name, bb), {})[split] = params
+    rows = []
+    for (name, bb), by_split in tqdm(pairs.items(), desc="shortcut localisation", disable=not progress):
+        ok, why = availability(name)
+        if not ok:
+            rows.append({"benchmark": name, "backbone": bb, "skipped": why})
+            continue
+        rank_params = by_split.get("balanced", next(iter(by_split.values())))
+        id_params = by_split.get("biased", next(iter(by_split.values())))
+        ranked = load(name, seed=seed, **rank_params)
+        data = load(name, seed=seed, **id_params)
+        loc = shortcut_localisation(data["train"], ranked["val"], data["test"], seed=seed)
+        erm = data.get("head")
+        if erm is None:
+            from .methods import ERM
+
+            erm = ERM(seed=seed).fit(data["train"])
+        nt = NeuronTune(seed=seed, guard=False)
+        nt.fit(data["val"], head=erm, tune_set=data["train"])
+        mask = nt.spurious_neurons()
+        top = set(loc["order"][:mask.size])
+        rows.append({"benchmark": name, "backbone": bb, "rank_params": rank_params, "id_params": id_params,
+                     **loc, "erm_worst_group": evaluate(erm, data["test"]).worst_group_accuracy,
+                     "neurontune": {"n_zeroed": int(mask.size), "zeroed": mask.tolist(),
+                                    "in_oracle_top": int(sum(int(i) in top for i in mask)),
+                                    "worst_group": evaluate(nt.head_, data["test"]).worst_group_accuracy}})
+    return rows
+
+
+def localisation_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
+    many = len(seeds) > 1
+    out = [f"Shortcut localisation, {_seeds_label(seeds)}: live neurons ranked by within-class |correlation| with the "
+           "spurious attribute (group labels read: an oracle, not a method), the top k zeroed, the head "
+           "retrained on train as NeuronTune's main variant does; worst-group test accuracy %. "
+           "k = 0 is class-balanced retraining. \"k for +5\" = the fewest zeroed neurons that lift worst-group "
+           "accuracy 5 points over k = 0. NeuronTune: its own mask (biased identification split, guard off) "
+           "and how many of its neurons are among the oracle's top |S|.", "",
+           "| benchmark | backbone | " + ("seed | " if many else "") + "ERM | live / all | worst-group % at "
+           "k = 0, 1, 2, 4, ... (k: %) | k for +5 | NeuronTune |S| (in oracle top-|S|) | NeuronTune |",
+           "| --- | --- | " + ("--- | " if many else "") + "--- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        if "skipped" in r:
+            continue
+        curve = ", ".join(f"{c['k']}: {100 * c['worst_group']:.1f}" for c in r["curve"])
+        kg = "none" if r["k_gain"] is None else f"{r['k_gain']} of {r['n_live']}"
+        nt = r["neurontune"]
+        out.append(f"| {r['benchmark']} | {r['backbone']} | " + (f"{r['seed']} | " if many else "")
+                   + f"{100 * r['erm_worst_group']:.1f} | "
+                   f"{r['n_live']} / {r['n_features']} | {curve} | {kg} | {nt['n_zeroed']} ({nt['in_oracle_top']}) | "
+                   f"{100 * nt['worst_group']:.1f} |")
     return "\n".join(out) + "\n"
 
 
@@ -164,6 +302,48 @@ def summary(rows: List[Dict]) -> Dict:
         out[key] = {m: round(100 * (v["report"].worst_group_accuracy - erm), 1)
                     for m, v in r["results"].items() if m != "ERM"}
     return out
+
+
+def across_seeds(rows_by_seed: Dict[int, List[Dict]]) -> List[Dict]:
+    """Worst-group accuracy of every method per setting over several seeds' reports:
+    ``{"benchmark", "backbone", "id_split", "seeds", "methods": {m: {"worst_group":
+    [per seed], "mean", "min", "max", "gain_over_erm_mean"}}}``."""
+    import numpy as np
+
+    seeds = sorted(rows_by_seed)
+    keyed: Dict = {}
+    for s in seeds:
+        for r in rows_by_seed[s]:
+            if "results" in r:
+                keyed.setdefault((r["benchmark"], r["backbone"], r["id_split"]), {})[s] = r["results"]
+    out = []
+    for (name, bb, split), by_seed in keyed.items():
+        have = [s for s in seeds if s in by_seed]
+        methods = list(by_seed[have[0]])
+        erm = np.array([by_seed[s]["ERM"]["report"].worst_group_accuracy for s in have])
+        cells = {}
+        for m in methods:
+            v = np.array([by_seed[s][m]["report"].worst_group_accuracy for s in have])
+            cells[m] = {"worst_group": v.tolist(), "mean": float(v.mean()), "min": float(v.min()),
+                        "max": float(v.max()), "gain_over_erm_mean": float((v - erm).mean())}
+        out.append({"benchmark": name, "backbone": bb, "id_split": split, "seeds": have, "methods": cells})
+    return out
+
+
+def across_seeds_markdown(rows: List[Dict]) -> str:
+    if not rows:
+        return "No setting ran.\n"
+    methods = list(rows[0]["methods"])
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    head = "| benchmark | backbone | id split | " + " | ".join(methods) + " |"
+    sep = "| --- | --- | --- | " + " | ".join("---" for _ in methods) + " |"
+    out = [f"Worst-group test accuracy, %, over seeds {', '.join(map(str, seeds))}: mean (lowest–highest). "
+           "Each seed draws its own splits and trains its own backbone; the guard is on.", "", head, sep]
+    for r in rows:
+        out.append(f"| {r['benchmark']} | {r['backbone']} | {r['id_split']} | " + " | ".join(
+            f"{100 * c['mean']:.1f} ({100 * c['min']:.0f}–{100 * c['max']:.0f})"
+            for c in (r["methods"][m] for m in methods)) + " |")
+    return "\n".join(out) + "\n"
 
 
 def plot(rows: List[Dict], path: str) -> str:

@@ -94,6 +94,9 @@ def test_neurontune_modes_table_on_planted(tmp_path):
     """The mask-mode / λ comparison behind NeuronTune's defaults: on ``planted`` the literal
     intersection selects nothing, per-class finds the 8 planted neurons but leaves the
     worst group where ERM has it, union finds them and lifts it (NeuronTune's docstring)."""
+    from pydebias import report
+    from pydebias.methods import NeuronTune
+
     assert main(["report", "--neurontune-modes", "--benchmarks", "planted", "--out", str(tmp_path),
                  "--quiet"]) == 0
     md = (tmp_path / "neurontune_modes.md").read_text()
@@ -105,3 +108,45 @@ def test_neurontune_modes_table_on_planted(tmp_path):
         assert row["union"]["worst_group"] > erm + 0.3 and row["union, λ=0"]["worst_group"] > erm + 0.3
         assert abs(row["per_class, λ=0"]["worst_group"] - erm) < 0.05
         assert f"{100 * erm:.1f} / {100 * row['ERM']['mean']:.1f}" in md
+        # replaying lam="auto" on the recorded candidates gives what the fit chose
+        picked = report.choose_lam(row["lam_candidates"]["NeuronTune"], NeuronTune().lam_margin)
+        assert picked["worst_group"] == row["union"]["worst_group"] and picked["n_zeroed"] == row["union"]["n_zeroed"]
+        assert [c["lam"] for c in row["lam_candidates"]["NeuronTune†"]][-1] == float("inf")
+    assert "| fits > 5 below ERM |" in md and "of 4 fits" in md
+
+
+def test_localisation_table_on_planted(tmp_path):
+    """The oracle study: on ``planted`` the shortcut lives in exactly the 8 planted neurons, so
+    zeroing the top 8 by attribute association repairs the worst group (k for +5 = 8), and
+    NeuronTune's own mask is those 8."""
+    assert main(["report", "--localisation", "--benchmarks", "planted", "--out", str(tmp_path), "--quiet"]) == 0
+    md = (tmp_path / "localisation.md").read_text()
+    js = json.loads((tmp_path / "localisation.json").read_text())
+    (row,) = js["rows"]
+    assert js["seed"] == 0 and js["versions"]["torch"]
+    assert row["k_gain"] == 8 and row["n_live"] == 64
+    assert row["neurontune"]["n_zeroed"] == 8 and row["neurontune"]["in_oracle_top"] == 8
+    curve = {c["k"]: c["worst_group"] for c in row["curve"]}
+    assert curve[8] > curve[4] + 0.3 and 64 not in curve  # zeroing every live neuron is not tried
+    assert "| planted | planted |" in md and "8 of 64" in md and "8 (8)" in md
+
+
+def test_report_studies_are_exclusive(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--localisation", "--neurontune-modes"])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_report_over_seeds_agrees_with_each_seed(tmp_path):
+    assert main(["report", "--seeds", "0", "1", "--benchmarks", "planted", "--out", str(tmp_path), "--quiet",
+                 "--n-boot", "0"]) == 0
+    per_seed = {s: json.loads((tmp_path / f"seed-{s}" / "report.json").read_text()) for s in (0, 1)}
+    assert per_seed[1]["seed"] == 1
+    summary = json.loads((tmp_path / "seeds.json").read_text())
+    assert summary["seeds"] == [0, 1] and len(summary["rows"]) == 2
+    for row in summary["rows"]:
+        for m, cell in row["methods"].items():
+            vals = [next(r for r in per_seed[s]["rows"] if r["id_split"] == row["id_split"])["methods"][m]
+                    ["worst_group_accuracy"] for s in (0, 1)]
+            assert cell["worst_group"] == vals and cell["mean"] == sum(vals) / 2
+    assert "over seeds 0, 1" in (tmp_path / "seeds.md").read_text()

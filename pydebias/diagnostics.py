@@ -1,0 +1,112 @@
+"""Diagnostics that read group labels: why a neuron-level method can or cannot work.
+
+Nothing here is a debiasing method. These functions explain a benchmark's embeddings
+with the attribute the methods are not allowed to see, so a table can say *why* a
+method fell short (e.g. "the shortcut is spread over 24 of 44 live neurons").
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import _arrays
+
+__all__ = ["attribute_of_groups", "attribute_association", "shortcut_localisation"]
+
+
+def attribute_of_groups(eval_set) -> np.ndarray:
+    """The binary spurious attribute ``a`` of every row of a set whose groups are
+    ``g = 2*y + a`` (every built-in benchmark's convention)."""
+    if eval_set.groups is None:
+        raise ValueError("eval_set: has no group labels; the attribute is read from groups g = 2*y + a")
+    g, y = eval_set.groups, eval_set.labels
+    if not np.array_equal(g // 2, y):
+        raise ValueError("eval_set: groups are not g = 2*y + a (g // 2 differs from the label); "
+                         "pass the attribute explicitly")
+    return (g % 2).astype(np.int64)
+
+
+def attribute_association(features, labels, attr, n_classes: Optional[int] = None) -> np.ndarray:
+    """Per neuron, the mean over classes of |Pearson correlation| between its activation
+    and the attribute *within* the class, shape (M,).
+
+    Within-class, so a neuron that only tells the classes apart (and so correlates with
+    ``a`` through ``y`` on biased data) scores 0. Classes where the attribute or the
+    neuron is constant contribute 0; a neuron that never varies scores 0.
+    """
+    x = _arrays.to_numpy(features).astype(np.float64, copy=False)
+    _arrays.check_2d(x)
+    y, a = np.asarray(labels), np.asarray(attr).astype(np.float64)
+    if y.shape != (x.shape[0],) or a.shape != (x.shape[0],):
+        raise ValueError(f"labels, attr: expected shape ({x.shape[0]},), got {y.shape} and {a.shape}")
+    C = int(n_classes if n_classes is not None else y.max() + 1)
+    score = np.zeros(x.shape[1])
+    for c in range(C):
+        k = y == c
+        if k.sum() < 2:
+            continue
+        xc, ac = x[k] - x[k].mean(0), a[k] - a[k].mean()
+        sx, sa = np.sqrt((xc ** 2).sum(0)), np.sqrt((ac ** 2).sum())
+        if sa == 0:
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = np.where(sx > 0, (xc * ac[:, None]).sum(0) / (sx * sa), 0.0)
+        score += np.abs(r)
+    return score / C
+
+
+def _default_ks(n_live: int) -> List[int]:
+    # zeroing every live neuron leaves a constant head: not a point worth a retraining
+    return [0] + [k for k in (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256) if k < n_live]
+
+
+def shortcut_localisation(train, rank_set, test, ks: Optional[Sequence[int]] = None,
+                          gain_points: float = 5.0, l2: float = 1e-4, seed: int = 0) -> Dict:
+    """How many neurons must be zeroed before last-layer retraining stops using the shortcut?
+
+    Ranks the live neurons (active on some training row) by
+    :func:`attribute_association` on ``rank_set`` (use a split whose classes contain
+    both attribute values, e.g. a group-balanced validation split), zeroes the top ``k``
+    for each ``k`` in ``ks``, retrains the head on ``train`` exactly as NeuronTune's main
+    variant does (class-balanced cross-entropy, L-BFGS, ``l2``) and evaluates on
+    ``test``. This is an *oracle* mask — it reads the attribute — so it bounds what a
+    label-free identification of the same size can reach with that retraining.
+
+    Returns ``{"n_features", "n_live", "order", "association", "curve": [{"k",
+    "worst_group", "mean"}], "k_gain"}``, where ``k_gain`` is the smallest ``k`` whose
+    worst-group accuracy exceeds the unmasked (``k = 0``) retraining's by at least
+    ``gain_points`` points (None if none does).
+    """
+    from .metrics import evaluate
+    from .nn.last_layer import balance_weights, train_linear_head
+
+    for s, name in ((train, "train"), (rank_set, "rank_set"), (test, "test")):
+        if s.n_features != train.n_features:
+            raise ValueError(f"{name}: has {s.n_features} features, train has {train.n_features}")
+    if test.groups is None:
+        raise ValueError("test: needs group labels (worst-group accuracy)")
+    xt = _arrays.to_numpy(train.features)
+    live = np.flatnonzero((xt != 0).any(0))
+    assoc = attribute_association(rank_set.features, rank_set.labels, attribute_of_groups(rank_set),
+                                  rank_set.n_classes)
+    order = live[np.argsort(-assoc[live], kind="stable")]
+    ks = _default_ks(live.size) if ks is None else sorted({int(k) for k in ks})
+    if ks and (ks[0] < 0 or ks[-1] > live.size):
+        raise ValueError(f"ks: expected values in 0..{live.size} (the live neurons), got {ks[0]}..{ks[-1]}")
+    C = max(train.n_classes, test.n_classes)
+    weights = balance_weights(train.labels, C)
+    curve = []
+    for k in ks:
+        keep = np.ones(train.n_features, dtype=np.float32)
+        keep[order[:k]] = 0
+        head = train_linear_head(train.features, train.labels, C, sample_weight=weights, l2=l2,
+                                 feature_mask=keep, seed=seed)
+        rep = evaluate(head, test)
+        curve.append({"k": k, "worst_group": rep.worst_group_accuracy, "mean": rep.accuracy})
+    base = curve[0]["worst_group"] if curve and curve[0]["k"] == 0 else None
+    k_gain = None
+    if base is not None:
+        k_gain = next((c["k"] for c in curve if c["worst_group"] >= base + gain_points / 100), None)
+    return {"n_features": int(train.n_features), "n_live": int(live.size), "order": order.tolist(),
+            "association": assoc.tolist(), "curve": curve, "k_gain": k_gain}
