@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _arrays
 
-__all__ = ["attribute_of_groups", "attribute_association", "shortcut_localisation"]
+__all__ = ["attribute_of_groups", "attribute_association", "live_neurons", "shortcut_localisation"]
 
 
 def attribute_of_groups(eval_set) -> np.ndarray:
@@ -27,33 +27,53 @@ def attribute_of_groups(eval_set) -> np.ndarray:
     return (g % 2).astype(np.int64)
 
 
-def attribute_association(features, labels, attr, n_classes: Optional[int] = None) -> np.ndarray:
+def attribute_association(features, labels, attr, n_classes: Optional[int] = None,
+                          chunk_rows: int = 65536) -> np.ndarray:
     """Per neuron, the mean over classes of |Pearson correlation| between its activation
     and the attribute *within* the class, shape (M,).
 
     Within-class, so a neuron that only tells the classes apart (and so correlates with
     ``a`` through ``y`` on biased data) scores 0. Classes where the attribute or the
-    neuron is constant contribute 0; a neuron that never varies scores 0.
+    neuron is constant contribute 0; a neuron that never varies scores 0. One pass over
+    ``features`` in float64 blocks of ``chunk_rows`` (a memmap is never loaded whole).
     """
-    x = _arrays.to_numpy(features).astype(np.float64, copy=False)
+    x = features if isinstance(features, np.ndarray) else _arrays.to_numpy(features)
     _arrays.check_2d(x)
+    n, m = x.shape
     y, a = np.asarray(labels), np.asarray(attr).astype(np.float64)
-    if y.shape != (x.shape[0],) or a.shape != (x.shape[0],):
-        raise ValueError(f"labels, attr: expected shape ({x.shape[0]},), got {y.shape} and {a.shape}")
+    if y.shape != (n,) or a.shape != (n,):
+        raise ValueError(f"labels, attr: expected shape ({n},), got {y.shape} and {a.shape}")
     C = int(n_classes if n_classes is not None else y.max() + 1)
-    score = np.zeros(x.shape[1])
-    for c in range(C):
-        k = y == c
-        if k.sum() < 2:
-            continue
-        xc, ac = x[k] - x[k].mean(0), a[k] - a[k].mean()
-        sx, sa = np.sqrt((xc ** 2).sum(0)), np.sqrt((ac ** 2).sum())
-        if sa == 0:
-            continue
-        with np.errstate(invalid="ignore", divide="ignore"):
-            r = np.where(sx > 0, (xc * ac[:, None]).sum(0) / (sx * sa), 0.0)
-        score += np.abs(r)
-    return score / C
+    # per class: count, sums of a and a^2, and per neuron sums of x, x^2 and x*a
+    cnt, sa, saa = (np.bincount(y, weights=w, minlength=C)[:C] for w in (None, a, a * a))
+    sx, sxx, sxa = (np.zeros((C, m)) for _ in range(3))
+    for s in range(0, n, chunk_rows):
+        xb = np.asarray(x[s:s + chunk_rows], dtype=np.float64)
+        onehot = np.zeros((xb.shape[0], C))
+        onehot[np.arange(xb.shape[0]), y[s:s + chunk_rows]] = 1.0
+        sx += onehot.T @ xb
+        sxx += onehot.T @ (xb * xb)
+        sxa += (onehot * a[s:s + chunk_rows, None]).T @ xb
+    k = np.maximum(cnt, 1)[:, None]
+    cov = sxa - sx * (sa[:, None] / k)
+    var_x = np.maximum(sxx - sx * sx / k, 0.0)
+    var_a = np.maximum(saa - sa * sa / np.maximum(cnt, 1), 0.0)[:, None]
+    # relative cut-offs: sums of squares that are rounding residue of a constant count as 0
+    ok = ((var_x > 1e-12 * np.maximum(sxx, 1e-300)) & (var_a > 1e-12 * np.maximum(saa, 1e-300)[:, None])
+          & (cnt[:, None] >= 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(ok, cov / np.sqrt(var_x * var_a), 0.0)
+    return np.abs(r).sum(0) / C
+
+
+def live_neurons(features, chunk_rows: int = 65536) -> np.ndarray:
+    """Indices of the neurons that are non-zero on at least one row (one blocked pass)."""
+    _arrays.check_2d(features)
+    x = features if isinstance(features, np.ndarray) else _arrays.to_numpy(features)
+    live = np.zeros(x.shape[1], dtype=bool)
+    for s in range(0, x.shape[0], chunk_rows):
+        live |= (np.asarray(x[s:s + chunk_rows]) != 0).any(0)
+    return np.flatnonzero(live)
 
 
 def _default_ks(n_live: int) -> List[int]:
@@ -86,8 +106,7 @@ def shortcut_localisation(train, rank_set, test, ks: Optional[Sequence[int]] = N
             raise ValueError(f"{name}: has {s.n_features} features, train has {train.n_features}")
     if test.groups is None:
         raise ValueError("test: needs group labels (worst-group accuracy)")
-    xt = _arrays.to_numpy(train.features)
-    live = np.flatnonzero((xt != 0).any(0))
+    live = live_neurons(train.features)
     assoc = attribute_association(rank_set.features, rank_set.labels, attribute_of_groups(rank_set),
                                   rank_set.n_classes)
     order = live[np.argsort(-assoc[live], kind="stable")]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pydebias.data import EmbeddingSet, load
-from pydebias.diagnostics import attribute_association, attribute_of_groups, shortcut_localisation
+from pydebias.diagnostics import attribute_association, attribute_of_groups, live_neurons, shortcut_localisation
 
 
 def test_association_is_within_class():
@@ -61,3 +61,20 @@ def test_localisation_validates(planted_sets):
     narrow = EmbeddingSet(d["val"].features[:, :10], d["val"].labels, d["val"].groups)
     with pytest.raises(ValueError, match="rank_set: has 10 features"):
         shortcut_localisation(d["train"], narrow, d["test"])
+
+
+def test_association_in_blocks_equals_one_pass_and_live_neurons():
+    rng = np.random.default_rng(1)
+    n = 1000
+    y = rng.integers(0, 3, n)
+    a = rng.integers(0, 2, n)
+    x = np.maximum(rng.standard_normal((n, 6)) + a[:, None] * np.array([2, 0, 1, 0, 0, 0]), 0).astype(np.float32)
+    x[:, 5] = 0.0                                   # dead
+    x[:, 4] = 7.0                                   # constant, not dead
+    want = np.mean([[abs(np.corrcoef(x[y == c, i], a[y == c])[0, 1]) if i < 4 else 0.0 for i in range(6)]
+                    for c in range(3)], axis=0)
+    for chunk in (1000, 77, 1):
+        got = attribute_association(x, y, a, chunk_rows=chunk)
+        assert np.allclose(got, want, atol=1e-9)
+    assert got[0] > got[2] > got[1] and got[4] == 0 and got[5] == 0
+    assert live_neurons(x, chunk_rows=77).tolist() == [0, 1, 2, 3, 4]
