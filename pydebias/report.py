@@ -65,6 +65,15 @@ NT_VARIANTS = {
 }
 
 
+def _erm_head(data: Dict, seed: int):
+    """The backbone's own head where the benchmark has one, else an ERM head fit on train."""
+    if data.get("head") is not None:
+        return data["head"]
+    from .methods import ERM
+
+    return ERM(seed=seed).fit(data["train"])
+
+
 def neurontune_modes(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
     """Worst-group / mean test accuracy and neurons zeroed of each :data:`NT_VARIANTS`
     NeuronTune (identification on val, retraining on train, guard off) per setting,
@@ -85,16 +94,13 @@ def neurontune_modes(settings: Sequence[Setting], seed: int = 0, progress: bool 
             rows.append({"benchmark": name, "backbone": bb, "id_split": split, "skipped": why})
             continue
         data = load(name, seed=seed, **params)
-        erm = data.get("head")
-        if erm is None:
-            from .methods import ERM
-
-            erm = ERM(seed=seed).fit(data["train"])
+        erm = _erm_head(data, seed)
         base = evaluate(erm, data["test"])
         row = {"benchmark": name, "backbone": bb, "id_split": split, "params": params,
                "ERM": {"worst_group": base.worst_group_accuracy, "mean": base.accuracy}}
+        fitted = {}
         for label, kw in NT_VARIANTS.items():
-            m = NeuronTune(seed=seed, guard=False, **kw)
+            m = fitted[label] = NeuronTune(seed=seed, guard=False, **kw)
             head = m.fit(data["val"], head=erm, tune_set=data["train"])
             rep = evaluate(head, data["test"])
             row[label] = {"worst_group": rep.worst_group_accuracy, "mean": rep.accuracy,
@@ -104,8 +110,11 @@ def neurontune_modes(settings: Sequence[Setting], seed: int = 0, progress: bool 
         # label-free selection score and its test accuracy, the evidence for lam_margin
         row["lam_candidates"] = {}
         for variant, tune in (("NeuronTune", data["train"]), ("NeuronTune†", None)):
-            m = NeuronTune(seed=seed, guard=False)
-            m.fit(data["val"], head=erm, tune_set=tune)
+            if tune is not None:  # the main variant's default fit is the "union" one above
+                m = fitted["union"]
+            else:
+                m = NeuronTune(seed=seed, guard=False)
+                m.fit(data["val"], head=erm, tune_set=tune)
             cands = []
             for c in m.report_["rounds"][0]["selection"]:
                 with warnings.catch_warnings():  # the guard's verdicts on candidates are not news
@@ -213,11 +222,7 @@ def localisation(settings: Sequence[Setting], seed: int = 0, progress: bool = Tr
         ranked = load(name, seed=seed, **rank_params)
         data = load(name, seed=seed, **id_params)
         loc = shortcut_localisation(data["train"], ranked["val"], data["test"], seed=seed)
-        erm = data.get("head")
-        if erm is None:
-            from .methods import ERM
-
-            erm = ERM(seed=seed).fit(data["train"])
+        erm = _erm_head(data, seed)
         nt = NeuronTune(seed=seed, guard=False)
         nt.fit(data["val"], head=erm, tune_set=data["train"])
         mask = nt.spurious_neurons()
