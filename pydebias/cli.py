@@ -121,7 +121,7 @@ def _cmd_report(args) -> int:
             rows = [{**r, "seed": s} for s in seeds for r in run(settings, seed=s, progress=not args.quiet)]
             md = to_md(rows, seeds)
             os.makedirs(args.out, exist_ok=True)
-            write_atomic(os.path.join(args.out, f"{stem}.md"), md.encode())
+            write_atomic(os.path.join(args.out, f"{stem}.md"), (md + report.footer()).encode())
             write_json(os.path.join(args.out, f"{stem}.json"),
                        {**provenance(seeds[0], "auto", seeds=seeds), "rows": rows})
             print(md)
@@ -147,9 +147,13 @@ def _report_seeds(args, settings) -> int:
         by_seed[s] = report.run_report(settings, seed=s, n_boot=args.n_boot, progress=not args.quiet)
         report.write(by_seed[s], os.path.join(args.out, f"seed-{s}"), s)
     rows = report.across_seeds(by_seed)
-    md = report.across_seeds_markdown(rows)
-    write_atomic(os.path.join(args.out, "seeds.md"), md.encode())
-    write_json(os.path.join(args.out, "seeds.json"), {**provenance(seeds[0], "auto", seeds=seeds), "rows": rows})
+    harm = {s: report.harm_summary(by_seed[s]) for s in seeds}
+    md = report.across_seeds_markdown(rows) + "\n" + report.seeds_harm_markdown(harm)
+    write_atomic(os.path.join(args.out, "seeds.md"), (md + report.footer()).encode())
+    write_json(os.path.join(args.out, "seeds.json"),
+               {**provenance(seeds[0], "auto", seeds=seeds), "rows": rows,
+                "do_no_harm": {str(s): h for s, h in harm.items()},
+                "guard_record": report.guard_record(list(harm.values()))})
     print(md)
     print(f"wrote {os.path.join(args.out, 'seeds.md')} and one report per seed under {args.out}/seed-*/")
     return 0

@@ -290,6 +290,8 @@ def markdown(rows: List[Dict], seed: int) -> str:
     for r in done:
         out.append(f"| {r['benchmark']} | {r['backbone']} | {r['id_split']} | "
                    + " | ".join(f"{r['results'][m]['seconds']:.2f}" for m in methods) + " |")
+    if done:
+        out += ["", harm_markdown(harm_summary(rows)).rstrip("\n")]
     skipped = [r for r in rows if "skipped" in r]
     if skipped:
         out += [""] + [f"Skipped {r['benchmark']} ({r['backbone']}, {r['id_split']}): {r['skipped']}" for r in skipped]
@@ -307,6 +309,122 @@ def summary(rows: List[Dict]) -> Dict:
         out[key] = {m: round(100 * (v["report"].worst_group_accuracy - erm), 1)
                     for m, v in r["results"].items() if m != "ERM"}
     return out
+
+
+#: the image built-ins whose two-stage backbones the gain criteria speak of (DATA.md)
+IMAGE_BUILTINS = ("colored-fashion", "fashion-on-textures", "fashion-square")
+#: the annotation-free methods that check themselves on held-out identification data
+GUARDED = ("NeuronTune", "NeuronTune†", "NSF")
+
+
+def _setting(r: Dict) -> str:
+    return f"{r['benchmark']} / {r['backbone']} / {r['id_split']}"
+
+
+def harm_summary(rows: List[Dict], loss_points: float = 5.0) -> Dict:
+    """What one seed's table says about gains and harm, in points of worst-group accuracy:
+
+    * ``"image_lift"``: each method's mean gain over ERM on the three image built-ins with
+      the two-stage backbone and a biased identification split, and ``"neurontune_vs_cb"``
+      NeuronTune against class-balanced retraining there (with both 95 % intervals);
+    * ``"losses"``: every result more than ``loss_points`` below ERM (guard on);
+    * ``"guard"``: every time the guard kept the ERM head, with what the head it set aside
+      would have scored (``cost`` > 0: a gain given up; < 0: a loss avoided).
+    """
+    done = [r for r in rows if "results" in r]
+    lifts: Dict[str, List[float]] = {}
+    vs_cb, losses, guard = [], [], []
+    for r in done:
+        res = r["results"]
+        erm = res["ERM"]["report"].worst_group_accuracy
+        for m, v in res.items():
+            wga = v["report"].worst_group_accuracy
+            if m != "ERM" and wga < erm - loss_points / 100:
+                losses.append({"setting": _setting(r), "method": m, "guarded": m in GUARDED,
+                               "erm": 100 * erm, "result": 100 * wga, "points": 100 * (wga - erm)})
+            if "unguarded" in v:
+                aside = v["unguarded"].worst_group_accuracy
+                guard.append({"setting": _setting(r), "method": m, "erm": 100 * erm, "set_aside": 100 * aside,
+                              "cost": 100 * (aside - erm)})
+        if r["benchmark"] in IMAGE_BUILTINS and r["backbone"] == "two-stage" and r["id_split"] == "biased":
+            for m, v in res.items():
+                lifts.setdefault(m, []).append(100 * (v["report"].worst_group_accuracy - erm))
+            if "NeuronTune" in res and "ClassBalanced" in res:
+                nt, cb = res["NeuronTune"]["report"], res["ClassBalanced"]["report"]
+                vs_cb.append({"benchmark": r["benchmark"], "neurontune": 100 * nt.worst_group_accuracy,
+                              "classbalanced": 100 * cb.worst_group_accuracy,
+                              "neurontune_ci": [100 * c for c in nt.worst_group_ci or []],
+                              "classbalanced_ci": [100 * c for c in cb.worst_group_ci or []]})
+    return {"loss_points": loss_points, "image_lift": {m: sum(v) / len(v) for m, v in lifts.items() if m != "ERM"},
+            "image_settings": len(vs_cb), "neurontune_vs_cb": vs_cb, "losses": losses, "guard": guard}
+
+
+def harm_markdown(h: Dict) -> str:
+    """:func:`harm_summary` as the paragraphs under the tables."""
+    out = ["Gains and harm, in points of worst-group accuracy (computed from the table above).", ""]
+    if h["image_settings"]:
+        lift = ", ".join(f"{m} {v:+.1f}" for m, v in h["image_lift"].items())
+        out.append(f"- Mean gain over ERM on the {h['image_settings']} image built-ins (two-stage backbone, "
+                   f"biased identification split): {lift}.")
+        cmp = "; ".join(f"{c['benchmark']} {c['neurontune']:.1f} against {c['classbalanced']:.1f}"
+                        + (" (intervals overlap)" if c["neurontune_ci"] and c["classbalanced_ci"]
+                           and c["neurontune_ci"][0] <= c["classbalanced_ci"][1]
+                           and c["classbalanced_ci"][0] <= c["neurontune_ci"][1] else "")
+                        for c in h["neurontune_vs_cb"])
+        wins = sum(c["neurontune"] > c["classbalanced"] for c in h["neurontune_vs_cb"])
+        out.append(f"- NeuronTune against class-balanced retraining there: higher on {wins} of "
+                   f"{h['image_settings']} ({cmp}).")
+    for guarded, label in ((True, "guarded methods (" + ", ".join(GUARDED) + ")"), (False, "other methods")):
+        rows = [x for x in h["losses"] if x["guarded"] == guarded]
+        body = "; ".join(f"{x['method']} on {x['setting']} {x['points']:+.1f} ({x['erm']:.1f} -> {x['result']:.1f})"
+                         for x in rows) or "none"
+        out.append(f"- More than {h['loss_points']:g} points below ERM, {label}: {body}.")
+    body = "; ".join(f"{g['method']} on {g['setting']}: the head set aside scores {g['set_aside']:.1f} "
+                     f"against ERM's {g['erm']:.1f} ({'gain given up' if g['cost'] > 0 else 'loss avoided'} "
+                     f"{abs(g['cost']):.1f})" for g in h["guard"]) or "never"
+    out.append(f"- The guard kept the ERM head: {body}.")
+    return "\n".join(out) + "\n"
+
+
+def guard_record(summaries: Sequence[Dict]) -> Dict:
+    """The guard's record over several :func:`harm_summary` (e.g. one per seed): how often it
+    fired, how many of the heads it set aside would have lost more than ``loss_points``,
+    the points it gave up and avoided, and how many results of the guarded methods still
+    lose more than ``loss_points``."""
+    fired = [g for h in summaries for g in h["guard"] if g["method"] in GUARDED]
+    lp = summaries[0]["loss_points"] if summaries else 5.0
+    return {"fired": len(fired), "set_aside_harmful": sum(g["cost"] < -lp for g in fired),
+            "points_given_up": sum(g["cost"] for g in fired if g["cost"] > 0),
+            "points_avoided": -sum(g["cost"] for g in fired if g["cost"] < 0),
+            "guarded_losses": sum(x["guarded"] for h in summaries for x in h["losses"]), "loss_points": lp}
+
+
+def seeds_harm_markdown(summaries: Dict[int, Dict]) -> str:
+    """One line per seed of :func:`harm_summary`, then the guard's record over all of them."""
+    rec = guard_record(list(summaries.values()))
+    lp = f"{rec['loss_points']:g}"
+    out = ["Gains and harm per seed, points of worst-group accuracy. Gain = mean over the image built-ins "
+           "(two-stage backbone, biased identification split); \"> ClassBalanced\" = where NeuronTune scores "
+           f"higher than class-balanced retraining there; losses = results of {', '.join(GUARDED)} more than "
+           f"{lp} points below ERM (guard on).", "",
+           f"| seed | NeuronTune gain | NSF gain | NeuronTune > ClassBalanced | losses > {lp} | guard fired: gain "
+           "given up / loss avoided |", "| --- | --- | --- | --- | --- | --- |"]
+    for seed, h in sorted(summaries.items()):
+        lift = h["image_lift"]
+        wins = [c["benchmark"] for c in h["neurontune_vs_cb"] if c["neurontune"] > c["classbalanced"]]
+        loss = [f"{x['method']} on {x['setting']} {x['points']:+.1f}" for x in h["losses"] if x["guarded"]]
+        g = [x for x in h["guard"] if x["method"] in GUARDED]
+        gain = [f"{lift[m]:+.1f}" if m in lift else "–" for m in ("NeuronTune", "NSF")]
+        beat = (f"{len(wins)} of {h['image_settings']}" + (f" ({', '.join(wins)})" if wins else "")
+                if h["image_settings"] else "–")
+        out.append(f"| {seed} | {gain[0]} | {gain[1]} | {beat} | "
+                   + ("; ".join(loss) or "none") + f" | {len(g)}: "
+                   f"{sum(x['cost'] for x in g if x['cost'] > 0):.1f} / {-sum(x['cost'] for x in g if x['cost'] < 0):.1f} |")
+    out += ["", f"Over these seeds the guard fired {rec['fired']} times; {rec['set_aside_harmful']} of the heads it "
+            f"set aside would have lost more than {lp} points; it gave up {rec['points_given_up']:.1f} points of "
+            f"gains and avoided {rec['points_avoided']:.1f} points of losses; {rec['guarded_losses']} results of the "
+            f"guarded methods lose more than {lp} points with it on."]
+    return "\n".join(out) + "\n"
 
 
 def across_seeds(rows_by_seed: Dict[int, List[Dict]]) -> List[Dict]:
@@ -375,6 +493,16 @@ def plot(rows: List[Dict], path: str) -> str:
     return save_png(fig, path)
 
 
+def footer() -> str:
+    """The versions a table was made with, and the instruction set of torch's CPU kernels:
+    backbones trained on another one differ (README, "Results"), and so do the figures."""
+    from .results import versions
+
+    v = versions()
+    return (f"\nMade with pydebias {v['pydebias']}, torch {v['torch']} (CPU kernels: "
+            f"{v['torch_cpu_capability']}), numpy {v['numpy']}, faiss {v['faiss']}.\n")
+
+
 def write(rows: List[Dict], out_dir: str, seed: int) -> Dict[str, str]:
     from . import plots
     from .compare import _jsonable
@@ -382,8 +510,9 @@ def write(rows: List[Dict], out_dir: str, seed: int) -> Dict[str, str]:
 
     os.makedirs(out_dir, exist_ok=True)
     paths = {"markdown": os.path.join(out_dir, "report.md"), "json": os.path.join(out_dir, "report.json")}
-    write_atomic(paths["markdown"], markdown(rows, seed).encode())
-    js = {**provenance(seed, "auto"), "summary_gain_over_erm_points": summary(rows), "rows": []}
+    write_atomic(paths["markdown"], (markdown(rows, seed) + footer()).encode())
+    js = {**provenance(seed, "auto"), "summary_gain_over_erm_points": summary(rows),
+          "do_no_harm": harm_summary(rows), "rows": []}
     for r in rows:
         row = {k: v for k, v in r.items() if k != "results"}
         if "results" in r:

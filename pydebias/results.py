@@ -16,7 +16,11 @@ def versions() -> Dict[str, Optional[str]]:
     from ._version import __version__
 
     out = {"pydebias": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
-           "numpy": numpy.__version__, "platform": platform.platform()}
+           "numpy": numpy.__version__, "platform": platform.platform(),
+           # the instruction set torch's CPU kernels dispatch to: backbones trained on the CPU
+           # are byte-identical for the same seed on one machine, but not across instruction
+           # sets (summation order differs), so a result names the one it came from
+           "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for mod in ("faiss", "triton"):
         try:
             out[mod] = __import__(mod).__version__
@@ -35,6 +39,10 @@ def write_atomic(path: str, data: bytes) -> None:
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would (0666 less the umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

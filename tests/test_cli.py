@@ -27,6 +27,9 @@ def test_demo_writes_results_with_provenance(tmp_path, capsys):
     assert erm["worst_group_accuracy"] < erm["accuracy"] - 0.15
     assert dfr["worst_group_accuracy"] > erm["worst_group_accuracy"] + 0.2
     assert res["seed"] == 0 and res["versions"]["torch"] and len(res["data_hash"]) > 16
+    import torch
+
+    assert res["versions"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert "worst group" in capsys.readouterr().out
     if (tmp_path / "group_accuracy.png").exists():
         assert (tmp_path / "group_accuracy.png").read_bytes()[:4] == b"\x89PNG"
@@ -90,6 +93,55 @@ def test_report_markdown_and_files(tmp_path):
     assert gains["planted / planted / balanced"]["DFR"] == round(100 * (dfr - erm), 1)
 
 
+def _fake_rows(table):
+    """Report rows from {(benchmark, backbone, split): {method: wga or (wga, set_aside_wga)}}."""
+    from types import SimpleNamespace as NS
+
+    def rep(v):
+        return NS(worst_group_accuracy=v, worst_group_ci=(v - 0.02, v + 0.02))
+
+    rows = []
+    for (name, bb, split), cells in table.items():
+        res = {}
+        for m, v in cells.items():
+            res[m] = {"report": rep(v[0] if isinstance(v, tuple) else v)}
+            if isinstance(v, tuple):
+                res[m]["unguarded"] = rep(v[1])
+        rows.append({"benchmark": name, "backbone": bb, "id_split": split, "results": res})
+    return rows
+
+
+def test_harm_summary_reads_gains_losses_and_guard_cost_off_the_rows():
+    from pydebias import report
+
+    rows = _fake_rows({
+        ("colored-fashion", "two-stage", "biased"): {"ERM": 0.30, "ClassBalanced": 0.50, "NeuronTune": 0.70,
+                                                     "NSF": 0.40},
+        ("fashion-on-textures", "two-stage", "biased"): {"ERM": 0.30, "ClassBalanced": 0.45, "NeuronTune": 0.44,
+                                                         "NSF": 0.36},
+        ("fashion-square", "two-stage", "biased"): {"ERM": 0.16, "ClassBalanced": 0.09, "NeuronTune": 0.10,
+                                                    "NSF": (0.16, 0.05)},  # the guard kept ERM
+        ("fashion-square", "from scratch", "biased"): {"ERM": 0.20, "ClassBalanced": 0.10, "NeuronTune": 0.30,
+                                                       "NSF": (0.20, 0.50)},
+    })
+    h = report.harm_summary(rows)
+    assert h["image_settings"] == 3
+    assert h["image_lift"]["NeuronTune"] == pytest.approx((40 + 14 - 6) / 3)
+    assert h["image_lift"]["NSF"] == pytest.approx((10 + 6 + 0) / 3)
+    assert [c["neurontune"] > c["classbalanced"] for c in h["neurontune_vs_cb"]] == [True, False, True]
+    assert sorted((x["method"], x["setting"].split(" / ")[1], round(x["points"], 1)) for x in h["losses"]) == [
+        ("ClassBalanced", "from scratch", -10.0), ("ClassBalanced", "two-stage", -7.0),
+        ("NeuronTune", "two-stage", -6.0)]
+    assert [round(g["cost"], 1) for g in h["guard"]] == [-11.0, 30.0]
+    rec = report.guard_record([h, h])
+    assert rec == {"fired": 4, "set_aside_harmful": 2, "points_given_up": pytest.approx(60.0),
+                   "points_avoided": pytest.approx(22.0), "guarded_losses": 2, "loss_points": 5.0}
+    md = report.harm_markdown(h)
+    assert "higher on 2 of 3" in md and "NeuronTune on fashion-square / two-stage / biased -6.0" in md
+    assert "gain given up 30.0" in md and "loss avoided 11.0" in md
+    assert "| 7 | +16.0 | +5.3 | 2 of 3 (colored-fashion, fashion-square) |" in report.seeds_harm_markdown({7: h})
+
+
 def test_neurontune_modes_table_on_planted(tmp_path):
     """The mask-mode / λ comparison behind NeuronTune's defaults: on ``planted`` the literal
     intersection selects nothing, per-class finds the 8 planted neurons but leaves the
@@ -150,3 +202,21 @@ def test_report_over_seeds_agrees_with_each_seed(tmp_path):
                     ["worst_group_accuracy"] for s in (0, 1)]
             assert cell["worst_group"] == vals and cell["mean"] == sum(vals) / 2
     assert "over seeds 0, 1" in (tmp_path / "seeds.md").read_text()
+
+
+def test_result_files_get_the_mode_a_plain_open_would(tmp_path):
+    import os
+    import stat
+
+    from pydebias.results import write_atomic
+
+    old = os.umask(0o022)
+    try:
+        write_atomic(str(tmp_path / "a.json"), b"{}")
+        os.umask(0o077)
+        write_atomic(str(tmp_path / "b.json"), b"{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]  # no temporary left
