@@ -123,7 +123,6 @@ def _mlp_backbone(parts: Dict, seed: int, epochs: int = 10, lr: float = 1e-3, ba
     return model, emb, log
 
 
-
 @contextlib.contextmanager
 def _checkout_off_path():
     """Take a source checkout of pydebias off ``sys.path`` while the encoder imports.

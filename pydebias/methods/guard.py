@@ -32,10 +32,11 @@ identification split the groups a harmful head hurts are nearly absent from the
 holdout (fashion-square's T-shirts without the square: 5 of the 5,000 val rows, so at
 most one in a holdout; the minority groups of the two-class built-ins: 12 rows each in
 NeuronTune's 500-row holdout, 31 in NSF's 1,250, so a 5-point loss is 0.6-1.6 rows),
-and the figures of the harmful heads fall inside the range of the beneficial ones. Rejecting only heads with no PGA gain or a collapse would give up 49.2
-points instead of 149.5 and avoid the same 12.8, but it keeps the shortcut-free case
-above; no threshold on the ratio of PGA gain to balanced-accuracy drop separates that
-case (0.84) from the costly false alarms (0.33-0.99), so the rule stays as it is.
+and the figures of the harmful heads fall inside the range of the beneficial ones.
+Rejecting only heads with no PGA gain or a collapse would give up 49.2 points instead of
+149.5 and avoid the same 12.8, but it keeps the shortcut-free case above; no threshold
+on the ratio of PGA gain to balanced-accuracy drop separates that case (0.84) from the
+costly false alarms (0.33-0.99), so the rule stays as it is.
 """
 from __future__ import annotations
 
