@@ -1,6 +1,6 @@
 """``python -m bench``: the same ratio tables as ``pydebias bench``."""
 import sys
 
-from pydebias.cli import main
+from pydebias.tools.cli import main
 
 sys.exit(main(["bench"] + sys.argv[1:]))

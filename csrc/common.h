@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -16,6 +17,24 @@
 #endif
 
 namespace pydebias {
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// CPU features, the one place they are detected (each probe runs once per process).
+// PYDEBIAS_NO_AVX512=1 hides AVX-512 so the AVX2 and generic paths can be tested on an
+// AVX-512 machine; it is read at each call, so a test may set it in-process.
+inline bool cpu_has_avx512() {
+    static const bool yes = __builtin_cpu_supports("avx512f");
+    return yes && !std::getenv("PYDEBIAS_NO_AVX512");
+}
+inline bool cpu_has_avx2() {
+    static const bool yes = __builtin_cpu_supports("avx2");
+    return yes;
+}
+inline bool cpu_has_f16c() {
+    static const bool yes = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2");
+    return yes;
+}
+#endif
 
 // Input element kinds, decided once in the binding from the numpy dtype.
 // Half-precision floats arrive as raw 16-bit patterns (numpy has no bf16).

@@ -1,4 +1,4 @@
-// K5: per-class dispersion (own-class distance, nearest other class, nearest centroid) in
+// clustering: per-class dispersion (own-class distance, nearest other class, nearest centroid) in
 // one pass over the rows, float64 per-class sums.
 //
 // Distances are taken as sum((x - mu)^2), not by the GEMM expansion

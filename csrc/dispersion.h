@@ -3,7 +3,7 @@
 
 namespace pydebias {
 
-// K5: clusterness of labelled rows around class centroids, in one pass over the rows.
+// clustering: clusterness of labelled rows around class centroids, in one pass over the rows.
 //
 // x is n x m, row-major; centroids is K x m, row-major, float64 when elem is F64 and
 // float32 otherwise (half inputs are widened to float32 row by row); owner[j] in [0, C)

@@ -1,4 +1,4 @@
-// K1: per (group, column) count, shifted sum, shifted sum of squares, min and max
+// grouped moments: per (group, column) count, shifted sum, shifted sum of squares, min and max
 // in one pass over a row-major matrix, accumulated in float64.
 //
 // The caller owns the accumulators and may call this once per chunk of rows, so

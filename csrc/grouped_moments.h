@@ -13,7 +13,7 @@ void grouped_moments_accumulate(const void* x, Elem elem, int64_t n, int64_t m,
 
 // One to four rows of one group added into that group's accumulator rows (length m):
 // the kernel of the row-split path, for a caller that buckets rows by group itself and
-// fuses another pass over the same cache-resident rows (K1 + K2).
+// fuses another pass over the same cache-resident rows (grouped moments + grouped quantiles).
 void grouped_moments_rows_f32(const float* const* rows, int nr, int64_t m, const double* shift,
                               double* s1, double* s2, double* mn, double* mx);
 

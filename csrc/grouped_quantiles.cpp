@@ -1,4 +1,4 @@
-// K2: exact per (group, column) order statistics without sorting whole columns.
+// grouped quantiles: exact per (group, column) order statistics without sorting whole columns.
 //
 // Sample-bracketed selection (see grouped_quantiles.h for the three phases). Memory
 // access of the one full pass (phase 2): rows go in pieces of about n / 16 that the
@@ -11,9 +11,9 @@
 // piece's sub-region of the caller's keep buffer in one loop (no branch per flag bit).
 // A value that does not fit its piece's share spills to a per-thread list that the
 // merge moves into the region's free space. The fused entry point
-// (moments_quantile_collect) also adds each batch of four rows into the K1 moments
+// (moments_quantile_collect) also adds each batch of four rows into the grouped moments
 // while the rows are in L1 (with AVX-512, in the same column loop as the counting):
-// one read of X for K1 and K2.
+// one read of X for grouped moments and grouped quantiles.
 #include "grouped_quantiles.h"
 #include "grouped_moments.h"
 #include "widen.h"
@@ -158,11 +158,6 @@ __attribute__((target("avx2"))) void rows_avx2(const float* const* x, const floa
     }
 }
 
-bool have_avx2() {
-    static const bool yes = __builtin_cpu_supports("avx2");
-    return yes;
-}
-
 // The same with AVX-512 (16 columns a step): the compares write mask registers and the
 // counters take masked adds. The values to keep are compressed (in registers) with
 // their column numbers onto a list, (lcol, lval), so the caller appends them in one
@@ -170,7 +165,7 @@ bool have_avx2() {
 // value (measured: the append then took longer than all the counting). The last
 // partial step runs under a lane mask. Returns the list length (at most NR * m; the
 // list needs 16 entries of slack).
-// K1 accumulators of one group for the fused pass (shift, s1, s2, mn, mx rows).
+// grouped moments accumulators of one group for the fused pass (shift, s1, s2, mn, mx rows).
 struct MomentRow {
     const double* shift;
     double *s1, *s2, *mn, *mx;
@@ -200,7 +195,7 @@ __attribute__((target("avx512f"))) inline void moments4_half(const __m512* v, __
     _mm512_mask_storeu_pd(k1.mx + cc, k, _mm512_max_pd(widen_half<H>(h), _mm512_maskz_loadu_pd(k, k1.mx + cc)));
 }
 
-// K1 on four rows' 16 columns already in registers: the sums of rows4_f32
+// grouped moments on four rows' 16 columns already in registers: the sums of rows4_f32
 // (grouped_moments.cpp) in its pairing, with the squares contracted as GCC contracts them
 // in that function's AVX-512 clone (so both agree bit for bit there; elsewhere they agree
 // to rounding, and the tests hold both to the float64 reference), and min/max of the
@@ -304,11 +299,6 @@ __attribute__((target("avx512f"))) int64_t rows_avx512(
     return len;
 }
 
-bool have_avx512() {
-    static const bool yes = __builtin_cpu_supports("avx512f");
-    return yes;
-}
-
 // NR rows against one bracket row with AVX2 (flag bits in bb, row j at bb + j * mb).
 template <bool MASS>
 inline void rows_simd(int nr, const float* const* fr, const float* fl, const float* fh,
@@ -378,7 +368,7 @@ inline void append_bits(const uint8_t* bits, int64_t m, const T* row, int64_t i0
     }
 }
 
-// One piece's K1 accumulators (G x m, fused pass), or none (shift == nullptr).
+// One piece's grouped moments accumulators (G x m, fused pass), or none (shift == nullptr).
 struct MomentAcc {
     const double* shift = nullptr;
     std::vector<int64_t> count;
@@ -387,8 +377,8 @@ struct MomentAcc {
 
 // One piece's rows [r0, r1) of one call. Rows go in blocks (16-bit input widened to a
 // float block first), bucketed by group so each group's rows run four at a time. With
-// K1 accumulators (float compare type) each batch of four rows is first added into the
-// moments, then counted while it is still in L1: one read of X for K1 and K2.
+// grouped moments accumulators (float compare type) each batch of four rows is first added into the
+// moments, then counted while it is still in L1: one read of X for grouped moments and grouped quantiles.
 template <typename T>
 void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, int64_t stride,
                   const int64_t* groups, int64_t G, int64_t Q, const std::vector<T>& lo,
@@ -409,13 +399,12 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
     std::vector<int32_t> lcol(4 * m + 16);  // the AVX-512 kernel's list of kept values
     std::vector<float> lval(4 * m + 16);
 #ifdef PYDEBIAS_K2_AVX2
-    simd = sizeof(T) == 4 && have_avx2();
-    // PYDEBIAS_NO_AVX512=1 forces the AVX2 kernel (to test it on an AVX-512 machine).
-    simd512 = simd && have_avx512() && !std::getenv("PYDEBIAS_NO_AVX512");
+    simd = sizeof(T) == 4 && cpu_has_avx2();
+    simd512 = simd && cpu_has_avx512();
 #endif
     const bool fuse_k1 = simd512 && Q > 0 && !std::getenv("PYDEBIAS_NO_FUSE4");
-    // 16-bit rows without K1 on the AVX-512 path are counted straight from their raw
-    // rows, converted in registers (measured, 2,000,000 x 1,024 float16 memmap, K2 alone
+    // 16-bit rows without grouped moments on the AVX-512 path are counted straight from their raw
+    // rows, converted in registers (measured, 2,000,000 x 1,024 float16 memmap, grouped quantiles alone
     // with the prefetch below: 0.44-0.48 -> 0.33-0.37 s); elsewhere each block is widened
     // to floats first.
     // PYDEBIAS_NO_DIRECT16=1 widens on every path (for A/B and tests).
@@ -452,10 +441,10 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
         // consumes, so the requests overlap the counting. Issued as one burst at the
         // start of the block instead, they filled the miss queue and the core waited for
         // the whole next block before counting this one (measured, bench array, A/B in one
-        // process: K2 alone 1.95x -> 1.70x one read, K1+K2 pass 2.86x -> 2.65x).
+        // process: grouped quantiles alone 1.95x -> 1.70x one read, moments + quantiles pass 2.86x -> 2.65x).
         // 16-bit rows: the raw rows of the next block, read by the next widening. Each
         // prefetch walks a float row's bytes, i.e. two 16-bit rows from its start, so
-        // every other row is asked for (measured, 2,000,000 x 1,024 float16 memmap, K2
+        // every other row is asked for (measured, 2,000,000 x 1,024 float16 memmap, grouped quantiles
         // alone: 0.51 -> 0.44 s; without it the widening waited on memory and took longer
         // than the counting).
         const int64_t nn = std::min(block, r1 - b0 - nb);
@@ -476,13 +465,13 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
                     pf[j] = pr < nn ? next + (cursor + j) * ns : rows[j];
                 }
                 cursor += nr;
-                // Four rows on the AVX-512 path: K1 goes inside the first level's column
+                // Four rows on the AVX-512 path: grouped moments goes inside the first level's column
                 // loop, each vector loaded once for both (measured, bench array, 15 paired calls:
-                // K1+K2 148.6 -> 135.8 ms median). PYDEBIAS_NO_FUSE4=1 turns it off for A/B.
+                // moments + quantiles 148.6 -> 135.8 ms median). PYDEBIAS_NO_FUSE4=1 turns it off for A/B.
                 const bool fuse4 = fuse_k1 && nr == 4 && mo && mo->shift;
                 if constexpr (std::is_same<T, float>::value) {
                     if (mo && mo->shift) mo->count[g] += nr;
-                    if (mo && mo->shift && !fuse4) {  // K1 on these rows while they are in L1
+                    if (mo && mo->shift && !fuse4) {  // grouped moments on these rows while they are in L1
                         grouped_moments_rows_f32(rows, nr, m, mo->shift, mo->s1.data() + g * m,
                                                  mo->s2.data() + g * m, mo->mn.data() + g * m,
                                                  mo->mx.data() + g * m);
@@ -502,7 +491,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
                         uint8_t* bb = bits.data();
                         if (simd512) {
                             int64_t len;
-                            if (fuse4 && q == 0) {  // K1 on these four rows rides along
+                            if (fuse4 && q == 0) {  // grouped moments on these four rows rides along
                                 const MomentRow k1{mo->shift, mo->s1.data() + g * m, mo->s2.data() + g * m,
                                                    mo->mn.data() + g * m, mo->mx.data() + g * m};
                                 len = has_mass[g]
@@ -549,7 +538,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
 
 // Phase 2 for at most 2^30 rows (the per-thread int32 counters cannot wrap).
 // With `mom` (shift, count, s1, s2, mn, mx of grouped_moments_accumulate; float compare
-// type and stride == m only) the same pass also accumulates the K1 moments.
+// type and stride == m only) the same pass also accumulates the grouped moments moments.
 struct MomentOut {
     const double* shift;
     int64_t *count;
@@ -625,7 +614,7 @@ void collect_part(const void* x, Elem elem, int64_t n, int64_t m, int64_t stride
     std::vector<std::vector<int32_t>> tc(T);
     std::vector<std::vector<std::pair<int64_t, float>>> sp32(T);
     std::vector<std::vector<std::pair<int64_t, double>>> sp64(T);
-    // K1 accumulators per piece (not per thread): summed in piece order after the pass,
+    // grouped moments accumulators per piece (not per thread): summed in piece order after the pass,
     // the bits do not depend on which thread took which piece.
     std::vector<MomentAcc> macc(mom ? P : 0);
     const int64_t gm = G * m;
@@ -659,7 +648,7 @@ void collect_part(const void* x, Elem elem, int64_t n, int64_t m, int64_t stride
                                     mo);
         }
     }
-    // K1: reduce in piece order.
+    // grouped moments: reduce in piece order.
     if (mom)
         for (int64_t p = 0; p < P; ++p) {
             for (int64_t g = 0; g < G; ++g) mom->count[g] += macc[p].count[g];

@@ -3,7 +3,7 @@
 
 namespace pydebias {
 
-// K2 exact grouped quantiles by sample-bracketed selection, in three phases the caller
+// exact grouped quantiles by sample-bracketed selection, in three phases the caller
 // drives (so a memmap streams through phase 2 one chunk of rows at a time):
 //
 //  1. quantile_brackets: from a sample of rows (s x m, with their group ids) pick, per
@@ -43,7 +43,7 @@ void quantile_collect(const void* x, Elem elem, int64_t n, int64_t m, int64_t st
                       const double* hi, const double* mass, int64_t* cnt, void* keep,
                       const int64_t* keep_off, int64_t* keep_fill);
 
-// K1 and K2 phase 2 in one read of X (contiguous rows): adds the rows into the
+// grouped moments and grouped quantiles phase 2 in one read of X (contiguous rows): adds the rows into the
 // accumulators of grouped_moments_accumulate and counts/keeps them as quantile_collect
 // does, each block of rows counted while it is still in cache after its moments update.
 // Float64 input runs the two passes one after the other.

@@ -114,8 +114,7 @@ void linear_argmax(const void* x, Elem elem, int64_t n, int64_t m, const float* 
     if (elem == Elem::F64) throw KernelError("linear_argmax: expects float32, float16 or bfloat16 rows");
     if (C < 1) throw KernelError("weight: the head has no classes");
 #ifdef PYDEBIAS_ARGMAX16
-    // PYDEBIAS_NO_AVX512=1 (read once) takes the generic path, to test it here.
-    static const bool avx512 = __builtin_cpu_supports("avx512f") && !std::getenv("PYDEBIAS_NO_AVX512");
+    static const bool avx512 = cpu_has_avx512();  // read once: tests set the variable in a subprocess
     if (avx512 && elem != Elem::F32) {
         const uint16_t* h = static_cast<const uint16_t*>(x);
         if (elem == Elem::F16 ? argmax16<1>(h, n, m, w, b, C, out) : argmax16<2>(h, n, m, w, b, C, out)) return;

@@ -33,7 +33,7 @@ T* checked(py::array& a, const char* name, py::ssize_t size, bool writable) {
 
 size_t elem_size(Elem e) { return e == Elem::F32 ? 4 : e == Elem::F64 ? 8 : 2; }
 
-// The buffer the K2 counting pass appends in-bracket values to.
+// The buffer the grouped quantiles counting pass appends in-bracket values to.
 void* checked_keep(py::array& keep, Elem e, int64_t needed) {
     if (static_cast<size_t>(keep.itemsize()) != (e == Elem::F64 ? 8u : 4u))
         throw py::type_error("keep: must be float64 for float64 features, else float32");
@@ -52,7 +52,7 @@ Elem checked_elem(py::array& x, int elem, const char* name) {
     return e;
 }
 
-// The group ids and moment accumulators K1 and the fused K1+K2 pass share.
+// The group ids and moment accumulators grouped moments and the fused moments + quantiles pass share.
 struct MomentArgs {
     const int64_t* groups;
     const double* shift;
@@ -101,7 +101,7 @@ void py_quantile_brackets(py::array sample, int elem, py::array sample_groups, i
     quantile_brackets(data, e, s, m, sg, n_groups, c, r, q, z, l, h, w, ex);
 }
 
-// The bracket and keep-buffer arguments the two counting passes (K2 alone, K1+K2 fused)
+// The bracket and keep-buffer arguments the two counting passes (grouped quantiles alone, moments + quantiles fused)
 // share, checked once against (n_levels, n_groups, m).
 struct CollectArgs {
     int64_t q;
@@ -269,29 +269,29 @@ PYBIND11_MODULE(_C, mod) {
     mod.def("quantile_brackets", &py_quantile_brackets, py::arg("sample"), py::arg("elem"),
             py::arg("sample_groups"), py::arg("n_groups"), py::arg("count"), py::arg("ranks"),
             py::arg("z"), py::arg("lo"), py::arg("hi"), py::arg("mass"), py::arg("expect"),
-            "K2 phase 1: per (level, group, neuron) brackets [lo, hi] from a sample of rows.");
+            "grouped quantiles phase 1: per (level, group, neuron) brackets [lo, hi] from a sample of rows.");
     mod.def("quantile_collect", &py_quantile_collect, py::arg("x"), py::arg("elem"),
             py::arg("groups"), py::arg("n_groups"), py::arg("lo"), py::arg("hi"), py::arg("mass"),
             py::arg("cnt"), py::arg("keep"), py::arg("keep_off"), py::arg("keep_fill"),
-            "K2 phase 2: count rows against the brackets and keep the values inside (in place).");
+            "grouped quantiles phase 2: count rows against the brackets and keep the values inside (in place).");
     mod.def("moments_quantile_collect", &py_moments_quantile_collect, py::arg("x"),
             py::arg("elem"), py::arg("groups"), py::arg("n_groups"), py::arg("shift"),
             py::arg("count"), py::arg("s1"), py::arg("s2"), py::arg("mn"), py::arg("mx"),
             py::arg("lo"), py::arg("hi"), py::arg("mass"), py::arg("cnt"), py::arg("keep"),
             py::arg("keep_off"), py::arg("keep_fill"),
-            "K1 + K2 phase 2 in one read of contiguous rows: moments and bracket counts/keeps.");
+            "grouped moments + grouped quantiles phase 2 in one read of contiguous rows: moments and bracket counts/keeps.");
     mod.def("quantile_select", &py_quantile_select, py::arg("count"), py::arg("ranks"),
             py::arg("mass"), py::arg("cnt"), py::arg("keep"), py::arg("keep_off"),
             py::arg("keep_fill"), py::arg("lower"), py::arg("higher"), py::arg("miss"),
-            "K2 phase 3: the order statistics of the target ranks; miss=1 where a bracket missed.");
+            "grouped quantiles phase 3: the order statistics of the target ranks; miss=1 where a bracket missed.");
     mod.def("dispersion_accumulate", &py_dispersion, py::arg("x"), py::arg("elem"),
             py::arg("labels"), py::arg("n_classes"), py::arg("centroids"), py::arg("owner"),
             py::arg("row_offset"), py::arg("count"), py::arg("sum_a"), py::arg("sum_s"),
             py::arg("n_out"), py::arg("nearest"),
-            "K5: add rows' own-class distance, silhouette and outlier counts per class (in place).");
+            "clustering: add rows' own-class distance, silhouette and outlier counts per class (in place).");
     mod.def("class_sums_accumulate", &py_class_sums, py::arg("x"), py::arg("elem"),
             py::arg("labels"), py::arg("n_classes"), py::arg("count"), py::arg("sums"),
-            "K5: add rows into per-class float64 sums (in place; thread- and chunk-invariant).");
+            "clustering: add rows into per-class float64 sums (in place; thread- and chunk-invariant).");
     mod.def("widen", &py_widen, py::arg("x"), py::arg("elem"), py::arg("out"),
             "float16/bfloat16 bits (uint16) -> float32, exactly, into out (in place).");
     mod.def("linear_argmax", &py_linear_argmax, py::arg("x"), py::arg("elem"), py::arg("weight"),

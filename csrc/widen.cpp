@@ -85,10 +85,9 @@ __attribute__((target("avx2,f16c"))) void half_row_f16c(const uint16_t* __restri
     if (i < n) half_row(in + i, out + i, n - i);
 }
 
-// PYDEBIAS_NO_AVX512=1 (read once) takes the AVX2 path, to test it on an AVX-512 machine.
+// Features read once (called per row): tests set PYDEBIAS_NO_AVX512 in a subprocess.
 void half_row_fast(const uint16_t* in, float* out, int64_t n) {
-    static const int kind = __builtin_cpu_supports("avx512f") && !std::getenv("PYDEBIAS_NO_AVX512") ? 2
-                            : __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx2") ? 1 : 0;
+    static const int kind = cpu_has_avx512() ? 2 : cpu_has_f16c() ? 1 : 0;
     if (kind == 2) half_row_avx512(in, out, n);
     else if (kind == 1) half_row_f16c(in, out, n);
     else half_row(in, out, n);

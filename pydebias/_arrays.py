@@ -11,22 +11,15 @@ import torch
 F32, F64, F16, BF16 = 0, 1, 2, 3
 _NP_CODES = {np.dtype(np.float32): F32, np.dtype(np.float64): F64, np.dtype(np.float16): F16}
 _TORCH_CODES = {torch.float32: F32, torch.float64: F64, torch.float16: F16, torch.bfloat16: BF16}
-FLOAT_DTYPES = "float32, float64, float16 or bfloat16"
 
 
 def is_tensor(x) -> bool:
     return isinstance(x, torch.Tensor)
 
 
-def check_2d(x, name: str = "features") -> None:
-    if not (is_tensor(x) or isinstance(x, np.ndarray)):
-        raise TypeError(f"{name}: expected a numpy array, np.memmap or torch.Tensor, got {type(x).__name__}")
-    if x.ndim != 2:
-        raise ValueError(f"{name}: expected shape (rows, neurons), got {tuple(x.shape)}")
-    dt = x.dtype
-    ok = dt in _TORCH_CODES if is_tensor(x) else np.dtype(dt) in _NP_CODES
-    if not ok:
-        raise TypeError(f"{name}: dtype {dt} is not supported; use {FLOAT_DTYPES}")
+def supported_dtype(dt) -> bool:
+    """Whether the kernels take this numpy or torch dtype."""
+    return dt in _TORCH_CODES if isinstance(dt, torch.dtype) else np.dtype(dt) in _NP_CODES
 
 
 def native_view(x) -> Tuple[np.ndarray, int]:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from . import _arrays, backends
+from .validation import check_features, check_ids, count_ids
 
 __all__ = ["KMeansResult", "Dispersion", "kmeans", "nearest_centroid", "class_means", "dispersion",
            "faiss_gpu_available"]
@@ -95,20 +96,8 @@ def _gather_rows(x, rows: np.ndarray) -> np.ndarray:
 
 
 def _check_labels(x, labels, n_classes):
-    y = _arrays.to_numpy(labels)
-    if y.shape != (x.shape[0],):
-        raise ValueError(f"labels: expected shape ({x.shape[0]},) to match the features, got {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise TypeError(f"labels: expected integer class ids, got dtype {y.dtype}")
-    y = y.astype(np.int64, copy=False)
-    if y.size and y.min() < 0:
-        raise ValueError(f"labels: ids must be non-negative, found {y.min()}")
-    seen = int(y.max()) + 1 if y.size else 0
-    if n_classes is None:
-        n_classes = seen
-    elif seen > n_classes:
-        raise ValueError(f"labels: found class {seen - 1} but n_classes={n_classes}")
-    return y, int(n_classes)
+    y = check_ids(labels, "labels", x.shape[0], n_classes, "n_classes")
+    return y, count_ids(y, n_classes, "labels", "n_classes")
 
 
 # --------------------------------------------------------------------------- k-means
@@ -170,7 +159,7 @@ def kmeans(x, k: int, n_iter: int = 20, seed: int = 0, labels=None, n_classes: O
     ``init`` (global run only) gives the starting centroids (k, M); by default FAISS
     picks k distinct random sample rows with ``seed``.
     """
-    _arrays.check_2d(x, "x")
+    check_features(x, "x")
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k: expected a positive integer, got {k!r}")
     if n_iter < 1:
@@ -220,7 +209,7 @@ def nearest_centroid(x, centroids, chunk_rows: Optional[int] = None, gpu="auto")
     faiss-gpu), chunk by chunk. Returns ``(index int64 (N,), sq_distance float32 (N,))``.
     Ties go to the lower centroid index.
     """
-    _arrays.check_2d(x, "x")
+    check_features(x, "x")
     faiss = _faiss()
     cents = np.ascontiguousarray(_arrays.to_numpy(centroids), dtype=np.float32)
     if cents.ndim != 2 or cents.shape[1] != x.shape[1] or cents.shape[0] == 0:
@@ -253,7 +242,7 @@ def class_means(x, labels, n_classes: Optional[int] = None, chunk_rows: Optional
     kernel (``backend="auto"``/``"cpp"``; the same result for any chunking and thread
     count), CUDA input through a one-hot fp64 GEMM in torch.
     """
-    _arrays.check_2d(x, "x")
+    check_features(x, "x")
     y, C = _check_labels(x, labels, n_classes)
     which = backends.resolve(backend, x)
     counts = np.bincount(y, minlength=C)[:C]
@@ -359,7 +348,7 @@ def dispersion(x, labels, n_classes: Optional[int] = None, means=None,
     Both agree to float32 rounding; exact ties between class means go to the lower class
     id in both. NaN or inf in ``x`` raises ``ValueError`` naming the row.
     """
-    _arrays.check_2d(x, "x")
+    check_features(x, "x")
     y, C = _check_labels(x, labels, n_classes)
     which = backends.resolve(backend, x)
     if means is None:

@@ -54,15 +54,24 @@ def write_atomic(path: str, data: bytes) -> None:
         raise
 
 
-def write_json(path: str, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, default=_default) + "\n").encode())
-
-
-def _default(o):
+def jsonable(obj: Any) -> Any:
+    """``obj`` with numpy values as Python ones and non-finite floats spelled out
+    (NaN -> null, +-inf -> "inf" / "-inf"), so the JSON is strict."""
     import numpy as np
 
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None if obj != obj else repr(obj)
+    return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+    """``obj`` as indented strict JSON (:func:`jsonable`), written atomically."""
+    write_atomic(path, (json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n").encode())

@@ -1,4 +1,4 @@
-"""K2s: a mergeable streaming quantile sketch per (group, neuron), with a rank-error bound.
+"""Quantile sketch: a mergeable streaming quantile sketch per (group, neuron), with a rank-error bound.
 
 For data read once (larger than memory, or spread over workers) where the exact
 quantiles of :func:`pydebias.stats.grouped_quantiles` (several passes over one array)
@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from . import _arrays
+from .validation import check_features
 
 __all__ = ["QuantileSketch", "sketch_quantiles"]
 
@@ -145,7 +146,7 @@ class QuantileSketch:
     # -- building ----------------------------------------------------------------
     def update(self, features, groups=None, chunk_rows: Optional[int] = None) -> "QuantileSketch":
         """Add the rows of ``features`` (group ids ``groups``, default all 0); returns self."""
-        _arrays.check_2d(features)
+        check_features(features)
         n, m = features.shape
         if m != self.n_features:
             raise ValueError(f"features: expected {self.n_features} columns, got {m}")
@@ -266,7 +267,7 @@ class QuantileSketch:
 def sketch_quantiles(features, groups=None, n_groups: Optional[int] = None, quantiles: Sequence[float] = (0.5,),
                      k: int = DEFAULT_K, chunk_rows: Optional[int] = None) -> np.ndarray:
     """One streaming pass: approximate quantiles, shape ``(len(quantiles), G, M)``."""
-    _arrays.check_2d(features)
+    check_features(features)
     if groups is not None and n_groups is None:
         g = _arrays.to_numpy(groups)
         n_groups = int(g.max()) + 1 if g.size else 1

@@ -1,8 +1,8 @@
 """Per-neuron activation statistics split by group (class x correctness, or any grouping).
 
 ``neuron_stats`` streams over the features (numpy, memmap or torch) through the backend
-chosen in :mod:`pydebias.backends`: one pass for the moments (K1), which in-memory
-float32 input shares with the counting pass of the exact quantiles (K2: sampled
+chosen in :mod:`pydebias.backends`: one pass for the moments (grouped moments), which in-memory
+float32 input shares with the counting pass of the exact quantiles (grouped quantiles: sampled
 brackets, one counting pass, a select over the few values kept); the result is a
 :class:`NeuronStats` that merges with another (Chan et al.'s parallel update) and
 round-trips through a JSON-safe dict, so shards computed on different workers or
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import _arrays, backends, reference
+from .validation import check_correct, check_features, check_ids, count_ids
 
 __all__ = ["NeuronStats", "neuron_stats", "grouped_quantiles"]
 
@@ -32,7 +33,7 @@ class NeuronStats:
     ``(G,)``. Empty groups have ``count == 0`` and NaN moments; ``var`` is the unbiased
     (ddof=1) variance and is NaN where fewer than two rows were seen.
 
-    Exact quantiles (kernel K2), when computed, are kept per level ``q`` as the two order
+    Exact quantiles (the grouped-quantile kernel), when computed, are kept per level ``q`` as the two order
     statistics around it: ``lower`` = rank ``floor((n-1) q)`` and ``higher`` = rank
     ``ceil((n-1) q)`` (0-based, ``n`` rows in the group), i.e. ``np.quantile(v, q,
     method="lower"/"higher")`` bit for bit. :meth:`quantile` returns either, or their
@@ -250,35 +251,17 @@ def _dec_float(v) -> float:
 def _group_ids(n: int, labels, correct, groups, n_groups, n_classes):
     """Flat int64 group ids and the layout they index."""
     if groups is not None:
-        g = _arrays.to_numpy(groups)
-        _check_ints(g, "groups", n)
-        G = int(n_groups) if n_groups is not None else (int(g.max()) + 1 if g.size else 0)
-        if g.size and (g.min() < 0 or g.max() >= G):
-            raise ValueError(f"groups: ids must lie in [0, {G}); got range [{g.min()}, {g.max()}]")
-        return g.astype(np.int64, copy=False), G, (G,)
+        g = check_ids(groups, "groups", n, n_groups, "n_groups")
+        G = count_ids(g, n_groups, "groups", "n_groups")
+        return g, G, (G,)
     if labels is None:
         raise ValueError("labels: pass labels (with optional correct=) or groups=")
-    y = _arrays.to_numpy(labels)
-    _check_ints(y, "labels", n)
-    C = int(n_classes) if n_classes is not None else (int(y.max()) + 1 if y.size else 0)
-    if y.size and (y.min() < 0 or y.max() >= C):
-        raise ValueError(f"labels: classes must lie in [0, {C}); got range [{y.min()}, {y.max()}]")
+    y = check_ids(labels, "labels", n, n_classes, "n_classes")
+    C = count_ids(y, n_classes, "labels", "n_classes")
     if correct is None:
-        return y.astype(np.int64, copy=False), C, (C,)
-    ok = _arrays.to_numpy(correct)
-    if ok.shape != (n,):
-        raise ValueError(f"correct: expected shape ({n},), got {ok.shape}")
-    if ok.dtype != np.bool_:
-        if not np.isin(ok, (0, 1)).all():
-            raise ValueError("correct: expected booleans (prediction == label)")
-    return 2 * y.astype(np.int64) + ok.astype(np.int64), 2 * C, (C, 2)
-
-
-def _check_ints(a: np.ndarray, name: str, n: int) -> None:
-    if a.shape != (n,):
-        raise ValueError(f"{name}: expected shape ({n},) to match the feature rows, got {a.shape}")
-    if not np.issubdtype(a.dtype, np.integer):
-        raise TypeError(f"{name}: expected integer ids, got dtype {a.dtype}")
+        return y, C, (C,)
+    ok = check_correct(correct, n)
+    return 2 * y + ok.astype(np.int64), 2 * C, (C, 2)
 
 
 def _shift_of(x) -> np.ndarray:
@@ -303,7 +286,7 @@ def neuron_stats(features, labels=None, correct=None, groups=None, *, n_groups: 
     accumulates in float64. NaN in ``features`` raises ``ValueError``; +-inf is allowed
     and propagates as numpy would (an inf mean, a NaN variance).
 
-    ``quantiles``: levels whose exact per-group quantiles (kernel K2, see
+    ``quantiles``: levels whose exact per-group quantiles (the grouped-quantile kernel, see
     :func:`grouped_quantiles`) are computed too, after the one moments pass; the
     default ``(0.5,)`` makes ``.median`` available, as the API promises. With the C++
     backend and memory-resident C-contiguous input the brackets come from two row samples
@@ -313,7 +296,7 @@ def neuron_stats(features, labels=None, correct=None, groups=None, *, n_groups: 
     eagerly keeps ``NeuronStats`` free of references to the (possibly huge) features.
     ``quantile_method`` is what ``.median`` / ``.quantile(q)`` return by default.
     """
-    _arrays.check_2d(features)
+    check_features(features)
     n, m = features.shape
     g, G, shape = _group_ids(n, labels, correct, groups, n_groups, n_classes)
     which = backends.resolve(backend, features)
@@ -324,7 +307,7 @@ def neuron_stats(features, labels=None, correct=None, groups=None, *, n_groups: 
         chunk_rows = _arrays.default_chunk_rows(m, features.element_size() if _arrays.is_tensor(features)
                                                 else features.dtype.itemsize)
     if levels and which == "cpp" and _in_memory_rows(features):
-        # K1 + K2 in one read of X: brackets from samples first, then one fused pass
+        # grouped moments + grouped quantiles in one read of X: brackets from samples first, then one fused pass
         stats, (lower, higher) = _moments_and_quantiles_cpp(features, g, G, shift, shape, levels,
                                                             chunk_rows)
         stats._quantiles = {q: (lower[i], higher[i]) for i, q in enumerate(levels)}
@@ -338,7 +321,7 @@ def neuron_stats(features, labels=None, correct=None, groups=None, *, n_groups: 
 
 
 def _moments(features, g, G, shift, shape, which, chunk_rows) -> NeuronStats:
-    """K1: one pass over the features through the chosen backend."""
+    """grouped moments: one pass over the features through the chosen backend."""
     n, m = features.shape
     if which == "triton":
         return _stats_triton(features, g, G, shift, shape)
@@ -364,7 +347,7 @@ def _moments(features, g, G, shift, shape, which, chunk_rows) -> NeuronStats:
     return total
 
 
-# -- K2 exact grouped quantiles ----------------------------------------------------
+# -- exact grouped quantiles ----------------------------------------------------
 #: sample rows per group for the C++ brackets; groups up to this size are taken whole
 QUANTILE_SAMPLE_ROWS = 1024
 #: the second-stage sample is this many times larger (1: a single stage)
@@ -398,7 +381,7 @@ def grouped_quantiles(features, groups, n_groups: Optional[int] = None, quantile
     bracket missed. Memory-resident input is read in one call; memmaps and strided input
     stream in chunks of ``chunk_rows`` rows (each phase-2 chunk read once).
     """
-    _arrays.check_2d(features)
+    check_features(features)
     n, m = features.shape
     g, G, _ = _group_ids(n, None, None, groups, n_groups, None)
     which = backends.resolve(backend, features)
@@ -526,9 +509,9 @@ def _in_memory_rows(features) -> bool:
 
 
 def _moments_and_quantiles_cpp(features, g, G, shift, shape, levels, chunk_rows):
-    """K1 and K2 with one read of X: the brackets come from row samples (phase 1), then
+    """grouped moments and grouped quantiles with one read of X: the brackets come from row samples (phase 1), then
     one fused C++ pass accumulates the moments and counts/keeps against the brackets,
-    block by cache-resident block (phase 2); phase 3 and the fallback as in K2 alone."""
+    block by cache-resident block (phase 2); phase 3 and the fallback as in grouped quantiles alone."""
     lib = backends.native()
     n, m = features.shape
     count, ranks, lo, hi, mass, expect, wide = _brackets_cpp(lib, features, g, G, levels)

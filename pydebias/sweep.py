@@ -1,4 +1,4 @@
-"""K4 mask-sweep evaluation: per-group accuracy of K candidate masks in one pass.
+"""mask-sweep evaluation: per-group accuracy of K candidate masks in one pass.
 
 ``mask_sweep`` reads the embeddings once, in row chunks (numpy arrays, memmaps larger
 than RAM, CPU or CUDA tensors), and for every chunk computes the logits of all K masked
@@ -21,6 +21,7 @@ import torch
 
 from . import _arrays, backends, reference
 from .nn.masked import _check_weight, check_masks, fold_masks
+from .validation import check_features, check_ids
 
 __all__ = ["SweepResult", "mask_sweep"]
 
@@ -122,20 +123,6 @@ class SweepResult:
                 f"best worst-group={np.max(wga):.4f} at mask {int(np.argmax(wga))})")
 
 
-def _int_ids(a, n: int, name: str, hi: Optional[int], hi_name: str) -> np.ndarray:
-    arr = _arrays.to_numpy(a)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        raise ValueError(f"{name}: expected shape ({n},) (one per row of features), got {tuple(arr.shape)}")
-    if arr.size and not np.issubdtype(arr.dtype, np.integer):
-        if not (np.issubdtype(arr.dtype, np.floating) and np.all(arr == np.round(arr))):
-            raise TypeError(f"{name}: expected integer ids, got dtype {arr.dtype}")
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size and (arr.min() < 0 or (hi is not None and arr.max() >= hi)):
-        raise ValueError(f"{name}: values must lie in [0, {hi}) ({hi_name}), got range "
-                         f"[{int(arr.min())}, {int(arr.max())}]")
-    return arr
-
-
 def _to_tensor(a, name: str) -> Optional[torch.Tensor]:
     if a is None or isinstance(a, torch.Tensor):
         return a
@@ -157,7 +144,7 @@ def mask_sweep(features, labels, weight, bias, masks, groups=None, n_groups: Opt
     classes as groups. ``chunk_rows`` defaults so that a chunk holds at most about 4M
     logits (chunk_rows·K·C) and 64 MB of features. NaN logits raise ``ValueError``.
     """
-    _arrays.check_2d(features)
+    check_features(features)
     n, n_in = features.shape
     weight = _to_tensor(weight, "weight")
     bias = _to_tensor(bias, "bias")
@@ -170,7 +157,7 @@ def mask_sweep(features, labels, weight, bias, masks, groups=None, n_groups: Opt
     n_masks = m.shape[0]
     if n == 0:
         raise ValueError("features: no rows; a sweep needs at least one labelled row")
-    y = _int_ids(labels, n, "labels", n_cls, "C = weight.shape[0] classes")
+    y = check_ids(labels, "labels", n, n_cls, "weight.shape[0] classes")
     if groups is None:
         if n_groups is not None and n_groups != n_cls:
             raise ValueError(f"n_groups: without groups the classes are the groups, so n_groups must be "
@@ -179,7 +166,7 @@ def mask_sweep(features, labels, weight, bias, masks, groups=None, n_groups: Opt
     else:
         if n_groups is not None and int(n_groups) < 1:
             raise ValueError(f"n_groups: expected a positive number of groups, got {n_groups}")
-        g = _int_ids(groups, n, "groups", None if n_groups is None else int(n_groups), "n_groups")
+        g = check_ids(groups, "groups", n, None if n_groups is None else int(n_groups), "n_groups")
         n_grp = int(n_groups) if n_groups is not None else int(g.max()) + 1
     which = backends.resolve(backend, features) if backend != "cpp" else "cpp"
     if backend == "cpp" and _arrays.is_tensor(features) and features.is_cuda:

@@ -33,11 +33,11 @@ def test_erm_leans_on_the_shortcut_and_dfr_fixes_it():
     d = planted(n_train=6000, n_val=3000, n_test=3000, seed=0)
     erm = ERM().fit(d["train"])
     r_erm = evaluate(erm, d["test"])
-    dfr = DFR().fit(d["val"])
+    dfr = DFR().fit(d["train"], d["val"])
     r_dfr = evaluate(dfr, d["test"])
     assert r_erm.worst_group_accuracy < r_erm.accuracy - 0.15
     assert r_dfr.worst_group_accuracy > r_erm.worst_group_accuracy + 0.15
-    assert DFR().fit(d["val"]).weight.allclose(dfr.weight)  # seeded, deterministic
+    assert DFR().fit(d["train"], d["val"]).weight.allclose(dfr.weight)  # seeded, deterministic
 
 
 def test_adam_path_reaches_the_lbfgs_solution():

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from pydebias import __version__
-from pydebias.cli import main
+from pydebias.tools.cli import main
 
 
 def test_version(capsys):
@@ -47,12 +47,12 @@ def test_bench_quick_json(tmp_path, capsys):
     impls = {r["impl"] for r in rows}
     assert {"cpp (pydebias._C)", "numpy baseline"} <= impls
     assert all(r["x_one_read"] > 0 for r in rows)
-    # K2's bar is against torch computing what K1+K2 returns (mean, var, median), each
+    # grouped quantiles's bar is against torch computing what moments + quantiles returns (mean, var, median), each
     # kernel row against its own baseline and paired
-    k2 = {r["impl"]: r for r in rows if r["kernel"] == "K2 grouped median"}
+    k2 = {r["impl"]: r for r in rows if r["kernel"] == "grouped median"}
     assert {"torch mean+var+median", "torch median only"} <= set(k2)
-    assert k2["cpp K1+K2"]["speedup_vs_torch"] == k2["cpp K1+K2"]["speedup_vs_torch_paired"] > 0
-    assert k2["cpp K2 alone"]["speedup_vs_torch"] == k2["cpp K2 alone"]["speedup_vs_torch_median_only_paired"] > 0
+    assert k2["cpp moments + medians"]["speedup_vs_torch"] == k2["cpp moments + medians"]["speedup_vs_torch_paired"] > 0
+    assert k2["cpp medians alone"]["speedup_vs_torch"] == k2["cpp medians alone"]["speedup_vs_torch_median_only_paired"] > 0
 
 
 def test_bench_e2e_small_file_finds_the_planted_neurons_and_cleans_up(tmp_path):
@@ -66,13 +66,13 @@ def test_bench_e2e_small_file_finds_the_planted_neurons_and_cleans_up(tmp_path):
 
 
 def test_run_matches_the_report_for_the_same_seed(tmp_path):
-    from pydebias import report
+    from pydebias.tools import report
 
     assert main(["run", "neurontune", "--data", "planted", "--out", str(tmp_path), "--quiet", "--n-boot", "0"]) == 0
     single = json.loads((tmp_path / "results.json").read_text())["methods"]
-    assert list(single) == ["ERM", "NeuronTune", "DFR"]
+    assert list(single) == ["ERM", "NeuronTune", "DFR"]  # table labels, from the registry
     rows = report.run_report([("planted", "planted", "biased", {})], seed=0, n_boot=0, progress=False,
-                             methods=["ERM", "NeuronTune", "DFR"])
+                             methods=["erm", "neurontune", "dfr"])
     for name in ("ERM", "NeuronTune", "DFR"):
         rep = rows[0]["results"][name]["report"]
         assert rep.worst_group_accuracy == single[name]["worst_group_accuracy"]
@@ -80,13 +80,13 @@ def test_run_matches_the_report_for_the_same_seed(tmp_path):
 
 
 def test_report_markdown_and_files(tmp_path):
-    from pydebias import report
+    from pydebias.tools import report
 
     rows = report.run_report([("planted", "planted", "balanced", {"val_corr": 0.5})], seed=0, n_boot=20,
-                             progress=False, methods=["ERM", "ClassBalanced†", "DFR"])
+                             progress=False, methods=["erm", "classbalanced-val", "dfr"])
     paths = report.write(rows, str(tmp_path), seed=0)
     md = open(paths["markdown"]).read()
-    assert "| planted | planted | balanced |" in md and "ClassBalanced†" in md
+    assert "| planted | planted | balanced |" in md and "ClassBalanced (val)" in md
     gains = json.loads(open(paths["json"]).read())["summary_gain_over_erm_points"]
     erm = rows[0]["results"]["ERM"]["report"].worst_group_accuracy
     dfr = rows[0]["results"]["DFR"]["report"].worst_group_accuracy
@@ -112,7 +112,7 @@ def _fake_rows(table):
 
 
 def test_harm_summary_reads_gains_losses_and_guard_cost_off_the_rows():
-    from pydebias import report
+    from pydebias.tools import report
 
     rows = _fake_rows({
         ("colored-fashion", "two-stage", "biased"): {"ERM": 0.30, "ClassBalanced": 0.50, "NeuronTune": 0.70,
@@ -146,7 +146,7 @@ def test_neurontune_modes_table_on_planted(tmp_path):
     """The mask-mode / λ comparison behind NeuronTune's defaults: on ``planted`` the literal
     intersection selects nothing, per-class finds the 8 planted neurons but leaves the
     worst group where ERM has it, union finds them and lifts it (NeuronTune's docstring)."""
-    from pydebias import report
+    from pydebias.tools import report
     from pydebias.methods import NeuronTune
 
     assert main(["report", "--neurontune-modes", "--benchmarks", "planted", "--out", str(tmp_path),
@@ -163,7 +163,7 @@ def test_neurontune_modes_table_on_planted(tmp_path):
         # replaying lam="auto" on the recorded candidates gives what the fit chose
         picked = report.choose_lam(row["lam_candidates"]["NeuronTune"], NeuronTune().lam_margin)
         assert picked["worst_group"] == row["union"]["worst_group"] and picked["n_zeroed"] == row["union"]["n_zeroed"]
-        assert [c["lam"] for c in row["lam_candidates"]["NeuronTune†"]][-1] == float("inf")
+        assert [c["lam"] for c in row["lam_candidates"]["NeuronTune (val)"]][-1] == "inf"  # strict JSON
     assert "| fits > 5 below ERM |" in md and "of 4 fits" in md
 
 

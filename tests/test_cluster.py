@@ -306,14 +306,14 @@ def test_dispersion_kernel_several_centroids_per_class():
         _C.dispersion_accumulate(x, 0, y, 2, cents, np.zeros(5, np.int64), 0, count, sum_a, sum_s, n_out, None)
 
 
-def test_bench_k5_scale_streams_and_cleans_up(tmp_path):
+def test_bench_clustering_scale_streams_and_cleans_up(tmp_path):
     import json
     import os
 
-    from pydebias.bench_cluster import bench_k5_scale
-    from pydebias.cli import main
+    from pydebias.tools.bench_cluster import bench_clustering_scale
+    from pydebias.tools.cli import main
 
-    rows = bench_k5_scale((3000,), m=64, k=4, n_iter=2, full_kmeans_iter=1, cold=True, directory=str(tmp_path))
+    rows = bench_clustering_scale((3000,), m=64, k=4, n_iter=2, full_kmeans_iter=1, cold=True, directory=str(tmp_path))
     assert [r["impl"] for r in rows] == ["one read", "kmeans 1024-row sample", "assign nearest centroid",
                                          "class means", "dispersion, means given", "kmeans all rows, 1 it"]
     assert all(r["n"] == 3000 and r["cold"] and r["seconds"] > 0 for r in rows)
@@ -323,4 +323,4 @@ def test_bench_k5_scale_streams_and_cleans_up(tmp_path):
         assert rows[0]["peak_rss_anon_bytes"] > 0
     out = tmp_path / "large.json"
     assert main(["bench", "--large", "--rows", "2000", "--dir", str(tmp_path), "--json", str(out)]) == 0
-    assert {r["kernel"] for r in json.load(open(out))["rows"]} == {"K5 at scale"}
+    assert {r["kernel"] for r in json.load(open(out))["rows"]} == {"clustering at scale"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pydebias.data import backbones
+from pydebias.data import cache
 from pydebias.data.fashion import (FASHION_ROOT, load_colored_fashion, load_fashion_mnist,
                                    load_fashion_on_textures, read_idx)
 from pydebias.metrics import evaluate
@@ -124,14 +124,14 @@ def test_head_is_the_backbone_head(fake_root, tmp_path):
 
 def test_cache_dir_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("PYDEBIAS_CACHE", str(tmp_path / "env"))
-    assert backbones.cache_root() == str(tmp_path / "env")
-    assert backbones.cache_root(str(tmp_path / "x")) == str(tmp_path / "x")
+    assert cache.cache_root() == str(tmp_path / "env")
+    assert cache.cache_root(str(tmp_path / "x")) == str(tmp_path / "x")
     monkeypatch.delenv("PYDEBIAS_CACHE")
-    assert backbones.cache_root().endswith(os.path.join(".cache", "pydebias"))
-    k = backbones.cache_key("colored-fashion", {"corr": 0.95}, 0)
-    assert k == backbones.cache_key("colored-fashion", {"corr": 0.95}, 0)
-    assert k != backbones.cache_key("colored-fashion", {"corr": 0.9}, 0)
-    assert k != backbones.cache_key("colored-fashion", {"corr": 0.95}, 1)
+    assert cache.cache_root().endswith(os.path.join(".cache", "pydebias"))
+    k = cache.cache_key("colored-fashion", {"corr": 0.95}, 0)
+    assert k == cache.cache_key("colored-fashion", {"corr": 0.95}, 0)
+    assert k != cache.cache_key("colored-fashion", {"corr": 0.9}, 0)
+    assert k != cache.cache_key("colored-fashion", {"corr": 0.95}, 1)
 
 
 def test_bad_parameters(fake_root, tmp_path):

@@ -1,4 +1,4 @@
-"""K1 grouped moments: every backend against a float64 numpy reference."""
+"""grouped moments: every backend against a float64 numpy reference."""
 import numpy as np
 import pytest
 import torch

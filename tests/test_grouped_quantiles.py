@@ -1,4 +1,4 @@
-"""K2 exact grouped quantiles: every backend bit for bit against np.quantile(method=lower/higher)."""
+"""exact grouped quantiles: every backend bit for bit against np.quantile(method=lower/higher)."""
 import json
 
 import numpy as np
@@ -394,10 +394,10 @@ def test_cpp_collect_counters_against_numpy(monkeypatch, kernel):
 
 @pytest.mark.parametrize("kernel", ["avx512", "avx2"])
 def test_cpp_fused_pass_many_blocks_exact(monkeypatch, kernel):
-    """The fused K1+K2 pass over many blocks and pieces (with next-block prefetches
+    """The fused moments + quantiles pass over many blocks and pieces (with next-block prefetches
     issued from each batch) under both SIMD kernels: exact medians, and the moments of
     the moments-only pass (counts, min, max bit for bit). With AVX-512 the moments of
-    four-row batches are taken inside the K2 column loop: 45 columns leave a last step
+    four-row batches are taken inside the grouped quantiles column loop: 45 columns leave a last step
     of 13 lanes, so both masked halves of it are exercised, with infinities and -0.0."""
     if kernel == "avx2":
         monkeypatch.setenv("PYDEBIAS_NO_AVX512", "1")

@@ -1,4 +1,4 @@
-"""K3 masked linear: every backend against the torch reference ``(x * m) @ W.T + b``."""
+"""masked linear: every backend against the torch reference ``(x * m) @ W.T + b``."""
 import numpy as np
 import pytest
 import torch

@@ -41,7 +41,7 @@ def test_delta_equals_numpy(bench, backend):
 
 
 def test_delta_on_float16_memmap_streams_and_equals_numpy(tmp_path):
-    """A float16 memmap goes through the chunked K2 pass (no moments pass, no copy):
+    """A float16 memmap goes through the chunked grouped quantiles pass (no moments pass, no copy):
     δ equals numpy's medians of the widened values."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((6000, 19)).astype(np.float16)
@@ -85,7 +85,7 @@ def fitted(bench):
     m = NeuronTune()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m.fit(d["val"], erm, tune_set=d["train"])
+        m.fit(d["train"], d["val"], head=erm)
     return m
 
 
@@ -101,7 +101,7 @@ def test_recovers_planted_neurons_at_default_setting(bench, fitted):
 def test_folded_head_equals_head_on_masked_input(bench):
     d, erm = bench
     m = NeuronTune(guard=False)
-    head = m.fit(d["val"], erm, tune_set=d["train"])
+    head = m.fit(d["train"], d["val"], head=erm)
     x = d["test"].tensor()
     keep = torch.from_numpy(m.mask_)
     with torch.no_grad():
@@ -112,7 +112,7 @@ def test_folded_head_equals_head_on_masked_input(bench):
 def test_masks_lift_worst_group_over_plain_class_balanced_retraining():
     d = planted(n_train=12000, n_val=4000, n_test=4000, val_corr=0.5, seed=1)
     erm = ERM().fit(d["train"])
-    nt = evaluate(NeuronTune().fit(d["val"], erm, tune_set=d["train"]), d["test"]).worst_group_accuracy
+    nt = evaluate(NeuronTune().fit(d["train"], d["val"], head=erm), d["test"]).worst_group_accuracy
     cb = evaluate(ClassBalanced().fit(d["train"]), d["test"]).worst_group_accuracy
     base = evaluate(erm, d["test"]).worst_group_accuracy
     assert nt > cb + 0.2 and nt > base + 0.2
@@ -122,19 +122,19 @@ def test_group_labels_are_never_read(bench):
     d, erm = bench
     v = d["val"]
     blind = EmbeddingSet(v.features, v.labels)
-    a = NeuronTune(guard=False).fit(v, erm)
-    b = NeuronTune(guard=False).fit(blind, erm)
+    a = NeuronTune(retrain_on="val", guard=False).fit(d["train"], v, head=erm)
+    b = NeuronTune(retrain_on="val", guard=False).fit(d["train"], blind, head=erm)
     assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
 def test_report_records_what_it_did(bench):
     d, erm = bench
-    m = NeuronTune()
+    m = NeuronTune(retrain_on="val")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        m.fit(d["val"], erm)
+        m.fit(d["train"], d["val"], head=erm)
     r = m.report_
-    assert r["method"] == "NeuronTune†" and r["sfit"] > 0
+    assert r["method"] == "NeuronTune" and r["retrain_on"] == "val" and r["sfit"] > 0
     assert len(r["rounds"][0]["delta"]) == 2 and "guard" in r
     assert r["rounds"][0]["n_spurious_per_class"] == [len(m.spurious_neurons())] * 2
 
@@ -143,11 +143,15 @@ def test_bad_arguments():
     d = planted(n_train=100, n_val=100, n_test=10, seed=0)
     erm = ERM().fit(d["train"])
     with pytest.raises(TypeError, match="head"):
-        NeuronTune().fit(d["val"], head="erm")
+        NeuronTune().fit(d["train"], d["val"], head="erm")
     with pytest.raises(ValueError, match="head: takes"):
-        NeuronTune().fit(d["val"], head=nn.Linear(3, 2))
+        NeuronTune().fit(d["train"], d["val"], head=nn.Linear(3, 2))
     with pytest.raises(ValueError, match="mask_mode"):
-        NeuronTune(mask_mode="both").fit(d["val"], erm)
+        NeuronTune(mask_mode="both").fit(d["train"], d["val"], head=erm)
+    with pytest.raises(ValueError, match="retrain_on"):
+        NeuronTune(retrain_on="test").fit(d["train"], d["val"], head=erm)
+    with pytest.raises(ValueError, match="val"):
+        NeuronTune().fit(d["train"], head=erm)
 
 
 def test_guard_fires_on_a_harmful_head_and_not_on_a_good_one(bench):
@@ -161,7 +165,7 @@ def test_guard_fires_on_a_harmful_head_and_not_on_a_good_one(bench):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bad = guard_check(scrambled, erm, hold, tolerance=0.25, method="test")
-        good = guard_check(NeuronTune(guard=False).fit(d["val"], erm, tune_set=d["train"]), erm, hold,
+        good = guard_check(NeuronTune(guard=False).fit(d["train"], d["val"], head=erm), erm, hold,
                            tolerance=0.25, method="test")
     assert bad["harmful"] and not good["harmful"]
     assert good["pseudo_group_gain"] > 0.1
@@ -177,10 +181,10 @@ def test_guard_keeps_erm_head_when_told():
     erm = ERM().fit(s)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        m = NeuronTune(lam=-1.0)  # λ below every δ: zeroes all neurons, a harmful head
-        head = m.fit(s, erm)
+        m = NeuronTune(retrain_on="val", lam=-1.0)  # λ below every δ: zeroes all neurons, a harmful head
+        head = m.fit(None, s, head=erm)
     assert m.report_["guard"]["harmful"] and m.report_["guard"]["kept_erm_head"]
-    assert torch.equal(head.weight, erm.weight)
+    assert torch.equal(head.weight, erm.weight) and head is not erm  # a copy: the result never aliases erm
 
 
 def test_candidate_thresholds_select_top_k():
@@ -201,7 +205,7 @@ def test_auto_lambda_records_its_selection(bench, fitted):
     best = max(sel, key=lambda r: r["score"])
     assert chosen == best["lam"] and best["n_zeroed"] == len(d["spurious_neurons"])
     with pytest.raises(ValueError, match="holdout"):
-        NeuronTune(holdout=0).fit(d["val"], erm)
+        NeuronTune(holdout=0).fit(d["train"], d["val"], head=erm)
 
 
 def test_fit_reads_a_memmap_identification_set_in_place(bench, tmp_path, monkeypatch):
@@ -225,17 +229,16 @@ def test_fit_reads_a_memmap_identification_set_in_place(bench, tmp_path, monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ma = NeuronTune(**kw)
-        a = ma.fit(mm, erm, tune_set=d["train"])
+        a = ma.fit(d["train"], mm, head=erm)
         mb = NeuronTune(**kw)
-        b = mb.fit(EmbeddingSet(np.array(v.features), v.labels, n_classes=v.n_classes), erm,
-                   tune_set=d["train"])
+        b = mb.fit(d["train"], EmbeddingSet(np.array(v.features), v.labels, n_classes=v.n_classes), head=erm)
     assert len(taken) == 1 and taken[0] <= 600  # the holdout only; 20 % of 5,000 would be 1,000
     assert ma.report_["n_identification"] == len(v) - taken[0]
     np.testing.assert_array_equal(ma.delta_, mb.delta_)
     np.testing.assert_array_equal(ma.mask_, mb.mask_)
     torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=0)
     with pytest.raises(ValueError, match="holdout_max_rows"):
-        NeuronTune(holdout_max_rows=0).fit(mm, erm)
+        NeuronTune(holdout_max_rows=0).fit(d["train"], mm, head=erm)
 
 
 def test_delta_rows_mask_equals_the_subset():

@@ -35,7 +35,7 @@ def test_fitted_head_folds_the_learned_transform_exactly(standardize):
     x, y = _overlapping()
     x = x * np.linspace(0.1, 5, x.shape[1], dtype=np.float32) + 3  # neurons of unequal scale
     m = NSF(n_eliminate_steps=200, n_update_steps=50, holdout=0, standardize=standardize)
-    head = m.fit(EmbeddingSet(x, y))
+    head = m.fit(None, EmbeddingSet(x, y))
     assert (m.beta_ - 1).abs().max() > 0.05  # the transform is not the identity
     f = torch.from_numpy(x)
     z = (f.double() - torch.from_numpy(x.astype(np.float64).mean(0))) / torch.from_numpy(x.astype(np.float64).std(0))
@@ -51,7 +51,7 @@ def test_fitted_head_folds_the_learned_transform_exactly(standardize):
 def test_outliers_and_targets_match_numpy(standardize):
     x, y = _overlapping()
     m = NSF(n_eliminate_steps=1, n_update_steps=1, holdout=0, standardize=standardize)
-    m.fit(EmbeddingSet(x, y))
+    m.fit(None, EmbeddingSet(x, y))
     xd = x.astype(np.float64)
     if standardize:  # every step runs on z-scores; targets_ are in those units
         xd = (xd - xd.mean(0)) / xd.std(0)
@@ -75,12 +75,12 @@ def test_outliers_and_targets_match_numpy(standardize):
 def test_report_records_losses_per_step_and_the_loss_decreases():
     x, y = _overlapping()
     m = NSF(n_eliminate_steps=30, n_update_steps=40, holdout=0)
-    m.fit(EmbeddingSet(x, y))
+    m.fit(None, EmbeddingSet(x, y))
     r = m.report_
     assert len(r["eliminate_loss"]) == 30 and len(r["update_loss"]) == 40
     assert r["eliminate_loss"][-1] < r["eliminate_loss"][0]
     assert np.isfinite(r["eliminate_loss"]).all() and np.isfinite(r["update_loss"]).all()
-    assert r["guard"] is None and any("no ERM head" in n for n in r["notes"])
+    assert r["guard"] is None and any("holdout=0" in n for n in r["notes"])
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -89,22 +89,24 @@ def test_deterministic_with_a_seed_and_group_labels_unread():
     erm = ERM().fit(d["train"])
     val = d["val"]
     a, b, c = (NSF(seed=5, guard=False) for _ in range(3))
-    a.fit(val, head=erm)
-    b.fit(val, head=erm)
-    c.fit(EmbeddingSet(val.features, val.labels, n_classes=2), head=erm)  # no group labels
+    a.fit(d["train"], val, head=erm)
+    b.fit(d["train"], val, head=erm)
+    c.fit(d["train"], EmbeddingSet(val.features, val.labels, n_classes=2), head=erm)  # no group labels
     for other in (b, c):
-        assert torch.equal(a.nsf_head_.weight, other.nsf_head_.weight)
-        assert torch.equal(a.nsf_head_.bias, other.nsf_head_.bias)
+        assert torch.equal(a.debiased_head_.weight, other.debiased_head_.weight)
+        assert torch.equal(a.debiased_head_.bias, other.debiased_head_.bias)
         assert a.report_["update_loss"] == other.report_["update_loss"]
     g = NSF(seed=5)
-    returned = g.fit(val, head=erm)
-    assert returned is (erm if g.report_["returned"] == "erm" else g.nsf_head_)
-    assert torch.equal(g.nsf_head_.weight, a.nsf_head_.weight)  # the guard changes nothing upstream
+    returned = g.fit(d["train"], val, head=erm)
+    assert returned is not erm  # a result never aliases an input, the guard's copy included
+    want = erm if g.report_["returned"] == "erm" else g.debiased_head_
+    assert torch.equal(returned.weight, want.weight) and torch.equal(returned.bias, want.bias)
+    assert torch.equal(g.debiased_head_.weight, a.debiased_head_.weight)  # the guard changes nothing upstream
     d6 = NSF(seed=6, guard=False)
-    d6.fit(val, head=erm)
-    assert not torch.equal(d6.nsf_head_.weight, a.nsf_head_.weight)
+    d6.fit(d["train"], val, head=erm)
+    assert not torch.equal(d6.debiased_head_.weight, a.debiased_head_.weight)
     k = NSF(seed=5, k_clusters=3, guard=False)
-    k.fit(val, head=erm)
+    k.fit(d["train"], val, head=erm)
     assert "extension" in k.report_["targets"]
 
 
@@ -120,7 +122,7 @@ def test_class_without_inlier_gets_a_target_and_a_warning():
     y = np.repeat([0, 1, 2], n)
     m = NSF(n_eliminate_steps=5, n_update_steps=20, holdout=0)
     with pytest.warns(RuntimeWarning) as rec:
-        head = m.fit(EmbeddingSet(x, y))
+        head = m.fit(None, EmbeddingSet(x, y))
     msgs = " | ".join(str(w.message) for w in rec)
     assert "no inlier" in msgs and "never sees them" in msgs
     assert m.report_["no_inlier_classes"] == [2]
@@ -135,7 +137,7 @@ def test_no_outlier_means_plain_training_on_inliers_without_nan():
     x = (np.where(y[:, None] == 1, 5.0, -5.0) + rng.standard_normal((600, 4))).astype(np.float32)
     m = NSF(n_eliminate_steps=5, n_update_steps=30, holdout=0)
     with pytest.warns(RuntimeWarning, match="G1 empty"):
-        head = m.fit(EmbeddingSet(x, y))
+        head = m.fit(None, EmbeddingSet(x, y))
     assert m.report_["counts"]["outliers"] == 0 and "G2 only" in m.report_["update_mode"]
     assert np.isfinite(m.report_["update_loss"]).all() and torch.isfinite(head.weight).all()
     assert evaluate(head, EmbeddingSet(x, y)).accuracy == 1.0
@@ -145,15 +147,19 @@ def test_bad_arguments_are_named():
     x, y = _overlapping(n=100)
     s = EmbeddingSet(x, y)
     with pytest.raises(ValueError, match="alpha"):
-        NSF(alpha=-1).fit(s)
+        NSF(alpha=-1).fit(s, s)
     with pytest.raises(ValueError, match="holdout"):
-        NSF(holdout=1.0).fit(s)
+        NSF(holdout=1.0).fit(s, s)
     with pytest.raises(ValueError, match="k_clusters"):
-        NSF(k_clusters=0).fit(s)
+        NSF(k_clusters=0).fit(s, s)
     with pytest.raises(ValueError, match="head"):
-        NSF().fit(s, head=nn.Linear(3, 3))
-    with pytest.raises(TypeError, match="id_set"):
-        NSF().fit(x)
+        NSF().fit(s, s, head=nn.Linear(3, 3))
+    with pytest.raises(TypeError, match="val"):
+        NSF().fit(s, x)
+    with pytest.raises(ValueError, match="val"):
+        NSF().fit(s)
+    with pytest.raises(TypeError, match="train"):
+        NSF().fit(None, s)  # no head given: ERM must be trained on train
 
 
 @pytest.fixture(scope="module")
@@ -167,9 +173,9 @@ def planted_runs():
             d = planted(n_train=6000, n_val=3000, n_test=3000, seed=0, **kw)
             erm = ERM().fit(d["train"])
             m = NSF()
-            head = m.fit(d["val"], head=erm)
+            head = m.fit(d["train"], d["val"], head=erm)
             out[name] = dict(erm=erm, head=head, m=m, wga_erm=evaluate(erm, d["test"]).worst_group_accuracy,
-                             wga_nsf=evaluate(m.nsf_head_, d["test"]).worst_group_accuracy)
+                             wga_nsf=evaluate(m.debiased_head_, d["test"]).worst_group_accuracy)
     return out
 
 
@@ -178,7 +184,7 @@ def test_planted_nsf_helps_and_the_guard_is_silent(planted_runs):
     r = planted_runs["balanced_val"]
     assert r["wga_nsf"] > r["wga_erm"] + 0.08
     g = r["m"].report_["guard"]
-    assert not g["kept_erm_head"] and r["m"].report_["returned"] == "nsf" and r["head"] is r["m"].nsf_head_
+    assert not g["kept_erm_head"] and r["m"].report_["returned"] == "nsf" and r["head"] is r["m"].debiased_head_
     assert g["pseudo_group_gain"] > max(0.02, g["balanced_accuracy_drop"])
 
 
@@ -187,7 +193,8 @@ def test_planted_guard_fires_where_nsf_harms(planted_runs):
     r = planted_runs["no_shortcut"]
     assert r["wga_nsf"] < r["wga_erm"] - 0.2
     g = r["m"].report_["guard"]
-    assert g["kept_erm_head"] and r["head"] is r["erm"] and r["m"].report_["returned"] == "erm"
+    assert g["kept_erm_head"] and r["m"].report_["returned"] == "erm"
+    assert r["head"] is not r["erm"] and torch.equal(r["head"].weight, r["erm"].weight)  # a copy, not the input
     assert g["pseudo_group_gain"] < g["balanced_accuracy_drop"]
 
 
@@ -197,7 +204,7 @@ def test_planted_biased_split_keeps_the_real_gain(planted_runs):
     r = planted_runs["biased_val"]
     assert r["wga_nsf"] > r["wga_erm"] + 0.3
     g = r["m"].report_["guard"]
-    assert g["balanced_accuracy_drop"] > 0 and not g["kept_erm_head"] and r["head"] is r["m"].nsf_head_
+    assert g["balanced_accuracy_drop"] > 0 and not g["kept_erm_head"] and r["head"] is r["m"].debiased_head_
     assert g["erm"]["pseudo_group_balanced_accuracy"] == pytest.approx(0.5)
     c = r["m"].report_["counts"]
     assert 0 < c["rescued"] <= c["outliers"] < c["inliers"]

@@ -1,4 +1,4 @@
-"""K2s streaming quantile sketch: rank error within the stated bound, and merge."""
+"""the quantile sketch streaming quantile sketch: rank error within the stated bound, and merge."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""K4 mask sweep: every backend against a python loop of masked forward passes.
+"""mask sweep: every backend against a python loop of masked forward passes.
 
 Counts are compared exactly. Two kinds of data keep that fair across GEMM summation
 orders: small-integer features and weights (every logit is an exact integer in float32,
@@ -275,13 +275,13 @@ def test_errors_name_the_argument():
     x, w, b, rng = int_data(20, 4, 2, seed=23)
     y, g = rng.integers(0, 2, 20), rng.integers(0, 3, 20)
     masks = torch.ones(2, 4)
-    with pytest.raises(ValueError, match=r"labels: values must lie in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"labels: ids must lie in \[0, 2\)"):
         mask_sweep(x, y + 1, w, b, masks)
     with pytest.raises(ValueError, match=r"labels: expected shape \(20,\)"):
         mask_sweep(x, y[:5], w, b, masks)
     with pytest.raises(TypeError, match="labels: expected integer ids"):
         mask_sweep(x, y + 0.5, w, b, masks)
-    with pytest.raises(ValueError, match=r"groups: values must lie in \[0, 2\)"):
+    with pytest.raises(ValueError, match=r"groups: ids must lie in \[0, 2\)"):
         mask_sweep(x, y, w, b, masks, groups=g, n_groups=2)
     with pytest.raises(ValueError, match="n_groups: without groups"):
         mask_sweep(x, y, w, b, masks, n_groups=5)

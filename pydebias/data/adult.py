@@ -25,13 +25,13 @@ Features
     log1p(capital loss) and hours per week standardised with the train mean / std.
     ``fnlwgt`` (a census sampling weight) is dropped.
 
-Backbone (one stage, as the design notes say for tabular data)
-    :class:`TabularMLP`: input -> 128 ReLU -> ``embed_dim`` (64) ReLU -> linear head,
+Backbone (one stage: tabular data has no broader pretraining task)
+    :class:`pydebias.models.TabularMLP`: input -> 128 ReLU -> ``embed_dim`` (64) ReLU -> linear head,
     trained by ERM (Adam, cross-entropy) on train, seeded; a few seconds on the CPU.
     The ``embed_dim``-d post-ReLU activations are the embeddings; the head is returned.
 
 Cache
-    Weights and embeddings under :func:`pydebias.data.backbones.cache_root`
+    Weights and embeddings under :func:`pydebias.data.cache.cache_root`
     (``cache_dir``, else ``$PYDEBIAS_CACHE``, else ``~/.cache/pydebias``), keyed by a
     sha256 of the source files' bytes, every parameter, the seed and a code version;
     written atomically.
@@ -49,10 +49,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import backbones
+from ..models import TabularMLP, train_tabular_mlp
+from . import cache
 from .embedding_set import EmbeddingSet
 
-__all__ = ["ADULT_GROUPS", "ADULT_COLUMNS", "adult_root", "read_adult", "load_adult_sex", "TabularMLP",
+__all__ = ["ADULT_GROUPS", "ADULT_COLUMNS", "adult_root", "read_adult", "load_adult_sex",
            "adult_availability"]
 
 ADULT_GROUPS = ["<=50K,female", "<=50K,male", ">50K,female", ">50K,male"]
@@ -177,55 +178,12 @@ def _features(tables: Dict[str, Dict[str, np.ndarray]], fit_rows: np.ndarray, us
     return {s: np.concatenate(b, axis=1).astype(np.float32) for s, b in blocks.items()}, names
 
 
-class TabularMLP(nn.Module):
-    """``in_features -> hidden ReLU -> embed_dim ReLU -> head``; ``embed(x)`` gives the
-    post-ReLU ``embed_dim`` activations, ``head`` is the :class:`torch.nn.Linear` on them."""
-
-    def __init__(self, in_features: int, n_classes: int = 2, hidden: int = 128, embed_dim: int = 64):
-        super().__init__()
-        self.body = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, embed_dim), nn.ReLU())
-        self.head = nn.Linear(embed_dim, n_classes)
-        self.embed_dim = embed_dim
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.embed(x))
-
-
 def _split_train_val(y: np.ndarray, val_fraction: float, rng: np.random.Generator):
     val = np.zeros(y.size, dtype=bool)
     for c in (0, 1):
         idx = np.flatnonzero(y == c)
         val[rng.choice(idx, size=int(round(val_fraction * idx.size)), replace=False)] = True
     return np.flatnonzero(~val), np.flatnonzero(val)
-
-
-def _train_mlp(x: np.ndarray, y: np.ndarray, hidden: int, embed_dim: int, epochs: int, lr: float,
-               batch_size: int, ss_torch, ss_train) -> Tuple[TabularMLP, Dict]:
-    """ERM training, seeded, on one thread (tiny matrices: faster, and the same bytes
-    whatever the machine's thread setting)."""
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def batch(i):
-        i = torch.from_numpy(np.asarray(i, dtype=np.int64))
-        return xt[i], yt[i]
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(ss_torch.generate_state(1, dtype=np.uint32)[0]))
-            model = TabularMLP(x.shape[1], 2, hidden, embed_dim)
-            log = backbones.train_classifier(model, batch, x.shape[0], epochs,
-                                             np.random.default_rng(ss_train), lr=lr,
-                                             batch_size=batch_size)
-    finally:
-        torch.set_num_threads(threads)
-    model.eval()
-    return model, log
 
 
 def load_adult_sex(root: Optional[str] = None, seed: int = 0, val_fraction: float = 0.2,
@@ -236,7 +194,7 @@ def load_adult_sex(root: Optional[str] = None, seed: int = 0, val_fraction: floa
 
     Returns ``{'train', 'val', 'test'}`` :class:`EmbeddingSet` s (``embed_dim``-d float32
     post-ReLU penultimate activations, labels income > 50K, groups ``2*y + male``),
-    ``'group_names'``, ``'backbone'`` (the trained :class:`TabularMLP`, eval mode),
+    ``'group_names'``, ``'backbone'`` (the trained :class:`pydebias.models.TabularMLP`, eval mode),
     ``'head'`` (its last :class:`torch.nn.Linear`: the ERM model on the embeddings),
     ``'feature_names'`` and ``'info'`` (parameters, cache path, whether it came from the
     cache, seconds, training log). Same seed -> same bytes (training runs on one thread).
@@ -250,10 +208,10 @@ def load_adult_sex(root: Optional[str] = None, seed: int = 0, val_fraction: floa
     params = dict(val_fraction=float(val_fraction), use_sex=bool(use_sex), epochs=int(epochs),
                   lr=float(lr), batch_size=int(batch_size), hidden=int(hidden),
                   embed_dim=int(embed_dim), source=_source_digest(root), code=CODE_VERSION)
-    key = backbones.cache_key("adult-sex", params, seed)
-    path = os.path.join(backbones.cache_root(cache_dir), f"adult-sex-{key[:24]}.pt")
+    key = cache.cache_key("adult-sex", params, seed)
+    path = os.path.join(cache.cache_root(cache_dir), f"adult-sex-{key[:24]}.pt")
     splits = ("train", "val", "test")
-    cached = backbones.load_cache(path) if use_cache else None
+    cached = cache.load_cache(path) if use_cache else None
     if cached is not None and not all(k in cached for k in ("state_dict", "features", "labels", "groups")):
         cached = None  # foreign or partial file: rebuild
     if cached is not None:
@@ -278,14 +236,14 @@ def load_adult_sex(root: Optional[str] = None, seed: int = 0, val_fraction: floa
         xs = {s: x_file[f][r] for s, (f, r) in rows.items()}
         ys = {s: y_file[f][r] for s, (f, r) in rows.items()}
         groups = {s: 2 * ys[s] + a_file[f][r] for s, (f, r) in rows.items()}
-        model, erm_log = _train_mlp(xs["train"], ys["train"], int(hidden), int(embed_dim), int(epochs),
+        model, erm_log = train_tabular_mlp(xs["train"], ys["train"], int(hidden), int(embed_dim), int(epochs),
                                     float(lr), int(batch_size), ss_torch, ss_train)
         log = {"erm": erm_log}
         with torch.no_grad():
             feats = {s: np.ascontiguousarray(model.embed(torch.from_numpy(xs[s])).numpy(), dtype=np.float32)
                      for s in splits}
         if use_cache:
-            backbones.save_cache(path, {
+            cache.save_cache(path, {
                 "state_dict": model.state_dict(), "in_features": int(xs["train"].shape[1]),
                 "features": {s: torch.from_numpy(feats[s]) for s in splits},
                 "labels": {s: torch.from_numpy(np.ascontiguousarray(ys[s])) for s in splits},

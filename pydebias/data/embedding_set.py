@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .. import _arrays
+from ..validation import check_features, check_ids, count_ids
 
 
 class EmbeddingSet:
@@ -27,41 +28,19 @@ class EmbeddingSet:
     def __init__(self, features, labels, groups=None, concepts=None, name: Optional[str] = None,
                  split: Optional[str] = None, n_classes: Optional[int] = None,
                  n_groups: Optional[int] = None, check_finite: bool = True):
-        _arrays.check_2d(features, "features")
+        check_features(features, "features")
         n = features.shape[0]
         self.features = features
-        self.labels = self._ids(labels, "labels", n)
-        self.groups = None if groups is None else self._ids(groups, "groups", n)
-        self.concepts = None if concepts is None else self._ids(concepts, "concepts", n)
+        self.labels = check_ids(labels, "labels", n, n_classes, "n_classes")
+        self.groups = None if groups is None else check_ids(groups, "groups", n, n_groups, "n_groups")
+        self.concepts = None if concepts is None else check_ids(concepts, "concepts", n)
         if self.concepts is not None and self.concepts.size and self.concepts.max() > 1:
             raise ValueError("concepts: expected 0/1 per sample (1 = concept present)")
         self.name, self.split = name, split
-        seen = int(self.labels.max()) + 1 if n else 0
-        if n_classes is not None and seen > n_classes:
-            raise ValueError(f"labels: found class {seen - 1} but n_classes={n_classes}")
-        self.n_classes = int(n_classes) if n_classes is not None else seen
-        if self.groups is not None:
-            gseen = int(self.groups.max()) + 1 if n else 0
-            if n_groups is not None and gseen > n_groups:
-                raise ValueError(f"groups: found group {gseen - 1} but n_groups={n_groups}")
-            self.n_groups = int(n_groups) if n_groups is not None else gseen
-        else:
-            self.n_groups = 0
+        self.n_classes = count_ids(self.labels, n_classes, "labels", "n_classes")
+        self.n_groups = 0 if self.groups is None else count_ids(self.groups, n_groups, "groups", "n_groups")
         if check_finite:
             self._check_finite()
-
-    @staticmethod
-    def _ids(a, name: str, n: int) -> np.ndarray:
-        a = _arrays.to_numpy(a)
-        if a.dtype == np.bool_:
-            a = a.astype(np.int64)
-        if a.shape != (n,):
-            raise ValueError(f"{name}: expected shape ({n},) to match features, got {a.shape}")
-        if not np.issubdtype(a.dtype, np.integer):
-            raise TypeError(f"{name}: expected integer ids, got dtype {a.dtype}; cast with .astype(int)")
-        if a.size and a.min() < 0:
-            raise ValueError(f"{name}: ids must be non-negative, found {a.min()}")
-        return a.astype(np.int64, copy=False)
 
     def _check_finite(self) -> None:
         x = self.features

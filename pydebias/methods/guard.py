@@ -1,42 +1,13 @@
-"""Do-no-harm guard shared by the annotation-free methods (METHODS.md, "Do no harm").
+"""Do-no-harm guard shared by the annotation-free methods (NeuronTune, NSF).
 
 Compares a debiased head with the ERM head on a held-out part of the identification
-split using only what an annotation-free method may see (labels, never groups).
-
-Plain accuracy on a held-out split that is biased like the training data rewards the
-shortcut, so a head that really stops using it *loses* accuracy there; the guard
-therefore also splits the holdout into pseudo-groups (class x ERM right/wrong), the
-usual annotation-free proxy for bias-aligned / bias-conflicting samples (as in JTT and
-AFR). ERM scores 1 on its right cells and 0 on its wrong ones, i.e. 0.5 on their mean
-(the *pseudo-group balanced accuracy*, PGA). A debiasing head trades some of the former
-for much of the latter; a head that merely scrambles predictions gains little. The rule:
-the new head must gain more PGA than it loses balanced (class-mean) accuracy — what it
-wins on the samples ERM gets wrong must pay for what it loses on the rest. It is
-rejected when
-
-* its PGA gain is below ``max(min_gain, balanced-accuracy drop)``, or
-* its balanced accuracy falls more than ``tolerance`` (a cap for collapses).
-
-Measured on ``planted`` (seed 0): NeuronTune with a biased identification split loses
-13.4 points of balanced accuracy on the holdout but gains 24.4 of PGA (kept; test
-worst-group accuracy 0.30 -> 0.82); NSF where there is no shortcut to remove
-(``planted(corr=0.5)``, tests/test_nsf.py) loses 13.8 and gains 11.5 (rejected; it would
-cost 34 points of worst-group accuracy).
-
-What it costs and what it cannot see (``pydebias report --seeds 0 1 2 3 4``,
-docs/report_seeds.md: NeuronTune, NeuronTune† and NSF on every built-in setting, 285
-fits): it fired 19 times, gave up 149.5 points of worst-group accuracy where the head it
-set aside was better and avoided 12.8 where it was worse, and none of the 9 results that
-lose more than 5 points against ERM was among those it caught. On a biased
-identification split the groups a harmful head hurts are nearly absent from the
-holdout (fashion-square's T-shirts without the square: 5 of the 5,000 val rows, so at
-most one in a holdout; the minority groups of the two-class built-ins: 12 rows each in
-NeuronTune's 500-row holdout, 31 in NSF's 1,250, so a 5-point loss is 0.6-1.6 rows),
-and the figures of the harmful heads fall inside the range of the beneficial ones.
-Rejecting only heads with no PGA gain or a collapse would give up 49.2 points instead of
-149.5 and avoid the same 12.8, but it keeps the shortcut-free case above; no threshold
-on the ratio of PGA gain to balanced-accuracy drop separates that case (0.84) from the
-costly false alarms (0.33-0.99), so the rule stays as it is.
+split, reading labels only, never groups. Plain accuracy on a split biased like train
+rewards the shortcut, so the holdout is also split into pseudo-groups (class x ERM
+right / wrong, the usual annotation-free stand-in for bias-aligned / bias-conflicting
+samples); ERM scores 0.5 on their mean, the pseudo-group balanced accuracy (PGA).
+A new head is called harmful when its PGA gain is below ``max(min_gain, balanced-
+accuracy drop)`` or its balanced accuracy falls more than ``tolerance``. What it costs
+and what it cannot see, measured over five seeds: docs/methods.md, "Do no harm".
 """
 from __future__ import annotations
 

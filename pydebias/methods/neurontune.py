@@ -5,7 +5,7 @@ Post hoc and annotation-free: group labels are never read.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Union
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 from torch import nn
@@ -14,8 +14,11 @@ from .. import _arrays
 from ..metrics import predict
 from ..nn.last_layer import balance_weights, train_linear_head
 from ..stats import _group_ids, grouped_quantiles
-from .base import Method
+from ..validation import check_choice, check_embedding_set
+from .base import EmbeddingMethod, copy_head
+from .baselines import RETRAIN_ON, erm_head
 from .guard import guard_check, selection_score
+from ..validation import check_features
 
 __all__ = ["NeuronTune", "neuron_deltas", "spurious_masks"]
 
@@ -31,9 +34,9 @@ def neuron_deltas(features, labels, correct, n_classes: int, backend: str = "aut
     others are passed over in the same read, not copied out). Returns ``(delta,
     counts)`` with counts of shape (C, 2).
     """
-    # Only the medians (K2) are needed, not the moments: on a memmap that saves the K1
+    # Only the medians (grouped quantiles) are needed, not the moments: on a memmap that saves the grouped moments
     # pass (measured, 2,000,000 x 1,024 float16: 1.51x -> 0.67x one read of the file).
-    _arrays.check_2d(features)
+    check_features(features)
     n, m = features.shape
     g, G, _ = _group_ids(n, labels, correct, None, None, n_classes)
     if rows is not None:
@@ -73,98 +76,61 @@ def spurious_masks(delta: np.ndarray, lam: float, mode: str) -> np.ndarray:
     return (~s).astype(np.float32)
 
 
-class NeuronTune(Method):
-    """NeuronTune: identification on a held-out set, neuron masking, last-layer retraining.
+class NeuronTune(EmbeddingMethod):
+    """NeuronTune: identification on ``val``, neuron masking, last-layer retraining.
+
+    Reads ``val`` (identification, class labels only) and the ERM ``head`` (trained on
+    ``train`` when not given); retrains on ``train`` (the paper's main variant) or on
+    ``val``'s identification rows (``retrain_on="val"``). The defaults were chosen by
+    measurement; the evidence is in docs/methods.md, "NeuronTune".
 
     Parameters
     ----------
-    lam : threshold λ on δ. The paper uses 0 everywhere; ``"auto"`` (default) picks λ
-        without group labels: candidates that zero the top 1, 2, 4, ... neurons by δ, all
-        with δ > 0 (λ = 0) or none, each retrained, scored on half of the holdout by
-        pseudo-group balanced accuracy + balanced accuracy (the guard's net gain,
-        :mod:`pydebias.methods.guard`); the other half stays for the guard. The paper's
-        λ = 0 is kept unless a candidate scores more than ``lam_margin`` higher: the score
-        is noisy on a few hundred held-out rows (colored-fashion, seed 0: λ = 0 scored
-        0.012 below the top-1 mask but gave 68.1 % worst-group accuracy against 50.3 %).
-        Measured on the built-ins: with a union mask λ = 0 zeroes every live neuron of
-        the from-scratch backbones (seed 0: 47 of 47 on colored-fashion, 29 of 29 on
-        fashion-on-textures) and the retrained head collapses, so a fixed λ = 0 only works
-        where spurious neurons are few and sparse.
-    lam_margin : default 0.05, from replaying the rule on the recorded candidates of 190
-        fits (every built-in setting, seeds 0-4, NeuronTune and NeuronTune†; ``pydebias
-        report --neurontune-modes --seeds 0 1 2 3 4``, docs/neurontune_modes.md): mean
-        test worst-group accuracy 45.6 % for margin 0, 45.9 for 0.01, 46.1 for 0.02, 46.4
-        for 0.03, 46.4 for 0.05, 45.8 for 0.1 and 33.6 for always λ = 0; 5 fits fall more
-        than 5 points below ERM at every margin up to 0.05, 9 at 0.1 and 59 with λ = 0
-        always. Between 0 and 0.1 the choice moves the mean by under a point: the margin
-        guards against collapse, not more. (An earlier replay of 114 fits, seeds 0-2 on
-        backbones trained on another CPU, also put 0.05 first.)
-    mask_mode : how per-class spurious sets combine. The paper writes
-        ``S = {i : δ_i^y > λ ∀y}`` (``"intersection"``, one input mask); ``"union"``
-        zeroes a neuron spurious for any class; ``"per_class"`` zeroes ``W[y, i]`` for
-        ``i ∈ S^y`` only (a weight mask, valid at inference). A background neuron is
-        usually spurious for one class and anti-spurious for the other, so the literal
-        intersection is often empty. Default ``"union"``: measured on
-        ``planted`` (seed 0), intersection selects no neuron; union and per_class both
-        find exactly the 8 planted neurons, but a per-class mask leaves the shortcut in a
-        binary task (class 0 keeps the a=0 neurons, class 1 the a=1 ones, so their logit
-        difference still reads the attribute) and gains nothing, while union lifts
-        worst-group accuracy from 0.30 to 0.82 with a balanced identification split.
-        On every built-in (``pydebias report --neurontune-modes --seeds 0 1 2 3 4``,
-        docs/neurontune_modes.md, biased identification split, guard off; 50 fits) union
-        with ``lam="auto"`` has the highest mean worst-group accuracy, 39.3 %, against
-        32.3 for intersection, 32.0 for per_class and 34.4 for union with λ = 0 (ERM:
-        25.1); it is the best variant or within 1.3 points of it on 33 of the 50 (the
-        largest shortfall, 47.9 points, is the from-scratch textures CNN of seed 4, where
-        λ = 0 happens to work); union with the paper's λ = 0 falls to 0-5 % on 20 of the 50.
-        NeuronTune gains where the shortcut sits in few neurons and its δ finds them:
-        ``pydebias report --localisation`` (docs/localisation.md) zeroes the neurons most
-        correlated with the attribute (an oracle) and shows how many must go before the
-        retrained head stops using it (two-stage backbones, seeds 0-4: 8 of 64 on
-        planted, 16-24 of 35-42 on colored-fashion, 8-12 of 16-19 on the textures CNN and
-        none at all on seeds 0 and 4, 12-24 of 34-45 on fashion-square). Where it is
-        spread that wide, zeroing the 1-16 neurons with the largest δ changes nothing.
-    n_rounds : identify → retrain repeated with the new head's predictions. Values > 1
-        are an extension, not in the paper.
-    l2, optimizer, epochs : the retraining (the paper gives no optimiser settings):
-        class-balanced weighted cross-entropy, full-batch L-BFGS, ``l2`` on W.
-    holdout : fraction of the identification set held out for the do-no-harm guard
-        (never used for identification or retraining); 0 disables the guard.
-    holdout_max_rows : at most this many rows are held out (and copied out of a memmap);
-        the rest of a larger identification set goes to identification. The
-        identification rows themselves are read in place, never copied.
-    guard, guard_tolerance : return the ERM head when the holdout says the new head is
-        harmful (:mod:`pydebias.methods.guard`: no gain on the samples ERM gets wrong, or
-        a balanced-accuracy drop over ``guard_tolerance``).
+    retrain_on : ``"train"`` or ``"val"``: the split the masked head is retrained on.
+    lam : threshold λ on δ. The paper uses 0; ``"auto"`` (default) tries the masks that
+        zero the top 1, 2, 4, ... neurons by δ, λ = 0 and none, scores each retrained head
+        label-free on half of the holdout (the guard's figures) and keeps λ = 0 unless
+        another scores more than ``lam_margin`` higher.
+    lam_margin : the noise margin of that choice (default 0.05).
+    mask_mode : ``"union"`` (default: zero a neuron spurious for any class),
+        ``"intersection"`` (the paper's literal rule: for every class) or ``"per_class"``
+        (zero ``W[y, i]`` for the classes it is spurious for).
+    n_rounds : identify → retrain repeated with the new head (> 1: an extension).
+    l2, optimizer, epochs : the retraining: class-balanced cross-entropy, full-batch
+        L-BFGS, ``l2`` on the standardised weights.
+    holdout : fraction of ``val`` held out for λ selection and the guard; 0 turns both off.
+    holdout_max_rows : at most this many rows are held out (copied out of a memmap); the
+        identification rows are read in place.
+    guard, guard_tolerance : return (a copy of) the ERM head when the holdout calls the
+        new head harmful (:mod:`pydebias.methods.guard`); the new head stays available as
+        ``debiased_head_``.
     """
 
-    def __init__(self, lam: Union[float, str] = "auto", mask_mode: str = "union", n_rounds: int = 1,
-                 lam_margin: float = 0.05,
+    def __init__(self, retrain_on: str = "train", lam: Union[float, str] = "auto", mask_mode: str = "union",
+                 n_rounds: int = 1, lam_margin: float = 0.05,
                  l2: float = 1e-4, optimizer: str = "lbfgs", epochs: int = 100, holdout: float = 0.2,
                  guard: bool = True, guard_tolerance: float = 0.25, holdout_max_rows: int = 200_000,
                  seed: int = 0, backend: str = "auto"):
+        self.retrain_on = retrain_on
         self.lam, self.mask_mode, self.n_rounds, self.lam_margin = lam, mask_mode, n_rounds, lam_margin
         self.l2, self.optimizer, self.epochs = l2, optimizer, epochs
         self.holdout, self.guard, self.guard_tolerance = holdout, guard, guard_tolerance
         self.holdout_max_rows = holdout_max_rows
         self.seed, self.backend = seed, backend
 
-    def fit(self, id_set, head: nn.Linear, tune_set=None) -> nn.Linear:
-        """Identify on ``id_set`` with the ERM ``head``; retrain on ``tune_set`` (the paper's
-        main variant: the training set) or, when None, on ``id_set`` (NeuronTune†)."""
-        id_set = self._check_set(id_set, "id_set")
-        if not isinstance(head, nn.Linear):
-            raise TypeError(f"head: expected the ERM torch.nn.Linear head, got {type(head).__name__}")
-        if head.in_features != id_set.n_features:
-            raise ValueError(f"head: takes {head.in_features} features, id_set has {id_set.n_features}")
+    def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
+        """Identify on ``val`` with the ERM ``head``; retrain on ``train`` or on ``val``'s
+        identification rows (``retrain_on``)."""
+        check_choice(self.retrain_on, "retrain_on", RETRAIN_ON)
+        id_set = self._need_val(val, "NeuronTune")
+        tune_set = check_embedding_set(train, "train") if self.retrain_on == "train" else None
+        head = erm_head(train, head, id_set.n_features, 0, self.seed)
         if self.mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode: expected one of {MASK_MODES}, got {self.mask_mode!r}")
         if self.n_rounds < 1:
             raise ValueError(f"n_rounds: expected >= 1, got {self.n_rounds}")
         if self.holdout_max_rows < 1:
             raise ValueError(f"holdout_max_rows: expected >= 1, got {self.holdout_max_rows}")
-        if tune_set is not None:
-            self._check_set(tune_set, "tune_set")
         auto = isinstance(self.lam, str)
         if auto and self.lam != "auto":
             raise ValueError(f"lam: expected a number or 'auto', got {self.lam!r}")
@@ -232,7 +198,7 @@ class NeuronTune(Method):
             })
             self.mask_ = keep
         self.delta_ = np.array([[np.nan if v is None else v for v in row] for row in rounds[-1]["delta"]])
-        report: Dict = {"method": "NeuronTune" + ("" if tune_set is not None else "†"),
+        report: Dict = {"method": "NeuronTune", "retrain_on": self.retrain_on,
                         "params": self.get_params(), "rounds": rounds, "sfit": rounds[0]["sfit"],
                         "n_identification": n_ident, "n_tune": len(tune)}
         result = current
@@ -242,8 +208,7 @@ class NeuronTune(Method):
             g["kept_erm_head"] = bool(self.guard and g["harmful"])
             report["guard"] = g
             if g["kept_erm_head"]:
-                result = nn.Linear(head.in_features, head.out_features)
-                result.load_state_dict(head.state_dict())
+                result = copy_head(head)
         self.report_ = report
         self.head_ = result
         return result

@@ -1,57 +1,24 @@
 """NSF — "Let Samples Speak" (CVPR 2025): identify, neutralize, eliminate, update.
 
-Post-hoc and annotation-free: only features and class labels of an identification set
-(the authors use the validation split) are read; group labels never are.
+Post hoc and annotation-free: reads the features and class labels of ``val`` (the
+identification split), never group labels.
 
-1. **Identify.** Class means ``μ_c``; a sample is an *outlier* when its nearest class mean
-   (L2) is not its label's, an *inlier* otherwise. Per-class dispersion figures
-   (:class:`pydebias.cluster.Dispersion`) go into ``report_["dispersion"]``.
-2. **Neutralize.** Per class a bias-neutral target ``u_c = ½(μ_in,c + μ_out,c)`` (means of
-   its inliers and outliers) when the class has an outlier, else ``μ_in,c``. A class
-   with outliers but no inlier gets ``u_c = μ_c`` (its mean over all its samples) and a
-   warning. *Extension beyond the paper* (``k_clusters > 1``): per-class FAISS k-means
-   with k clusters, ``u_c`` = unweighted mean of the class's cluster means.
-3. **Eliminate.** An element-wise transform ``T(f) = (f + s) ⊙ β − s`` (β = 1, s = 0 at
-   start) minimising ``mean_n ||T(f_n) − u_{y_n}||₂ + α·mean(β)`` (L2 norm, not squared),
-   AdamW (lr, weight decay 0), full batch (gradients accumulated over row chunks, so
-   memmaps stream), ``n_eliminate_steps`` steps.
-4. **Update.** G1 = outliers of step 1 whose nearest target ``u_c`` after the transform
-   is their label's (*rescued*), G2 = the inliers; outliers still wrong are dropped.
-   A fresh linear head on ``T(f)`` is trained with ``CE_mean(G1) + CE_mean(G2)``, each step
-   taking all of the smaller group and as many rows drawn with replacement from the
-   larger, AdamW (lr, weight decay 0), ``n_update_steps`` steps. An empty G1 falls back
-   to plain full-batch training on G2 (an empty G2 to G1; both empty to all rows), noted
-   in ``report_["notes"]``.
+1. **Identify.** Class means; a sample whose nearest class mean (L2) is not its label's
+   is an *outlier*, else an *inlier* (per-class dispersion in ``report_["dispersion"]``).
+2. **Neutralize.** Per class a target ``u_c`` = the midpoint of its inlier and outlier
+   means (its inlier mean without outliers; its mean over all samples, with a warning,
+   without inliers). ``k_clusters > 1``: mean of per-class FAISS k-means centroids (an
+   extension).
+3. **Eliminate.** ``T(f) = (f + s) ⊙ β − s`` minimising ``mean ||T(f) − u_y||₂ + α·mean(β)``,
+   full-batch AdamW streamed over row chunks, ``n_eliminate_steps`` steps.
+4. **Update.** A fresh head on ``T(f)`` trained on the rescued outliers (G1) and the
+   inliers (G2) with ``CE_mean(G1) + CE_mean(G2)``, ``n_update_steps`` AdamW steps; an
+   empty group falls back to plain training on the other (noted in ``report_``).
 
-The returned head folds T in: ``W' = W·diag(β)``, ``b' = b + W(β ⊙ s − s)``, so inference is
-one ``nn.Linear`` on the raw embeddings.
-
-Default step counts are the authors' Waterbirds setting (10 eliminate / 500 update
-steps); their other settings: CelebA 350/110, MultiNLI 1200/1500, CivilComments 300/100.
-
-**Scale** (``standardize``, default on; our choice, the paper works on raw features).
-Every step measures L2 distances in feature units, the elimination loss adds
-``α·mean(β)`` to them, and AdamW moves each parameter by about ``lr`` per step whatever the
-gradient's size, so the authors' settings (tuned on ResNet-50 / BERT features) mean
-different things on features of another scale: on raw post-ReLU CNN features the nearest
-class mean is decided by the few neurons of largest spread, and on MiniLM's L2-normalised
-embeddings (coordinates of order 0.05) the fresh head moves little in 500 steps at lr
-1e-3. NSF therefore runs on per-neuron z-scores of its fit rows (an element-wise affine
-map, folded into the returned head with ``T``). Measured (the settings of ``pydebias
-report``, seed 0, worst-group test accuracy % of the NSF head, biased identification
-split; raw → z-scores, ERM in brackets): colored-fashion 50.6 → 48.4 (32.8),
-fashion-on-textures 48.7 → 43.3 (33.8), fashion-square 12.3 → 14.3 (16.5), from-scratch
-colored CNN 31.2 → 73.0 (29.1), textures CNN 1.4 → 38.5 (12.4) and fashion-square CNN
-10.5 → 5.7 (2.0), reviews-token 16.8 → 37.9 (26.7) and its bag-of-words MLP 12.4 → 36.0
-(24.8), adult-sex 47.6 → 59.3 (52.9), planted 72.8 → 72.2 (29.7): 12.4 points higher on
-average, and the largest loss against ERM falls from 12.4 to 2.2 points.
-
-**Do no harm.** With ``holdout > 0`` and an ERM ``head`` given, a class-stratified
-fraction of ``id_set`` is held out (NSF is fitted on the rest) and the NSF head is compared
-with ``head`` there by the shared rule of :mod:`pydebias.methods.guard` (label-free
-figures only); with ``guard=True`` the ERM ``head`` is returned when that rule calls the
-NSF head harmful. The NSF head is always available as ``nsf_head_``, the figures in
-``report_["guard"]``.
+The returned head folds ``T`` (and the z-scoring of ``standardize``) in: inference is one
+``nn.Linear`` on the raw embeddings. A do-no-harm guard (:mod:`pydebias.methods.guard`)
+compares it with the ERM head on a held-out part of ``val``. Choices where the paper
+leaves room (the z-scores, the guard) and their evidence: docs/methods.md, "NSF".
 """
 from __future__ import annotations
 
@@ -63,7 +30,8 @@ import torch
 from torch import nn
 
 from .. import _arrays, cluster
-from .base import Method
+from .base import EmbeddingMethod, copy_head
+from .baselines import erm_head
 from .guard import guard_check
 
 __all__ = ["NSF", "fold_affine", "fold_transform"]
@@ -90,8 +58,10 @@ def fold_transform(head: nn.Linear, beta: torch.Tensor, shift: torch.Tensor) -> 
     return fold_affine(head, be, be * s - s)
 
 
-class NSF(Method):
+class NSF(EmbeddingMethod):
     """NSF (Let Samples Speak) on a linear head; see the module docstring for the steps.
+    Reads ``val`` and the ERM ``head`` (trained on ``train`` when not given), which the
+    do-no-harm guard compares against.
 
     Parameters
     ----------
@@ -101,16 +71,16 @@ class NSF(Method):
     k_clusters : 1 = the paper's inlier/outlier target; > 1 = per-class FAISS k-means
         target (an extension, not in the paper).
     seed : seeds the holdout split, head initialisation, sampling and k-means.
-    holdout : fraction of ``id_set`` held out (class-stratified) for the do-no-harm check;
+    holdout : fraction of ``val`` held out (class-stratified) for the do-no-harm check;
         0 disables it (the paper fits on all of the set).
-    guard, guard_tolerance : return the given ERM head when the holdout calls the NSF head
+    guard, guard_tolerance : return (a copy of) the ERM head when the holdout calls the NSF head
         harmful (:func:`pydebias.methods.guard.guard_check`; ``guard_tolerance`` caps the
         balanced-accuracy drop).
     kmeans_iter : Lloyd iterations of the k-means extension.
     standardize : run all four steps on per-neuron z-scores of the fit rows (mean and
         standard deviation of the rows NSF is fitted on; a constant neuron keeps scale 1),
-        folded into the returned head. Default on, a choice made by measurement (module
-        docstring, "Scale"); ``False`` is the authors' raw-feature setting.
+        folded into the returned head. Default on, a choice made by measurement
+        (docs/methods.md); ``False`` is the authors' raw-feature setting.
     chunk_rows : rows per chunk for the streaming passes (default: ~16 MB of float32).
     """
 
@@ -139,16 +109,6 @@ class NSF(Method):
             raise ValueError(f"holdout: expected a fraction in [0, 1), got {self.holdout}")
         if self.guard_tolerance < 0:
             raise ValueError(f"guard_tolerance: expected >= 0, got {self.guard_tolerance}")
-
-    @staticmethod
-    def _check_head(head, m: int, c: int):
-        if head is None:
-            return
-        if not isinstance(head, nn.Linear):
-            raise TypeError(f"head: expected a torch.nn.Linear (e.g. ERM().fit(train)), got {type(head).__name__}")
-        if head.in_features != m or head.out_features < c:
-            raise ValueError(f"head: expects {head.in_features} features -> {head.out_features} classes, "
-                             f"but the set has {m} features and {c} classes")
 
     # ------------------------------------------------------------------ helpers
     def _rows(self, x, idx: np.ndarray, device) -> torch.Tensor:
@@ -185,26 +145,25 @@ class NSF(Method):
         return (f + self.shift_.to(f.device)) * self.beta_.to(f.device) - self.shift_.to(f.device)
 
     # ------------------------------------------------------------------ fit
-    def fit(self, id_set, head: Optional[nn.Linear] = None) -> nn.Linear:
-        """Run NSF on ``id_set`` (features + class labels); returns the folded head.
+    def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
+        """Run NSF on ``val`` (features + class labels); returns the folded head.
 
         ``head`` (the ERM head) is used only by the do-no-harm check and as its fallback.
         """
         self._check_params()
-        id_set = self._check_set(id_set, "id_set")
+        id_set = self._need_val(val, "NSF")
         C, M = id_set.n_classes, id_set.n_features
-        self._check_head(head, M, C)
         notes: List[str] = []
         hold = None
-        if self.holdout > 0 and head is not None:
+        if self.holdout > 0:
+            head = erm_head(train, head, M, C, self.seed)
             fit_set, hold = id_set.split_holdout(self.holdout, seed=self.seed)
             if len(fit_set) == 0 or len(hold) == 0:
                 raise ValueError(f"holdout: {self.holdout} leaves an empty part of a {len(id_set)}-row set; "
                                  "lower it or pass holdout=0")
         else:
             fit_set = id_set
-            notes.append("no ERM head given: do-no-harm check skipped" if head is None
-                         else "holdout=0: do-no-harm check off (NSF fitted on all of id_set)")
+            notes.append("holdout=0: do-no-harm check off (NSF fitted on all of val)")
         x, y = fit_set.features, fit_set.labels
         device = x.device if _arrays.is_tensor(x) else torch.device("cpu")
         N = len(fit_set)
@@ -339,8 +298,7 @@ class NSF(Method):
             folded = fold_affine(folded, inv, -center.double() * inv)
         self.center_ = center.cpu() if center is not None else None
         self.scale_ = scale.cpu() if scale is not None else None
-        self.nsf_head_ = self.debiased_head_ = folded
-        self.head_ = self.nsf_head_
+        self.debiased_head_ = self.head_ = folded
 
         counts = {"n_fit": int(N), "outliers": int(out_idx.size), "rescued": int(g1.size), "dropped": dropped,
                   "inliers": int(g2.size),
@@ -358,13 +316,13 @@ class NSF(Method):
         if hold is not None:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                g = guard_check(self.nsf_head_, head, hold, float(self.guard_tolerance), "NSF")
+                g = guard_check(self.debiased_head_, head, hold, float(self.guard_tolerance), "NSF")
             notes.extend(str(w.message) for w in caught)
             for w in caught:
                 warnings.warn(w.message, RuntimeWarning, stacklevel=2)
             g["kept_erm_head"] = bool(self.guard and g["harmful"])
             self.report_["guard"] = g
             if g["kept_erm_head"]:
-                self.head_ = head
+                self.head_ = copy_head(head)
                 self.report_["returned"] = "erm"
         return self.head_

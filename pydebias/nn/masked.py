@@ -1,7 +1,7 @@
-"""K3 fused masked linear: ``(x ⊙ m) Wᵀ + b`` without materialising ``x ⊙ m``.
+"""fused masked linear: ``(x ⊙ m) Wᵀ + b`` without materialising ``x ⊙ m``.
 
 Masks are input-neuron masks ``m`` (M,) — neuron ``i`` is silenced for every class —
-or per-class masks (C, M) acting on the weights ``W[y, i]`` (METHODS.md §1). Both are
+or per-class masks (C, M) acting on the weights ``W[y, i]`` (NeuronTune's ``per_class`` mode). Both are
 folded into the weights: ``(x ⊙ m) Wᵀ = x (W ⊙ m)ᵀ``, and for per-class masks
 ``logit_c = Σ_i x_i m_ci W_ci = x (W ⊙ m)ᵀ`` as well, so a masked head is a plain
 linear layer with masked weights. ``K`` masks at once become one GEMM against the

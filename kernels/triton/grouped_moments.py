@@ -1,4 +1,4 @@
-"""K1 grouped moments in Triton: per (group, column) shifted sum, sum of squares, min, max.
+"""grouped moments in Triton: per (group, column) shifted sum, sum of squares, min, max.
 
 Each program owns a stripe of rows and a block of columns, loads each tile once and
 reduces it into all groups at once (a one-hot over at most ``GROUP_BLOCK`` groups),

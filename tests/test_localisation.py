@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pydebias.data import EmbeddingSet, load
-from pydebias.diagnostics import attribute_association, attribute_of_groups, live_neurons, shortcut_localisation
+from pydebias.tools.localisation import attribute_association, attribute_of_groups, live_neurons, shortcut_localisation
 
 
 def test_association_is_within_class():

@@ -7,11 +7,12 @@ import sys
 import time
 from typing import List, Optional
 
-from ._version import __version__
+from .._version import __version__
+from ..methods import REGISTRY, methods_markdown
 
 
 def _cmd_datasets(args) -> int:
-    from .data import BUILTINS, SIZES, availability
+    from ..data import BUILTINS, SIZES, availability
 
     print(f"{'name':<21}{'available':<10}{'train/val/test':<21}{'groups':>6}{'dim':>5}  description")
     for name, desc in BUILTINS.items():
@@ -25,8 +26,8 @@ def _cmd_datasets(args) -> int:
 def _run_and_write(args, methods, command: str) -> int:
     from . import plots
     from .compare import compare, markdown_table, results_json
-    from .data import load
-    from .results import write_json
+    from ..data import load
+    from ..results import write_json
 
     t0 = time.perf_counter()
     data = load(args.data, seed=args.seed, **_params(args.param))
@@ -49,7 +50,7 @@ def _run_and_write(args, methods, command: str) -> int:
                                         title=f"{args.data}: per-group test accuracy",
                                         group_names=data.get("group_names"))
         print(f"wrote {png}")
-        nt = results.get("NeuronTune") or results.get("NeuronTune†")
+        nt = results.get(REGISTRY["neurontune"].label) or results.get(REGISTRY["neurontune-val"].label)
         if nt is not None and nt["method_report"]:
             png = plots.delta_plot(nt["method_report"], os.path.join(args.out, "neurontune_delta.png"),
                                    title=f"{args.data}: NeuronTune δ per neuron")
@@ -81,7 +82,7 @@ def _params(items) -> dict:
 
 def _cmd_demo(args) -> int:
     from .compare import available_methods
-    from .data import availability
+    from ..data import availability
 
     if args.data is None:
         args.data = "colored-fashion"
@@ -94,16 +95,18 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .compare import available_methods
-
     args.data = args.data or "colored-fashion"
-    canon = {m.lower().replace("†", "-dagger"): m for m in available_methods()}
     key = args.method.lower()
-    if key not in canon:
-        raise ValueError(f"method: unknown {args.method!r}; choose from {sorted(canon)}")
+    if key not in REGISTRY:
+        raise ValueError(f"method: unknown {args.method!r}; choose from {list(REGISTRY)}")
     # beside the references every table needs: ERM (the starting point) and DFR (group labels)
-    methods = list(dict.fromkeys(["ERM", canon[key], "DFR"]))
-    return _run_and_write(args, methods, f"run {args.method}")
+    methods = list(dict.fromkeys(["erm", key, "dfr"]))
+    return _run_and_write(args, methods, f"run {key}")
+
+
+def _cmd_methods(args) -> int:
+    print(methods_markdown())
+    return 0
 
 
 def _cmd_report(args) -> int:
@@ -115,7 +118,7 @@ def _cmd_report(args) -> int:
                "localisation": (report.localisation, report.localisation_markdown, "localisation")}
     for flag, (run, to_md, stem) in studies.items():
         if getattr(args, flag):
-            from .results import provenance, write_atomic, write_json
+            from ..results import provenance, write_atomic, write_json
 
             seeds = list(dict.fromkeys(args.seeds or [args.seed]))
             rows = [{**r, "seed": s} for s in seeds for r in run(settings, seed=s, progress=not args.quiet)]
@@ -139,7 +142,7 @@ def _cmd_report(args) -> int:
 def _report_seeds(args, settings) -> int:
     """One report per seed under OUT/seed-S/, then OUT/seeds.md/.json across them."""
     from . import report
-    from .results import provenance, write_atomic, write_json
+    from ..results import provenance, write_atomic, write_json
 
     seeds = list(dict.fromkeys(args.seeds))
     by_seed = {}
@@ -160,21 +163,21 @@ def _report_seeds(args, settings) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from . import benchmarks
-    from .results import provenance, write_json
+    from . import bench_kernels
+    from ..results import provenance, write_json
 
     if args.e2e:
-        rows = benchmarks.bench_identification(n=(args.rows or [2_000_000])[0],
+        rows = bench_kernels.bench_identification(n=(args.rows or [2_000_000])[0],
                                                path=os.path.join(args.dir, "planted_e2e.npy") if args.dir else None,
                                                keep_file=args.keep_files)
     elif args.large:
-        from .bench_cluster import bench_k5_scale
+        from .bench_cluster import bench_clustering_scale
 
-        rows = bench_k5_scale(args.rows or (100_000, 1_000_000, 10_000_000), cold=args.cold,
+        rows = bench_clustering_scale(args.rows or (100_000, 1_000_000, 10_000_000), cold=args.cold,
                               directory=args.dir, keep_files=args.keep_files, threads=args.threads)
     else:
-        rows = benchmarks.run(quick=args.quick)
-    print(benchmarks.format_table(rows))
+        rows = bench_kernels.run(quick=args.quick)
+    print(bench_kernels.format_table(rows))
     if args.json:
         write_json(args.json, {"rows": rows, **provenance(0, "all")})
         print(f"wrote {args.json}")
@@ -200,9 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     common(demo)
     demo.set_defaults(fn=_cmd_demo)
     run = sub.add_parser("run", help="one method (beside ERM) on a built-in benchmark")
-    run.add_argument("method", help="erm, classbalanced, jtt, afr, neurontune, neurontune-dagger, nsf, dfr")
+    run.add_argument("method", help=", ".join(REGISTRY))
     common(run)
     run.set_defaults(fn=_cmd_run)
+    mt = sub.add_parser("methods", help="the registered methods as a markdown table (the README's)")
+    mt.set_defaults(fn=_cmd_methods)
     rp = sub.add_parser("report", help="every method x every built-in x both id splits x both backbones")
     rp.add_argument("--benchmarks", nargs="*", help="restrict to these built-ins")
     which = rp.add_mutually_exclusive_group()
@@ -224,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="also write the table as JSON to this path")
     b.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the bar)")
     b.add_argument("--large", action="store_true",
-                   help="instead: K5 clustering pipeline on float32 memmaps of 10^5-10^7 x 256 rows, streamed "
-                        "(writes files of up to 10 GB; see README, Performance)")
+                   help="instead: clustering pipeline on float32 memmaps of 10^5-10^7 x 256 rows, streamed "
+                        "(writes files of up to 10 GB; see docs/performance.md)")
     b.add_argument("--e2e", action="store_true",
                    help="instead: NeuronTune identification end to end on a float16 memmap of 2,000,000 x 1,024 "
                         "(a 4 GB file, written first) against one read of the file")

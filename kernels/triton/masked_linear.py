@@ -1,4 +1,4 @@
-"""K3 fused masked linear in Triton: ``logits[n, k, c] = sum_i x[n, i] * m[k, c, i] * W[c, i] + b[c]``.
+"""fused masked linear in Triton: ``logits[n, k, c] = sum_i x[n, i] * m[k, c, i] * W[c, i] + b[c]``.
 
 The masked input ``x * m`` is never formed: each program loads an x tile once and
 applies the masks to the (much smaller) W tile in registers before the tile product,
@@ -22,7 +22,7 @@ def masked_tile_dot(x_ptr, w_ptr, m_ptr, x_row, w_row, m_row, rmask, jmask, n_in
                     HAS_MASK: tl.constexpr, ACC: tl.constexpr, BLOCK_M: tl.constexpr):
     """acc += x[rows] @ (W ⊙ mask)ᵀ over all input columns, one x tile at a time; column
     j of each (BLOCK_M, J) weight tile is ``W[c_j, cols] * mask[row_j, cols]`` (shared by
-    K3 and K4)."""
+    masked linear and mask sweep)."""
     for m0 in range(0, n_in, BLOCK_M):
         cols = m0 + tl.arange(0, BLOCK_M)
         cmask = cols < n_in

@@ -1,4 +1,4 @@
-"""Triton kernels (installed as ``pydebias.kernels``).
+"""Triton kernels, installed as ``pydebias.kernels`` (see kernels/README.md).
 
 Each module holds one kernel and its launcher; the launcher takes torch tensors on a
 CUDA device, or CPU tensors when ``TRITON_INTERPRET=1`` was set before triton was

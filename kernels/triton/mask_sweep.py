@@ -1,8 +1,8 @@
-"""K4 mask-sweep evaluation in Triton: correct predictions of K masked heads per cell.
+"""mask-sweep evaluation in Triton: correct predictions of K masked heads per cell.
 
 Each program owns a block of rows and a block of ``KB`` masks. It accumulates the
 masked logits of all ``KB x C`` (mask, class) pairs in one tile product per x tile
-(the masks are applied to the W tile, as in K3), takes the arg-max over classes
+(the masks are applied to the W tile, as in masked linear), takes the arg-max over classes
 (ties to the first class, like ``torch.argmax``), and adds each correct prediction to
 the integer counter of its (mask, cell), where ``cell = label * G + group`` is
 computed by the caller. With few cells the program first reduces its rows into a

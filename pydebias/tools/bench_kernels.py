@@ -12,19 +12,9 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
-from . import backends
-from .stats import neuron_stats
-
-
-def median_time(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+from .. import backends
+from ..stats import neuron_stats
+from .timing import median_time
 
 
 def numpy_grouped_moments(x: np.ndarray, g: np.ndarray, G: int):
@@ -45,8 +35,8 @@ def torch_grouped_moments(x: torch.Tensor, g: torch.Tensor, G: int):
     return out
 
 
-def bench_k1(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 5, seed: int = 0,
-             baselines: bool = True) -> List[Dict]:
+def bench_grouped_moments(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 5, seed: int = 0,
+                          baselines: bool = True) -> List[Dict]:
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, m), dtype=np.float32)
     g = rng.integers(0, G, n)
@@ -57,7 +47,7 @@ def bench_k1(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 5, seed: 
         t_read = median_time(lambda: x.sum(0), repeat=rep)
         t = median_time(fn, repeat=rep)
         t_read = min(t_read, median_time(lambda: x.sum(0), repeat=rep))
-        rows.append({"kernel": "K1 grouped moments", "impl": name, "n": n, "m": m, "groups": G,
+        rows.append({"kernel": "grouped moments", "impl": name, "n": n, "m": m, "groups": G,
                      "seconds": t, "one_read_seconds": t_read, "x_one_read": t / t_read})
     if backends.native() is not None:
         measure("cpp (pydebias._C)", lambda: neuron_stats(x, groups=g, n_groups=G, backend="cpp",
@@ -82,9 +72,9 @@ def torch_grouped_median(x: torch.Tensor, g: torch.Tensor, G: int):
 
 
 def torch_grouped_mean_var_median(x: torch.Tensor, g: torch.Tensor, G: int):
-    """The K2 bar's baseline, as the kernels issue and PERFORMANCE.md define it ("torch:
+    """The grouped quantiles bar's baseline, as docs/performance.md defines it ("torch:
     per-group mean, var, median with ``Tensor.median(0)``", ≈85x one read): what a user
-    writes for the statistics K1+K2 return. A boolean-mask copy per group, then
+    writes for the statistics moments + quantiles return. A boolean-mask copy per group, then
     ``mean(0)``, ``var(0)`` and ``median(0)`` in the input's dtype."""
     out = []
     for k in range(G):
@@ -93,22 +83,22 @@ def torch_grouped_mean_var_median(x: torch.Tensor, g: torch.Tensor, G: int):
     return out
 
 
-def bench_k2(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 7, seed: int = 0,
-             baselines: bool = True, sketch: bool = True, baseline_repeat: int = 3) -> List[Dict]:
-    """K2 exact grouped medians: K1+K2 together (``neuron_stats`` with its default
-    ``quantiles=(0.5,)``: count, mean, var, min, max and median) and K2 alone vs one read
-    of X (bar: K1+K2 <= 4x) and vs torch (bar: >= 20x); the K2s sketch (one streaming
-    pass) beside them.
+def bench_grouped_quantiles(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 7, seed: int = 0,
+                            baselines: bool = True, sketch: bool = True, baseline_repeat: int = 3) -> List[Dict]:
+    """Exact grouped medians: moments + quantiles together (``neuron_stats`` with its
+    default ``quantiles=(0.5,)``: count, mean, var, min, max and median) and the quantiles
+    alone vs one read of X (bar: moments + quantiles <= 4x) and vs torch (bar: >= 20x);
+    the quantile sketch (one streaming pass) beside them.
 
     Two torch baselines: per-group mean, var and median (the bar's, the same statistics
-    K1+K2 returns, as the issue and PERFORMANCE.md define it) and per-group median alone
-    (the work of K2 alone, reported beside it). Medians of ``repeat`` calls
+    moments + quantiles returns, as docs/performance.md defines it) and per-group median alone
+    (the work of grouped quantiles alone, reported beside it). Medians of ``repeat`` calls
     (``baseline_repeat`` for torch, 3-6 s a call). Each torch ratio in the ``bar`` is the
     median over ``baseline_repeat`` paired rounds of (one torch call) / (median of three
     calls of the kernel right after it), so both sides see the same load: this shared
     machine drifts by ±10 % over tens of seconds."""
-    from .sketch import QuantileSketch
-    from .stats import grouped_quantiles
+    from ..sketch import QuantileSketch
+    from ..stats import grouped_quantiles
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, m), dtype=np.float32)
@@ -120,7 +110,7 @@ def bench_k2(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 7, seed: 
         t_read = median_time(lambda: x.sum(0), repeat=3)
         t = median_time(fn, repeat=rep, warmup=warmup)
         t_read = min(t_read, median_time(lambda: x.sum(0), repeat=3))
-        rows.append({"kernel": "K2 grouped median", "impl": name, "n": n, "m": m, "groups": G,
+        rows.append({"kernel": "grouped median", "impl": name, "n": n, "m": m, "groups": G,
                      "seconds": t, "one_read_seconds": t_read, "x_one_read": t / t_read})
         return rows[-1]
 
@@ -135,10 +125,10 @@ def bench_k2(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 7, seed: 
     k2 = lambda: grouped_quantiles(x, g, G, backend="cpp")  # noqa: E731
     native = backends.native() is not None
     if native:
-        r_k1k2 = measure("cpp K1+K2", k1k2, repeat)
-        r_k2 = measure("cpp K2 alone", k2, repeat)
+        r_k1k2 = measure("cpp moments + medians", k1k2, repeat)
+        r_k2 = measure("cpp medians alone", k2, repeat)
     if sketch:
-        measure("K2s sketch (numpy)", lambda: QuantileSketch(m, G).update(x, g), 1, warmup=0)
+        measure("quantile sketch (numpy)", lambda: QuantileSketch(m, G).update(x, g), 1, warmup=0)
     if baselines:
         full = lambda: torch_grouped_mean_var_median(xt, gt, G)  # noqa: E731
         med = lambda: torch_grouped_median(xt, gt, G)  # noqa: E731
@@ -148,7 +138,7 @@ def bench_k2(n: int = 500_000, m: int = 512, G: int = 4, repeat: int = 7, seed: 
             r["speedup_vs_torch"] = t_full / r["seconds"]
             r["speedup_vs_torch_median_only"] = t_med / r["seconds"]
         rows[-2]["bar"] = "the bar's baseline"
-        rows[-1]["bar"] = "the baseline of K2 alone"
+        rows[-1]["bar"] = "the baseline of grouped quantiles alone"
         if native:
             # the table's "vs torch" of the two kernel rows: paired, each against its own baseline
             p = paired(full, k1k2)
@@ -171,15 +161,15 @@ def _naive_masked_logits(xt: torch.Tensor, w: torch.Tensor, b: torch.Tensor, mas
     return (xt * mask) @ w.T + b
 
 
-def bench_k3(n: int = 500_000, m: int = 512, C: int = 2, K: int = 32, repeat: int = 9,
-             seed: int = 0) -> List[Dict]:
-    """K3 masked linear: folded masks vs the unmasked ``X @ W.T + b`` (bar <= 1.1x), vs the
+def bench_masked_linear(n: int = 500_000, m: int = 512, C: int = 2, K: int = 32, repeat: int = 9,
+                        seed: int = 0) -> List[Dict]:
+    """masked linear: folded masks vs the unmasked ``X @ W.T + b`` (bar <= 1.1x), vs the
     naive ``(X * m) @ W.T`` copy, and K masks in one GEMM (bar <= 1.2*K unmasked linears).
 
     Each candidate is timed alternately with the unmasked linear, ``repeat`` rounds; the
     ratio is the median of the rounds' ratios (same moments, same noise).
     """
-    from .nn.masked import masked_linear, masked_linear_many
+    from ..nn.masked import masked_linear, masked_linear_many
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, m), dtype=np.float32)
@@ -205,7 +195,7 @@ def bench_k3(n: int = 500_000, m: int = 512, C: int = 2, K: int = 32, repeat: in
         t_read, t_lin, t = float(np.median(t_read)), float(np.median(t_lin)), float(np.median(t))
         bar = (f"{ratio:.2f}x unmasked (bar <= 1.1x)" if per == 1 else
                f"{ratio:.2f}x unmasked = {ratio / per:.2f}x per mask (bar <= 1.2x)")
-        rows.append({"kernel": "K3 masked linear", "impl": name, "n": n, "m": m, "classes": C, "masks": per,
+        rows.append({"kernel": "masked linear", "impl": name, "n": n, "m": m, "classes": C, "masks": per,
                      "seconds": t, "one_read_seconds": t_read, "x_one_read": t / t_read,
                      "unmasked_seconds": t_lin, "x_unmasked_linear": ratio,
                      "x_k_unmasked_linears": ratio / per, "bar": bar})
@@ -231,13 +221,13 @@ def _loop_mask_sweep(xt, y, g, G, w, b, masks):
     return torch.stack(out)
 
 
-def bench_k4(n: int = 500_000, m: int = 512, C: int = 2, G: int = 4, K: int = 32, repeat: int = 3,
-             seed: int = 0, loop_masks: int = 8) -> List[Dict]:
-    """K4 mask sweep: K candidate masks evaluated per group in one pass vs a python loop of K
+def bench_mask_sweep(n: int = 500_000, m: int = 512, C: int = 2, G: int = 4, K: int = 32, repeat: int = 3,
+                     seed: int = 0, loop_masks: int = 8) -> List[Dict]:
+    """mask sweep: K candidate masks evaluated per group in one pass vs a python loop of K
     naive masked forward passes (bar >= 10x). The loop is the slow side: it runs once, over
     ``loop_masks`` of the K masks, and its time is scaled by ``K / loop_masks`` (its
     iterations are independent and alike); ``loop_masks=K`` times the whole loop."""
-    from .sweep import mask_sweep
+    from ..sweep import mask_sweep
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, m), dtype=np.float32)
@@ -255,7 +245,7 @@ def bench_k4(n: int = 500_000, m: int = 512, C: int = 2, G: int = 4, K: int = 32
         t_read = median_time(lambda: x.sum(0), repeat=3)
         t = median_time(fn, repeat=rep, warmup=1 if rep > 1 else 0) * scale
         t_read = min(t_read, median_time(lambda: x.sum(0), repeat=3))
-        rows.append({"kernel": "K4 mask sweep", "impl": name, "n": n, "m": m, "classes": C, "groups": G,
+        rows.append({"kernel": "mask sweep", "impl": name, "n": n, "m": m, "classes": C, "groups": G,
                      "masks": K, "seconds": t, "one_read_seconds": t_read, "x_one_read": t / t_read, **extra})
 
     with torch.no_grad():
@@ -286,12 +276,12 @@ def format_table(rows: List[Dict]) -> str:
 
 def run(quick: bool = False) -> List[Dict]:
     if quick:
-        return (bench_k1(n=50_000, m=128, repeat=3) + bench_k2(n=50_000, m=128, repeat=2, baseline_repeat=1)
-                + bench_k3(n=50_000, m=128, repeat=3)
-                + bench_k4(n=50_000, m=128, repeat=2))
-    from .bench_cluster import bench_k5
+        return (bench_grouped_moments(n=50_000, m=128, repeat=3) + bench_grouped_quantiles(n=50_000, m=128, repeat=2, baseline_repeat=1)
+                + bench_masked_linear(n=50_000, m=128, repeat=3)
+                + bench_mask_sweep(n=50_000, m=128, repeat=2))
+    from .bench_cluster import bench_clustering
 
-    return bench_k1() + bench_k2() + bench_k3() + bench_k4() + bench_k5()
+    return bench_grouped_moments() + bench_grouped_quantiles() + bench_masked_linear() + bench_mask_sweep() + bench_clustering()
 
 
 def bench_identification(n: int = 2_000_000, m: int = 1024, path: str = None, seed: int = 0,
@@ -303,10 +293,10 @@ def bench_identification(n: int = 2_000_000, m: int = 1024, path: str = None, se
     import resource
     import tempfile
 
-    from .data import planted_memmap
-    from .methods import ERM
-    from .methods.neurontune import neuron_deltas, spurious_masks
-    from .metrics import predict
+    from ..data import planted_memmap
+    from ..methods import ERM
+    from ..methods.neurontune import neuron_deltas, spurious_masks
+    from ..metrics import predict
 
     tmpdir = None
     if path is None:
@@ -319,7 +309,7 @@ def bench_identification(n: int = 2_000_000, m: int = 1024, path: str = None, se
     rows = max(1, (64 << 20) // (m * 2))
 
     # One read = the file's bytes summed as 64-bit words (numpy, one thread): ~23 GB/s
-    # here, the memory-bound read K1/K2 are held to. Summing the float16 values (or their
+    # here, the memory-bound read moments / quantiles are held to. Summing the float16 values (or their
     # 16-bit patterns into uint64, as this bench once did: 4.8 GB/s) is compute-bound and
     # made every ratio about 5x too kind.
     raw = x.reshape(n, -1).view(np.uint8)

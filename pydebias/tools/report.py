@@ -9,6 +9,8 @@ import time
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..methods import REGISTRY
+
 # (benchmark, backbone, identification split, loader parameters)
 Setting = Tuple[str, str, str, Dict]
 
@@ -37,7 +39,7 @@ def default_settings(benchmarks: Optional[Sequence[str]] = None) -> List[Setting
 def run_report(settings: Sequence[Setting], seed: int = 0, n_boot: int = 200, progress: bool = True,
                methods: Optional[Sequence[str]] = None) -> List[Dict]:
     from .compare import compare
-    from .data import availability, load
+    from ..data import availability, load
 
     rows = []
     for name, bb, split, params in settings:
@@ -69,7 +71,7 @@ def _erm_head(data: Dict, seed: int):
     """The backbone's own head where the benchmark has one, else an ERM head fit on train."""
     if data.get("head") is not None:
         return data["head"]
-    from .methods import ERM
+    from ..methods import ERM
 
     return ERM(seed=seed).fit(data["train"])
 
@@ -78,14 +80,14 @@ def neurontune_modes(settings: Sequence[Setting], seed: int = 0, progress: bool 
     """Worst-group / mean test accuracy and neurons zeroed of each :data:`NT_VARIANTS`
     NeuronTune (identification on val, retraining on train, guard off) per setting,
     beside ERM, and under ``"lam_candidates"`` every λ candidate the default
-    (``lam="auto"``) weighed, for NeuronTune and NeuronTune†, with its selection score and
+    (``lam="auto"``) weighed, for NeuronTune and NeuronTune (val), with its selection score and
     test worst-group accuracy: the measurements behind the ``mask_mode``, ``lam`` and
     ``lam_margin`` defaults (:func:`lam_margin_table` replays the rule on them)."""
     from tqdm import tqdm
 
-    from .data import availability, load
-    from .methods import NeuronTune
-    from .metrics import evaluate
+    from ..data import availability, load
+    from ..methods import NeuronTune
+    from ..metrics import evaluate
 
     rows = []
     for name, bb, split, params in tqdm(settings, desc="NeuronTune variants", disable=not progress):
@@ -101,26 +103,26 @@ def neurontune_modes(settings: Sequence[Setting], seed: int = 0, progress: bool 
         fitted = {}
         for label, kw in NT_VARIANTS.items():
             m = fitted[label] = NeuronTune(seed=seed, guard=False, **kw)
-            head = m.fit(data["val"], head=erm, tune_set=data["train"])
+            head = m.fit(data["train"], data["val"], head=erm)
             rep = evaluate(head, data["test"])
             row[label] = {"worst_group": rep.worst_group_accuracy, "mean": rep.accuracy,
                           "n_zeroed": int(len(m.spurious_neurons())),
                           "lam": lam if (lam := m.report_["rounds"][-1]["lam"]) != float("inf") else None}
-        # every λ candidate of the default (union, λ="auto"), main and † variants: its
+        # every λ candidate of the default (union, λ="auto"), retrained on train and on val: its
         # label-free selection score and its test accuracy, the evidence for lam_margin
         row["lam_candidates"] = {}
-        for variant, tune in (("NeuronTune", data["train"]), ("NeuronTune†", None)):
-            if tune is not None:  # the main variant's default fit is the "union" one above
+        for variant, retrain_on in (("NeuronTune", "train"), ("NeuronTune (val)", "val")):
+            if retrain_on == "train":  # the main variant's default fit is the "union" one above
                 m = fitted["union"]
             else:
-                m = NeuronTune(seed=seed, guard=False)
-                m.fit(data["val"], head=erm, tune_set=tune)
+                m = NeuronTune(retrain_on=retrain_on, seed=seed, guard=False)
+                m.fit(data["train"], data["val"], head=erm)
             cands = []
             for c in m.report_["rounds"][0]["selection"]:
                 with warnings.catch_warnings():  # the guard's verdicts on candidates are not news
                     warnings.simplefilter("ignore", RuntimeWarning)
-                    fixed = NeuronTune(seed=seed, guard=False, lam=c["lam"]).fit(data["val"], head=erm,
-                                                                                   tune_set=tune)
+                    fixed = NeuronTune(retrain_on=retrain_on, seed=seed, guard=False,
+                                       lam=c["lam"]).fit(data["train"], data["val"], head=erm)
                 cands.append({**c, "worst_group": evaluate(fixed, data["test"]).worst_group_accuracy})
             row["lam_candidates"][variant] = cands
         rows.append(row)
@@ -181,7 +183,7 @@ def neurontune_modes_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     if table and table[0]["n_fits"]:
         out += ["", f"`lam_margin` of `lam=\"auto\"` (keep the paper's λ = 0 unless a candidate's label-free "
                 f"score beats it by more than the margin), replayed on the recorded candidates of "
-                f"{table[0]['n_fits']} fits (every setting above, NeuronTune and NeuronTune†): mean worst-group "
+                f"{table[0]['n_fits']} fits (every setting above, NeuronTune and NeuronTune (val)): mean worst-group "
                 "test accuracy of the λ each margin selects, and how many of those fits fall more than 5 points "
                 "below ERM; ∞ = always λ = 0.", "",
                 "| margin | " + " | ".join("∞" if t["margin"] == float("inf") else f"{t['margin']:g}"
@@ -203,10 +205,10 @@ def localisation(settings: Sequence[Setting], seed: int = 0, progress: bool = Tr
     """
     from tqdm import tqdm
 
-    from .data import availability, load
-    from .diagnostics import shortcut_localisation
-    from .methods import NeuronTune
-    from .metrics import evaluate
+    from ..data import availability, load
+    from .localisation import shortcut_localisation
+    from ..methods import NeuronTune
+    from ..metrics import evaluate
 
     pairs: Dict = {}
     for name, bb, split, params in settings:
@@ -224,7 +226,7 @@ def localisation(settings: Sequence[Setting], seed: int = 0, progress: bool = Tr
         loc = shortcut_localisation(data["train"], ranked["val"], data["test"], seed=seed)
         erm = _erm_head(data, seed)
         nt = NeuronTune(seed=seed, guard=False)
-        nt.fit(data["val"], head=erm, tune_set=data["train"])
+        nt.fit(data["train"], data["val"], head=erm)
         mask = nt.spurious_neurons()
         top = set(loc["order"][:mask.size])
         rows.append({"benchmark": name, "backbone": bb, "rank_params": rank_params, "id_params": id_params,
@@ -311,10 +313,10 @@ def summary(rows: List[Dict]) -> Dict:
     return out
 
 
-#: the image built-ins whose two-stage backbones the gain criteria speak of (DATA.md)
+#: the image built-ins whose two-stage backbones the gain criteria speak of (docs/data.md)
 IMAGE_BUILTINS = ("colored-fashion", "fashion-on-textures", "fashion-square")
 #: the annotation-free methods that check themselves on held-out identification data
-GUARDED = ("NeuronTune", "NeuronTune†", "NSF")
+GUARDED = tuple(s.label for s in REGISTRY.values() if s.guarded)
 
 
 def _setting(r: Dict) -> str:
@@ -496,7 +498,7 @@ def plot(rows: List[Dict], path: str) -> str:
 def footer() -> str:
     """The versions a table was made with, and the instruction set of torch's CPU kernels:
     backbones trained on another one differ (README, "Results"), and so do the figures."""
-    from .results import versions
+    from ..results import versions
 
     v = versions()
     return (f"\nMade with pydebias {v['pydebias']}, torch {v['torch']} (CPU kernels: "
@@ -504,9 +506,8 @@ def footer() -> str:
 
 
 def write(rows: List[Dict], out_dir: str, seed: int) -> Dict[str, str]:
+    from ..results import jsonable, provenance, write_atomic, write_json
     from . import plots
-    from .compare import _jsonable
-    from .results import provenance, write_atomic, write_json
 
     os.makedirs(out_dir, exist_ok=True)
     paths = {"markdown": os.path.join(out_dir, "report.md"), "json": os.path.join(out_dir, "report.json")}
@@ -518,7 +519,7 @@ def write(rows: List[Dict], out_dir: str, seed: int) -> Dict[str, str]:
         if "results" in r:
             row["methods"] = {m: {**v["report"].to_dict(), "seconds": v["seconds"],
                                   "unguarded": v["unguarded"].to_dict() if "unguarded" in v else None,
-                                  "method_report": _jsonable(v["method_report"])}
+                                  "method_report": jsonable(v["method_report"])}
                               for m, v in r["results"].items()}
         js["rows"].append(row)
     write_json(paths["json"], js)

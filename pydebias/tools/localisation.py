@@ -10,7 +10,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import _arrays
+from .. import _arrays
+from ..validation import check_features
 
 __all__ = ["attribute_of_groups", "attribute_association", "live_neurons", "shortcut_localisation"]
 
@@ -38,7 +39,7 @@ def attribute_association(features, labels, attr, n_classes: Optional[int] = Non
     ``features`` in float64 blocks of ``chunk_rows`` (a memmap is never loaded whole).
     """
     x = features if isinstance(features, np.ndarray) else _arrays.to_numpy(features)
-    _arrays.check_2d(x)
+    check_features(x)
     n, m = x.shape
     y, a = np.asarray(labels), np.asarray(attr).astype(np.float64)
     if y.shape != (n,) or a.shape != (n,):
@@ -68,7 +69,7 @@ def attribute_association(features, labels, attr, n_classes: Optional[int] = Non
 
 def live_neurons(features, chunk_rows: int = 65536) -> np.ndarray:
     """Indices of the neurons that are non-zero on at least one row (one blocked pass)."""
-    _arrays.check_2d(features)
+    check_features(features)
     x = features if isinstance(features, np.ndarray) else _arrays.to_numpy(features)
     live = np.zeros(x.shape[1], dtype=bool)
     for s in range(0, x.shape[0], chunk_rows):
@@ -98,8 +99,8 @@ def shortcut_localisation(train, rank_set, test, ks: Optional[Sequence[int]] = N
     worst-group accuracy exceeds the unmasked (``k = 0``) retraining's by at least
     ``gain_points`` points (None if none does).
     """
-    from .metrics import evaluate
-    from .nn.last_layer import balance_weights, train_linear_head
+    from ..metrics import evaluate
+    from ..nn.last_layer import balance_weights, train_linear_head
 
     for s, name in ((train, "train"), (rank_set, "rank_set"), (test, "test")):
         if s.n_features != train.n_features:

@@ -1,4 +1,4 @@
-"""K5 clustering benchmark: FAISS k-means vs scikit-learn, dispersion vs one read of X.
+"""clustering benchmark: FAISS k-means vs scikit-learn, dispersion vs one read of X.
 
 Ratios measured in one run (see :mod:`pydebias.benchmarks`), default X = 1,000,000 × 256
 float32 (the issue's size):
@@ -14,7 +14,7 @@ float32 (the issue's size):
 * dispersion: :func:`pydebias.cluster.dispersion` given the class means (one pass, native
   kernel), including the class-means pass (two passes), and the torch reference, each
   divided by one numpy ``X.sum(0)``. Bar: the one-pass figure ≤ 2× one read.
-* at scale (:func:`bench_k5_scale`, ``pydebias bench --large``, not part of the default
+* at scale (:func:`bench_clustering_scale`, ``pydebias bench --large``, not part of the default
   run): the streaming pipeline on float32 memmaps of 10⁵-10⁷ rows, optionally cold
   (file evicted from the page cache before each pass), with peak resident memory.
 """
@@ -24,18 +24,18 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import cluster
-from .benchmarks import median_time
+from .. import cluster
+from .timing import median_time
 
 
 def _time(fn, repeat: int) -> float:
     return median_time(fn, repeat=repeat, warmup=0)
 
 
-def bench_k5(sizes: Sequence[int] = (1_000_000,), m: int = 256, k: int = 16, n_iter: int = 20,
-             n_classes: int = 2, repeat: int = 3, seed: int = 0, sklearn: bool = True,
-             threads: Sequence[int] = (1,)) -> List[Dict]:
-    """K5 rows for each ``n`` in ``sizes`` (X is ``n × m`` float32 standard normal) and each
+def bench_clustering(sizes: Sequence[int] = (1_000_000,), m: int = 256, k: int = 16, n_iter: int = 20,
+                     n_classes: int = 2, repeat: int = 3, seed: int = 0, sklearn: bool = True,
+                     threads: Sequence[int] = (1,)) -> List[Dict]:
+    """clustering rows for each ``n`` in ``sizes`` (X is ``n × m`` float32 standard normal) and each
     thread count in ``threads`` (torch, FAISS and scikit-learn all limited to it, so the
     comparison is at equal threads; on a shared, oversubscribed machine OpenMP spin-waits
     make multi-threaded timings meaningless, hence the default of 1)."""
@@ -50,7 +50,7 @@ def bench_k5(sizes: Sequence[int] = (1_000_000,), m: int = 256, k: int = 16, n_i
             torch.set_num_threads(nt)
             faiss.omp_set_num_threads(nt)
             with threadpool_limits(nt):
-                new = _bench_k5_one(sizes, m, k, n_iter, n_classes, repeat, seed, sklearn)
+                new = _bench_clustering_one(sizes, m, k, n_iter, n_classes, repeat, seed, sklearn)
             for r in new:
                 r["threads"] = nt
             rows += new
@@ -60,7 +60,7 @@ def bench_k5(sizes: Sequence[int] = (1_000_000,), m: int = 256, k: int = 16, n_i
     return rows
 
 
-def _bench_k5_one(sizes, m, k, n_iter, n_classes, repeat, seed, sklearn) -> List[Dict]:
+def _bench_clustering_one(sizes, m, k, n_iter, n_classes, repeat, seed, sklearn) -> List[Dict]:
     import faiss
 
     rows: List[Dict] = []
@@ -89,17 +89,17 @@ def _bench_k5_one(sizes, m, k, n_iter, n_classes, repeat, seed, sklearn) -> List
 
         cluster.kmeans(x[:4096], k, n_iter=2)  # FAISS's and OpenBLAS's one-off set-up, untimed
         t_faiss = _time(ours, max(1, repeat - 1))
-        row = {"kernel": "K5 k-means", "impl": "faiss (pydebias.cluster.kmeans)", "n": n, "m": m, "k": k,
+        row = {"kernel": "k-means", "impl": "faiss (pydebias.cluster.kmeans)", "n": n, "m": m, "k": k,
                "n_iter": n_iter, "seconds": t_faiss, "one_read_seconds": t_read, "x_one_read": t_faiss / t_read,
                "faiss_objective": held["f"].objective[0][-1],
                "comparison": "all rows (no FAISS subsample), same initial centroids, n_iter Lloyd iterations"}
         rows.append(row)
         t_plain = _time(plain, 1)
-        rows.append({"kernel": "K5 k-means", "impl": "plain faiss.Kmeans, all rows", "n": n, "m": m, "k": k,
+        rows.append({"kernel": "k-means", "impl": "plain faiss.Kmeans, all rows", "n": n, "m": m, "k": k,
                      "n_iter": n_iter, "seconds": t_plain, "one_read_seconds": t_read,
                      "x_one_read": t_plain / t_read, "pydebias_overhead": t_faiss / t_plain})
         t_sub = _time(subsampled, 1)
-        rows.append({"kernel": "K5 k-means", "impl": f"faiss default ({256 * k}-row subsample)", "n": n, "m": m,
+        rows.append({"kernel": "k-means", "impl": f"faiss default ({256 * k}-row subsample)", "n": n, "m": m,
                      "k": k, "n_iter": n_iter, "seconds": t_sub, "one_read_seconds": t_read,
                      "x_one_read": t_sub / t_read, "comparison": "not equal points: trains on 256·k rows"})
         if sklearn:
@@ -109,7 +109,7 @@ def _bench_k5_one(sizes, m, k, n_iter, n_classes, repeat, seed, sklearn) -> List
                 held["km"] = KMeans(n_clusters=k, init=init, n_init=1, max_iter=n_iter, tol=0.0,
                                     algorithm="lloyd", random_state=seed).fit(x)
             t_sk = _time(sk, max(1, repeat - 1))
-            rows.append({"kernel": "K5 k-means", "impl": "scikit-learn KMeans (lloyd)", "n": n, "m": m, "k": k,
+            rows.append({"kernel": "k-means", "impl": "scikit-learn KMeans (lloyd)", "n": n, "m": m, "k": k,
                          "n_iter": int(held["km"].n_iter_), "seconds": t_sk, "one_read_seconds": t_read,
                          "x_one_read": t_sk / t_read, "sklearn_inertia": float(held["km"].inertia_),
                          "speedup_vs_sklearn": 1.0})
@@ -125,7 +125,7 @@ def _bench_k5_one(sizes, m, k, n_iter, n_classes, repeat, seed, sklearn) -> List
         t_both = _time(lambda: cluster.dispersion(x, y, n_classes), repeat)
         t_torch = _time(lambda: cluster.dispersion(x, y, n_classes, means=means, backend="torch"), repeat)
         t_read = min(t_read, _time(lambda: x.sum(0), repeat))
-        base = {"kernel": "K5 dispersion", "n": n, "m": m, "classes": n_classes, "one_read_seconds": t_read}
+        base = {"kernel": "dispersion", "n": n, "m": m, "classes": n_classes, "one_read_seconds": t_read}
         rows.append({**base, "impl": "cpp one pass (means given)", "seconds": t_disp, "x_one_read": t_disp / t_read,
                      "speedup_vs_torch": t_torch / t_disp,
                      "bar": f"{t_disp / t_read:.2f}x one read ({n}x{m}; bar <= 2x)"})
@@ -209,11 +209,11 @@ def _drop_file_cache(x) -> None:
         os.close(fd)
 
 
-def bench_k5_scale(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000), m: int = 256, k: int = 16,
+def bench_clustering_scale(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000), m: int = 256, k: int = 16,
                    n_iter: int = 20, full_kmeans_iter: int = 3, cold: bool = False,
                    directory: Optional[str] = None, keep_files: bool = False, threads: int = 1,
                    seed: int = 0) -> List[Dict]:
-    """The K5 pipeline on float32 memmaps of ``n × m`` rows, streamed (not the default
+    """The clustering pipeline on float32 memmaps of ``n × m`` rows, streamed (not the default
     ``pydebias bench``: it writes files of ``4·n·m`` bytes, 10 GB at 10⁷ × 256).
 
     For each n, on a ``planted`` memmap (2 classes) against one chunked read of the same
@@ -237,10 +237,10 @@ def bench_k5_scale(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000), m: i
     import torch
     from threadpoolctl import threadpool_limits
 
-    from .data import planted_memmap
+    from ..data import planted_memmap
 
     tmp = directory is None
-    directory = tempfile.mkdtemp(prefix="pydebias-k5-") if tmp else directory
+    directory = tempfile.mkdtemp(prefix="pydebias-clustering-") if tmp else directory
     rows: List[Dict] = []
     old_torch, old_faiss = torch.get_num_threads(), faiss.omp_get_max_threads()
     try:
@@ -248,9 +248,9 @@ def bench_k5_scale(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000), m: i
         faiss.omp_set_num_threads(threads)
         with threadpool_limits(threads):
             for n in sizes:
-                path = os.path.join(directory, f"k5-{n}x{m}.npy")
+                path = os.path.join(directory, f"clustering-{n}x{m}.npy")
                 d = planted_memmap(path, n, m, dtype=np.float32, seed=seed)
-                rows += _k5_pipeline(d["set"].features, d["set"].labels, k, n_iter, full_kmeans_iter, cold,
+                rows += _clustering_pipeline(d["set"].features, d["set"].labels, k, n_iter, full_kmeans_iter, cold,
                                      seed, threads)
                 del d
                 if not keep_files:
@@ -265,7 +265,7 @@ def bench_k5_scale(sizes: Sequence[int] = (100_000, 1_000_000, 10_000_000), m: i
     return rows
 
 
-def _k5_pipeline(x, y, k, n_iter, full_iter, cold, seed, threads) -> List[Dict]:
+def _clustering_pipeline(x, y, k, n_iter, full_iter, cold, seed, threads) -> List[Dict]:
     import time
 
     n, m = x.shape
@@ -304,7 +304,7 @@ def _k5_pipeline(x, y, k, n_iter, full_iter, cold, seed, threads) -> List[Dict]:
     t_read = times["one read"]
     out = []
     for name, t in times.items():
-        out.append({"kernel": "K5 at scale", "impl": name, "n": n, "m": m, "k": k, "threads": threads,
+        out.append({"kernel": "clustering at scale", "impl": name, "n": n, "m": m, "k": k, "threads": threads,
                     "cold": cold, "file_bytes": n * m * 4, "seconds": t, "one_read_seconds": t_read,
                     "x_one_read": t / t_read, "seconds_per_million_rows": t / n * 1e6,
                     "peak_vmrss_bytes": mem.peak["VmRSS"], "peak_rss_anon_bytes": mem.peak["RssAnon"],
@@ -317,5 +317,5 @@ if __name__ == "__main__":  # pragma: no cover
     import sys
 
     sizes = [int(s) for s in sys.argv[1:]] or [1_000_000]
-    for r in bench_k5(sizes, threads=(1, 2)):
+    for r in bench_clustering(sizes, threads=(1, 2)):
         print(json.dumps(r))

@@ -1,4 +1,4 @@
-"""K2 exact grouped quantiles in Triton: radix select over order-preserving float keys.
+"""exact grouped quantiles in Triton: radix select over order-preserving float keys.
 
 Each value is mapped to an integer key whose unsigned order is the float order
 (``-0.0`` just below ``+0.0``): the sign bit is flipped for positives, all bits for

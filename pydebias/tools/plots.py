@@ -18,7 +18,7 @@ def save_png(fig, path: str) -> str:
 
     import matplotlib.pyplot as plt
 
-    from .results import write_atomic
+    from ..results import write_atomic
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -47,7 +47,8 @@ def group_accuracy_bars(reports: Dict[str, "object"], path: str, title: str = ""
     n_groups = max(len(r.per_group) for r in reports.values())
     labels = list(group_names) if group_names else [f"group {i}" for i in range(n_groups)]
     width = 0.8 / max(1, len(names))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * n_groups, 3.6))
+    # the legend sits right of the axes, never over the bars
+    fig, ax = plt.subplots(figsize=(4.6 + 1.3 * n_groups, 3.6))
     xs = np.arange(n_groups)
     for k, name in enumerate(names):
         accs = [g["accuracy"] if g["accuracy"] is not None else 0.0 for g in reports[name].per_group]
@@ -57,7 +58,7 @@ def group_accuracy_bars(reports: Dict[str, "object"], path: str, title: str = ""
     ax.set_ylim(0, 1)
     ax.set_ylabel("accuracy")
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     fig.tight_layout()
     return save_png(fig, path)
 

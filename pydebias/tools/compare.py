@@ -1,0 +1,84 @@
+"""Run methods side by side on one benchmark: the engine of `pydebias demo/run/report`.
+
+Every method sees the same embeddings and splits through the one call shape
+``fit(train, val, head=erm)``; ERM is fitted once on ``train`` (or is the backbone's own
+head) and handed to the post-hoc methods. Only DFR reads group labels (of val).
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Dict, List, Optional, Sequence
+
+from ..methods import ERM, REGISTRY
+from ..metrics import GroupReport, evaluate
+from ..results import jsonable, provenance
+
+
+def available_methods() -> List[str]:
+    """Registry names, in table order."""
+    return list(REGISTRY)
+
+
+def compare(data: Dict, methods: Optional[Sequence[str]] = None, seed: int = 0, n_boot: int = 200,
+            progress: bool = True, erm_head=None) -> Dict[str, Dict]:
+    """Fit and evaluate the registry ``methods`` (names; default all) on ``data``
+    ({'train','val','test'} EmbeddingSets).
+
+    Returns label -> {"report": GroupReport (on test), "seconds": fit time, "head",
+    "method_report": the method's ``report_``}, and "unguarded" (the head the guard set
+    aside, on test) where the guard fired. ``erm_head`` reuses a trained ERM head (e.g.
+    the backbone's own), else ERM is fitted on ``train``.
+    """
+    from tqdm import tqdm
+
+    methods = list(methods) if methods else available_methods()
+    unknown = [m for m in methods if m not in REGISTRY]
+    if unknown:
+        raise ValueError(f"methods: unknown {unknown}; available: {available_methods()}")
+    t = time.perf_counter()
+    if erm_head is None:
+        erm_head = ERM(seed=seed).fit(data["train"])
+    erm_seconds = time.perf_counter() - t
+    names = data.get("group_names")
+    out: Dict[str, Dict] = {}
+    for name in tqdm(methods, desc=f"methods on {data['test'].name}", disable=not progress, unit="method"):
+        spec = REGISTRY[name]
+        t = time.perf_counter()
+        if name == "erm":
+            head, method = erm_head, None
+        else:
+            method = spec.make(seed=seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the guard's warnings land in report_ instead
+                head = method.fit(data["train"], data["val"], head=erm_head)
+        seconds = erm_seconds if name == "erm" else time.perf_counter() - t
+        rep = evaluate(head, data["test"], train_set=data["train"], group_names=names, n_boot=n_boot, seed=seed)
+        r = out[spec.label] = {"report": rep, "seconds": seconds, "head": head,
+                               "method_report": getattr(method, "report_", None)}
+        guard = (r["method_report"] or {}).get("guard") or {}
+        if guard.get("kept_erm_head"):
+            # what the guard cost (or saved): the head it set aside, on the test split
+            r["unguarded"] = evaluate(method.debiased_head_, data["test"], train_set=data["train"])
+    return out
+
+
+def results_json(results: Dict[str, Dict], data: Dict, dataset: str, seed: int, params: Dict) -> Dict:
+    fp = ":".join(data[s].fingerprint() for s in ("train", "val", "test"))
+    return {
+        "dataset": dataset, "params": params, **provenance(seed, "auto", data_hash=fp),
+        "methods": {name: {**r["report"].to_dict(), "seconds": r["seconds"],
+                           "guard_fired": "unguarded" in r,
+                           "unguarded": r["unguarded"].to_dict() if "unguarded" in r else None,
+                           "method_report": jsonable(r["method_report"])} for name, r in results.items()},
+    }
+
+
+def markdown_table(results: Dict[str, Dict]) -> str:
+    """Worst-group accuracy first (with its bootstrap 95 % interval), then mean, then time."""
+    lines = ["| method | worst-group acc. (95% CI) | mean acc. | fit time (s) |", "| --- | --- | --- | --- |"]
+    for name, r in results.items():
+        rep: GroupReport = r["report"]
+        ci = f" ({100 * rep.worst_group_ci[0]:.1f}–{100 * rep.worst_group_ci[1]:.1f})" if rep.worst_group_ci else ""
+        lines.append(f"| {name} | {100 * rep.worst_group_accuracy:.1f}{ci} | {100 * rep.accuracy:.1f} | {r['seconds']:.2f} |")
+    return "\n".join(lines)
