@@ -8,6 +8,15 @@
 #include <stdexcept>
 #include <string>
 
+// Platform headers, included here once: the kernels test the CPU at run time
+// (cpu_has_* below) and OpenMP may be absent (a build without -fopenmp).
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 // Hot loops are compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at
 // run time, so one wheel runs on any x86-64 and still uses the wide units where present.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)

@@ -16,10 +16,6 @@
 
 #include "widen.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace pydebias {
 
 namespace {

@@ -12,10 +12,6 @@
 #include <limits>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace pydebias {
 
 namespace {

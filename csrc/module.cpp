@@ -9,10 +9,6 @@
 #include "dispersion.h"
 #include "grouped_quantiles.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace py = pybind11;
 using namespace pydebias;
 

@@ -6,14 +6,6 @@
 #include <algorithm>
 #include <cstdlib>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#endif
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace pydebias {
 
 namespace {

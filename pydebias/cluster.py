@@ -37,30 +37,9 @@ from .validation import check_features, check_ids, count_ids
 __all__ = ["KMeansResult", "Dispersion", "kmeans", "nearest_centroid", "class_means", "dispersion",
            "faiss_gpu_available"]
 
+faiss_gpu_available = backends.faiss_gpu_available
+
 _DEFAULT_CHUNK_BYTES = 16 << 20
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - faiss-cpu is a core dependency
-        raise ImportError("pydebias.cluster needs FAISS: pip install faiss-cpu (or faiss-gpu)") from e
-    return faiss
-
-
-def faiss_gpu_available() -> bool:
-    """True when the installed FAISS has GPU support and a GPU is visible."""
-    faiss = _faiss()
-    return hasattr(faiss, "StandardGpuResources") and getattr(faiss, "get_num_gpus", lambda: 0)() > 0
-
-
-def _use_gpu(x, gpu) -> bool:
-    on_cuda = _arrays.is_tensor(x) and x.is_cuda
-    if gpu == "auto":
-        return on_cuda and faiss_gpu_available()
-    if gpu and not faiss_gpu_available():
-        raise ValueError("gpu: faiss-gpu is not installed or no GPU is visible; use gpu='auto' or False")
-    return bool(gpu)
 
 
 def _chunk_rows(x, chunk_rows: Optional[int]) -> int:
@@ -140,7 +119,7 @@ def _train_sample_size(n: int, k: int, sample_size, max_points_per_centroid) -> 
 
 
 def _faiss_kmeans(sample: np.ndarray, k: int, n_iter: int, seed: int, gpu: bool, init=None):
-    faiss = _faiss()
+    faiss = backends.faiss()
     n, d = sample.shape
     km = faiss.Kmeans(d, k, niter=n_iter, seed=int(seed) & 0x7FFFFFFF, verbose=False, gpu=gpu,
                       max_points_per_centroid=max(n // max(k, 1) + 1, 1), min_points_per_centroid=1)
@@ -167,7 +146,7 @@ def kmeans(x, k: int, n_iter: int = 20, seed: int = 0, labels=None, n_classes: O
     n = x.shape[0]
     if n == 0:
         raise ValueError("x: no rows to cluster")
-    use_gpu = _use_gpu(x, gpu)
+    use_gpu = backends.faiss_on_gpu(x, gpu)
     rng = np.random.default_rng(seed)
 
     def draw(rows: np.ndarray, kk: int) -> np.ndarray:
@@ -210,12 +189,12 @@ def nearest_centroid(x, centroids, chunk_rows: Optional[int] = None, gpu="auto")
     Ties go to the lower centroid index.
     """
     check_features(x, "x")
-    faiss = _faiss()
+    faiss = backends.faiss()
     cents = np.ascontiguousarray(_arrays.to_numpy(centroids), dtype=np.float32)
     if cents.ndim != 2 or cents.shape[1] != x.shape[1] or cents.shape[0] == 0:
         raise ValueError(f"centroids: expected shape (k >= 1, {x.shape[1]}), got {cents.shape}")
     index = faiss.IndexFlatL2(cents.shape[1])
-    if _use_gpu(x, gpu):  # pragma: no cover - needs faiss-gpu
+    if backends.faiss_on_gpu(x, gpu):  # pragma: no cover - needs faiss-gpu
         res = faiss.StandardGpuResources()
         index = faiss.index_cpu_to_gpu(res, x.device.index or 0, index)
     index.add(cents)
@@ -352,7 +331,7 @@ def dispersion(x, labels, n_classes: Optional[int] = None, means=None,
     y, C = _check_labels(x, labels, n_classes)
     which = backends.resolve(backend, x)
     if means is None:
-        means, _ = class_means(x, y, C, chunk_rows)
+        means, _ = class_means(x, y, C, chunk_rows, backend=backend)
     means = np.asarray(_arrays.to_numpy(means), dtype=np.float64)
     if means.shape != (C, x.shape[1]):
         raise ValueError(f"means: expected shape ({C}, {x.shape[1]}), got {means.shape}")

@@ -198,3 +198,18 @@ def test_core_imports_without_tooling_loaded(module):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_readme_python_blocks_run():
+    """The README's examples, in order, as a user would paste them (they share names)."""
+    import warnings
+
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    assert blocks
+    ns = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the guard's verdicts
+        for code in blocks:
+            exec(compile(code, "README.md", "exec"), ns)
+    assert ns["stats"].mean.shape == (2, 2, 64)

@@ -112,23 +112,6 @@ def fold_masks(weight: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return (weight[None] * m).reshape(-1, weight.shape[1])
 
 
-def _resolve(backend: str, x: torch.Tensor, needs_grad: bool) -> str:
-    """``"fold"`` (BLAS/cuBLAS on folded weights), ``"triton"`` or ``"torch"``."""
-    if backend == "auto":
-        if backends.resolve("auto", x) == "triton" and not needs_grad:
-            return "triton"
-        return "fold"
-    if backend == "cpp":
-        if x.is_cuda:
-            raise ValueError("backend='cpp' runs on CPU data; move the tensor with .cpu() or use 'triton'")
-        return "fold"  # torch's BLAS on folded weights; pydebias._C is not needed
-    which = backends.resolve(backend, x)
-    if which == "triton" and needs_grad:
-        raise RuntimeError("backend='triton': the Triton masked linear has no backward; "
-                           "use backend='auto' (folded GEMM) when gradients are needed")
-    return which
-
-
 def _needs_grad(*ts) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
@@ -160,7 +143,7 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     m = check_mask(mask, weight.shape[0], weight.shape[1])
     lead, n_in = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, n_in)
-    which = _resolve(backend, x, _needs_grad(x, weight, bias, m))
+    which = backends.resolve_linear(backend, x, _needs_grad(x, weight, bias, m))
     out_dtype = _out_dtype(x, weight)
     if which == "torch":
         out = reference.masked_linear(x2, weight, bias, m).to(out_dtype)
@@ -193,7 +176,7 @@ def masked_linear_many(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
     lead, n_in = x.shape[:-1], x.shape[-1]
     n_masks, n_cls = m.shape[0], weight.shape[0]
     x2 = x.reshape(-1, n_in)
-    which = _resolve(backend, x, _needs_grad(x, weight, bias, m))
+    which = backends.resolve_linear(backend, x, _needs_grad(x, weight, bias, m))
     out_dtype = _out_dtype(x, weight)
     if which == "torch":
         out = torch.stack([reference.masked_linear(x2, weight, bias, m[k]) for k in range(n_masks)],
