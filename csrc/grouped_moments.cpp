@@ -2,9 +2,9 @@
 // in one pass over a row-major matrix, accumulated in float64.
 //
 // The caller owns the accumulators and may call this once per chunk of rows, so
-// memmaps larger than RAM stream through it. Sums are taken around a per-column
-// shift (a value near the data) so the variance does not lose digits to
-// cancellation when |mean| >> std.
+// memmaps larger than RAM stream through it. Sums are taken around a per (group,
+// column) shift (a value of that group, near its data) so the variance does not lose
+// digits to cancellation when |mean| >> std, whatever the offsets between groups.
 #include "grouped_moments.h"
 #include "widen.h"
 
@@ -109,17 +109,18 @@ void block_f32(const float* x, int64_t m, int64_t nrows, const int64_t* groups, 
         if (nr == 0) continue;
         count[g] += nr;
         const int64_t* rows = order.data() + start[g];
+        const double* sh = shift + g * m;
         double *a1 = s1 + g * m, *a2 = s2 + g * m, *lo = mn + g * m, *hi = mx + g * m;
         int64_t i = 0;
         for (; i + 4 <= nr; i += 4)
             rows4_f32(x + rows[i] * m, x + rows[i + 1] * m, x + rows[i + 2] * m,
-                      x + rows[i + 3] * m, shift, a1, a2, lo, hi, m);
+                      x + rows[i + 3] * m, sh, a1, a2, lo, hi, m);
         const float* rest[3] = {x + rows[i] * m, nullptr, nullptr};
         for (int64_t j = i + 1; j < nr; ++j) rest[j - i] = x + rows[j] * m;
         switch (nr - i) {
-            case 3: rows_n_f32<3>(rest, shift, a1, a2, lo, hi, m); break;
-            case 2: rows_n_f32<2>(rest, shift, a1, a2, lo, hi, m); break;
-            case 1: row_f32(rest[0], shift, a1, a2, lo, hi, 0, m); break;
+            case 3: rows_n_f32<3>(rest, sh, a1, a2, lo, hi, m); break;
+            case 2: rows_n_f32<2>(rest, sh, a1, a2, lo, hi, m); break;
+            case 1: row_f32(rest[0], sh, a1, a2, lo, hi, 0, m); break;
             default: break;
         }
     }
@@ -145,22 +146,23 @@ void accumulate_rows(const Rows& in, int64_t r0, int64_t r1, int64_t c0, int64_t
             continue;
         }
         if (count_rows) ++count[g];
+        const double* sh = shift + g * m;
         double* a1 = s1 + g * m;
         double* a2 = s2 + g * m;
         double* lo = mn + g * m;
         double* hi = mx + g * m;
         switch (in.elem) {
             case Elem::F32:
-                row_f32(static_cast<const float*>(in.x) + r * m, shift, a1, a2, lo, hi, c0, c1);
+                row_f32(static_cast<const float*>(in.x) + r * m, sh, a1, a2, lo, hi, c0, c1);
                 break;
             case Elem::F64:
-                row_f64(static_cast<const double*>(in.x) + r * m, shift, a1, a2, lo, hi, c0, c1);
+                row_f64(static_cast<const double*>(in.x) + r * m, sh, a1, a2, lo, hi, c0, c1);
                 break;
             case Elem::F16:
             case Elem::BF16: {
                 const uint16_t* h = static_cast<const uint16_t*>(in.x) + r * m;
                 widen_row(h + c0, in.elem, scratch.data() + c0, c1 - c0);
-                row_f32(scratch.data(), shift, a1, a2, lo, hi, c0, c1);
+                row_f32(scratch.data(), sh, a1, a2, lo, hi, c0, c1);
                 break;
             }
         }

@@ -93,7 +93,7 @@ inline void row_count(const double* v, const double* lo, const double* hi, const
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
-#define PYDEBIAS_K2_AVX2 1
+#define PYDEBIAS_QUANTILE_AVX2 1
 // NR (1..4) rows of one group against one bracket row with AVX2: the counters are
 // loaded and stored once per NR rows, and the keep test becomes one bit per column
 // (movemask) in `bits` (row j at bits + j * mb), so the append loop scans 64 columns
@@ -390,7 +390,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
     bool simd = false, simd512 = false;
     std::vector<int32_t> lcol(4 * m + 16);  // the AVX-512 kernel's list of kept values
     std::vector<float> lval(4 * m + 16);
-#ifdef PYDEBIAS_K2_AVX2
+#ifdef PYDEBIAS_QUANTILE_AVX2
     simd = sizeof(T) == 4 && cpu_has_avx2();
     simd512 = simd && cpu_has_avx512();
 #endif
@@ -464,7 +464,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
                 if constexpr (std::is_same<T, float>::value) {
                     if (mo && mo->shift) mo->count[g] += nr;
                     if (mo && mo->shift && !fuse4) {  // grouped moments on these rows while they are in L1
-                        grouped_moments_rows_f32(rows, nr, m, mo->shift, mo->s1.data() + g * m,
+                        grouped_moments_rows_f32(rows, nr, m, mo->shift + g * m, mo->s1.data() + g * m,
                                                  mo->s2.data() + g * m, mo->mn.data() + g * m,
                                                  mo->mx.data() + g * m);
                     }
@@ -472,7 +472,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
                 for (int64_t q = 0; q < Q; ++q) {
                     const int64_t i0 = (q * G + g) * m;
                     const T *l = lo.data() + i0, *h = hi.data() + i0, *w = mass.data() + i0;
-#ifdef PYDEBIAS_K2_AVX2
+#ifdef PYDEBIAS_QUANTILE_AVX2
                     if (simd) {
                         const float* const* fr = reinterpret_cast<const float* const*>(rows);
                         const float* const* fp = reinterpret_cast<const float* const*>(pf);
@@ -484,7 +484,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
                         if (simd512) {
                             int64_t len;
                             if (fuse4 && q == 0) {  // grouped moments on these four rows rides along
-                                const MomentRow k1{mo->shift, mo->s1.data() + g * m, mo->s2.data() + g * m,
+                                const MomentRow k1{mo->shift + g * m, mo->s1.data() + g * m, mo->s2.data() + g * m,
                                                    mo->mn.data() + g * m, mo->mx.data() + g * m};
                                 len = has_mass[g]
                                           ? rows_avx512<4, true, true>(fr, fl, fh, fw, ca, ce, lcol.data(), lval.data(), m, fp, &k1)

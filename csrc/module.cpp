@@ -59,7 +59,7 @@ struct MomentArgs {
 MomentArgs checked_moments(int64_t n, int64_t m, int64_t n_groups, py::array groups, py::array shift,
                            py::array count, py::array s1, py::array s2, py::array mn, py::array mx) {
     const int64_t gm = n_groups * m;
-    return {checked<const int64_t>(groups, "groups", n, false), checked<const double>(shift, "shift", m, false),
+    return {checked<const int64_t>(groups, "groups", n, false), checked<const double>(shift, "shift", gm, false),
             checked<int64_t>(count, "count", n_groups, true), checked<double>(s1, "s1", gm, true),
             checked<double>(s2, "s2", gm, true), checked<double>(mn, "mn", gm, true),
             checked<double>(mx, "mx", gm, true)};

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import _arrays, backends
-from .validation import check_features, check_ids, count_ids
+from .validation import check_chunk_rows, check_features, check_ids, check_table, count_ids
 
 __all__ = ["KMeansResult", "Dispersion", "kmeans", "nearest_centroid", "class_means", "dispersion",
            "faiss_gpu_available"]
@@ -44,9 +44,7 @@ _DEFAULT_CHUNK_BYTES = 16 << 20
 
 def _chunk_rows(x, chunk_rows: Optional[int]) -> int:
     if chunk_rows is not None:
-        if chunk_rows < 1:
-            raise ValueError(f"chunk_rows: expected a positive number of rows, got {chunk_rows}")
-        return int(chunk_rows)
+        return check_chunk_rows(chunk_rows)
     return _arrays.default_chunk_rows(x.shape[1], 4, _DEFAULT_CHUNK_BYTES)
 
 
@@ -76,7 +74,10 @@ def _gather_rows(x, rows: np.ndarray) -> np.ndarray:
 
 def _check_labels(x, labels, n_classes):
     y = check_ids(labels, "labels", x.shape[0], n_classes, "n_classes")
-    return y, count_ids(y, n_classes, "labels", "n_classes")
+    C = count_ids(y, n_classes, "labels", "n_classes")
+    size = x.shape[0] * x.shape[1] * (x.element_size() if _arrays.is_tensor(x) else x.dtype.itemsize)
+    check_table(C, 32 * x.shape[1], size, "classes", "n_classes" if n_classes is not None else "labels")
+    return y, C
 
 
 # --------------------------------------------------------------------------- k-means
@@ -118,8 +119,29 @@ def _train_sample_size(n: int, k: int, sample_size, max_points_per_centroid) -> 
     return min(n, int(max_points_per_centroid) * k)
 
 
+def _faiss_safe(a: np.ndarray, name: str, row0: int = 0) -> np.ndarray:
+    """``a`` (float32) if FAISS can take it: finite, and small enough that squared L2
+    distances stay finite in float32 (FAISS throws from inside OpenMP otherwise, which
+    aborts the process; nothing can catch that)."""
+    if a.size == 0:
+        return a
+    finite = np.isfinite(a).all(1)
+    if not finite.all():
+        raise ValueError(f"{name}: row {row0 + int(np.flatnonzero(~finite)[0])} has NaN or inf; "
+                         "drop or impute such rows")
+    bound = float(np.sqrt(np.finfo(np.float32).max / (4.0 * a.shape[1])))
+    big = float(np.abs(a).max())
+    if big > bound:
+        raise ValueError(f"{name}: values up to {big:.3g} overflow float32 squared distances in "
+                         f"{a.shape[1]} dimensions (limit {bound:.3g}); rescale the features")
+    return a
+
+
 def _faiss_kmeans(sample: np.ndarray, k: int, n_iter: int, seed: int, gpu: bool, init=None):
     faiss = backends.faiss()
+    _faiss_safe(sample, "x")
+    if init is not None:
+        init = _faiss_safe(np.ascontiguousarray(_arrays.to_numpy(init), np.float32), "init")
     n, d = sample.shape
     km = faiss.Kmeans(d, k, niter=n_iter, seed=int(seed) & 0x7FFFFFFF, verbose=False, gpu=gpu,
                       max_points_per_centroid=max(n // max(k, 1) + 1, 1), min_points_per_centroid=1)
@@ -193,6 +215,7 @@ def nearest_centroid(x, centroids, chunk_rows: Optional[int] = None, gpu="auto")
     cents = np.ascontiguousarray(_arrays.to_numpy(centroids), dtype=np.float32)
     if cents.ndim != 2 or cents.shape[1] != x.shape[1] or cents.shape[0] == 0:
         raise ValueError(f"centroids: expected shape (k >= 1, {x.shape[1]}), got {cents.shape}")
+    _faiss_safe(cents, "centroids")
     index = faiss.IndexFlatL2(cents.shape[1])
     if backends.faiss_on_gpu(x, gpu):  # pragma: no cover - needs faiss-gpu
         res = faiss.StandardGpuResources()
@@ -202,7 +225,7 @@ def nearest_centroid(x, centroids, chunk_rows: Optional[int] = None, gpu="auto")
     out_i = np.empty(n, dtype=np.int64)
     out_d = np.empty(n, dtype=np.float32)
     for sl in _arrays.row_chunks(n, _chunk_rows(x, chunk_rows)):
-        d, i = index.search(_host_f32(x[sl]), 1)
+        d, i = index.search(_faiss_safe(_host_f32(x[sl]), "x", sl.start), 1)
         out_i[sl], out_d[sl] = i[:, 0], d[:, 0]
     return out_i, out_d
 

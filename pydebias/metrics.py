@@ -8,11 +8,13 @@ import numpy as np
 import torch
 
 from . import _arrays
+from .validation import check_embedding_set, check_ids
 
 __all__ = ["GroupReport", "evaluate", "predict"]
 
 
-def predict(head_or_model, features, batch_size: Optional[int] = None, device=None) -> np.ndarray:
+def predict(head_or_model, features, batch_size: Optional[int] = None, device=None,
+            n_classes: Optional[int] = None) -> np.ndarray:
     """Arg-max predictions of a module on (N, M) features, in batches, without grad.
 
     A float32 ``nn.Linear`` with at most ``NATIVE_PREDICT_MAX_CLASSES`` classes on
@@ -22,7 +24,8 @@ def predict(head_or_model, features, batch_size: Optional[int] = None, device=No
     rows of about 8 MB of float32 (2,048 at M = 1,024), so a widened float16 batch stays
     in cache for the GEMM (measured on a 2,000,000 x 1,024 float16 memmap through the
     torch path: 0.63 s in batches of 16,384 rows, 0.44 s in 2,048; natively 0.09-0.14 s
-    with AVX-512 and at most four classes, 0.26 s otherwise)."""
+    with AVX-512 and at most four classes, 0.26 s otherwise). ``n_classes``: the model
+    must give at least that many logits (a 1-logit head would predict class 0 always)."""
     if batch_size is None:
         batch_size = max(256, (8 << 20) // (4 * max(1, features.shape[1])))
     if batch_size < 1:
@@ -36,6 +39,8 @@ def predict(head_or_model, features, batch_size: Optional[int] = None, device=No
     else:
         dtype = torch.float32
     out = np.empty(features.shape[0], dtype=np.int64)
+    if n_classes is not None and isinstance(head_or_model, torch.nn.Linear) and head_or_model.out_features < n_classes:
+        raise ValueError(f"head_or_model: gives {head_or_model.out_features} logits for {n_classes} classes")
     if _native_linear_argmax(head_or_model, features, out, device):
         return out
     buf = np.empty(min(batch_size, features.shape[0]) * features.shape[1], dtype=np.float32)
@@ -44,7 +49,11 @@ def predict(head_or_model, features, batch_size: Optional[int] = None, device=No
             chunk = features[sl]
             x = (_arrays.float32_rows(chunk, buf) if dtype == torch.float32 else _arrays.as_tensor(chunk))
             x = x.to(device=device, dtype=dtype)
-            out[sl] = head_or_model(x).argmax(1).cpu().numpy()
+            logits = head_or_model(x)
+            if logits.ndim != 2 or (n_classes is not None and logits.shape[1] < n_classes):
+                raise ValueError(f"head_or_model: gives logits of shape {tuple(logits.shape)}, expected "
+                                 f"(rows, >= {n_classes or 1} classes)")
+            out[sl] = logits.argmax(1).cpu().numpy()
     return out
 
 
@@ -180,12 +189,11 @@ def evaluate(head_or_model, eval_set, train_set=None, train_proportions=None, gr
     training-proportion-weighted accuracy; ``n_boot > 0`` adds a bootstrap 95 %
     interval for the worst-group accuracy.
     """
+    check_embedding_set(eval_set, "eval_set")
     if isinstance(head_or_model, (np.ndarray, torch.Tensor)):
-        preds = _arrays.to_numpy(head_or_model).astype(np.int64)
-        if preds.shape != (len(eval_set),):
-            raise ValueError(f"head_or_model: predictions of shape {preds.shape}, expected ({len(eval_set)},)")
+        preds = check_ids(head_or_model, "head_or_model (predictions)", len(eval_set))
     else:
-        preds = predict(head_or_model, eval_set.features)
+        preds = predict(head_or_model, eval_set.features, n_classes=eval_set.n_classes)
     if train_set is not None and train_proportions is None and train_set.groups is not None:
         c = train_set.group_counts()
         train_proportions = c / c.sum()

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 
 from . import _arrays
-from .validation import check_features
+from .validation import check_chunk_rows, check_features
 
 __all__ = ["QuantileSketch", "sketch_quantiles"]
 
@@ -158,6 +158,7 @@ class QuantileSketch:
                 raise ValueError(f"groups: expected {n} integer ids, got shape {g.shape}, dtype {g.dtype}")
             if n and (g.min() < 0 or g.max() >= self.n_groups):
                 raise ValueError(f"groups: ids must lie in [0, {self.n_groups}); got [{g.min()}, {g.max()}]")
+        check_chunk_rows(chunk_rows)
         if chunk_rows is None:
             chunk_rows = max(self.k, _arrays.default_chunk_rows(m, 4, 32 << 20))
         for sl in _arrays.row_chunks(n, chunk_rows):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import _arrays, backends, reference
-from .validation import check_correct, check_features, check_ids, count_ids
+from .validation import check_chunk_rows, check_correct, check_features, check_ids, check_table, count_ids
 
 __all__ = ["NeuronStats", "neuron_stats", "grouped_quantiles"]
 
@@ -63,11 +63,11 @@ class NeuronStats:
 
     @classmethod
     def from_shifted_sums(cls, count, s1, s2, lo, hi, shift, group_shape=None, **quantile_kw) -> "NeuronStats":
-        """Finish kernel accumulators: sums of ``x - shift`` and of its square."""
+        """Finish kernel accumulators: sums of ``x - shift[g]`` and of its square."""
         count = np.asarray(count, dtype=np.int64)
         n = count.astype(np.float64)[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = shift[None, :] + s1 / n
+            mean = shift + s1 / n  # shift: (G, M), one row per group
             m2 = s2 - s1 * s1 / n
         m2 = np.where(np.isfinite(m2), np.maximum(m2, 0.0), m2)
         empty = (count == 0)[:, None]
@@ -248,28 +248,43 @@ def _dec_float(v) -> float:
 
 
 # -- the public entry point ----------------------------------------------------------
-def _group_ids(n: int, labels, correct, groups, n_groups, n_classes):
-    """Flat int64 group ids and the layout they index."""
+def _group_ids(features, labels, correct, groups, n_groups, n_classes):
+    """Flat int64 group ids and the layout they index; the per-group tables (about six
+    float64 rows of M values each) must stay a small multiple of the features."""
+    n, m = features.shape
+    size = n * m * (features.element_size() if _arrays.is_tensor(features) else features.dtype.itemsize)
     if groups is not None:
         g = check_ids(groups, "groups", n, n_groups, "n_groups")
         G = count_ids(g, n_groups, "groups", "n_groups")
+        check_table(G, 48 * m, size, "groups", "n_groups" if n_groups is not None else "groups")
         return g, G, (G,)
     if labels is None:
         raise ValueError("labels: pass labels (with optional correct=) or groups=")
     y = check_ids(labels, "labels", n, n_classes, "n_classes")
     C = count_ids(y, n_classes, "labels", "n_classes")
+    check_table(C, 96 * m, size, "classes", "n_classes" if n_classes is not None else "labels")
     if correct is None:
         return y, C, (C,)
     ok = check_correct(correct, n)
     return 2 * y + ok.astype(np.int64), 2 * C, (C, 2)
 
 
-def _shift_of(x) -> np.ndarray:
-    """A per-column value near the data (its first row), finite, to centre the sums."""
-    if x.shape[0] == 0:
-        return np.zeros(x.shape[1], dtype=np.float64)
-    first = _arrays.to_numpy(x[:1]).astype(np.float64).reshape(-1)
-    return np.where(np.isfinite(first), first, 0.0)
+def _shift_of(x, g: np.ndarray, G: int) -> np.ndarray:
+    """(G, M) float64: each group's first row (finite values; 0 elsewhere and for empty
+    groups), the point the sums are taken around. A shift shared by all groups
+    cancels catastrophically for a group far from it (a class offset by 1e8)."""
+    first = np.full(G, -1, dtype=np.int64)
+    rows = np.arange(g.size - 1, -1, -1, dtype=np.int64)
+    first[g[::-1]] = rows  # the last write per group is its first row
+    have = np.flatnonzero(first >= 0)
+    shift = np.zeros((G, x.shape[1]), dtype=np.float64)
+    if have.size:
+        order = np.argsort(first[have])  # rows in file order: a memmap is read forward
+        idx = first[have][order]
+        picked = x[torch.from_numpy(idx).to(x.device)] if _arrays.is_tensor(x) else x[idx]
+        vals = _arrays.to_numpy(picked).astype(np.float64)
+        shift[have[order]] = np.where(np.isfinite(vals), vals, 0.0)
+    return shift
 
 
 def neuron_stats(features, labels=None, correct=None, groups=None, *, n_groups: Optional[int] = None,
@@ -298,11 +313,12 @@ def neuron_stats(features, labels=None, correct=None, groups=None, *, n_groups: 
     """
     check_features(features)
     n, m = features.shape
-    g, G, shape = _group_ids(n, labels, correct, groups, n_groups, n_classes)
+    g, G, shape = _group_ids(features, labels, correct, groups, n_groups, n_classes)
     which = backends.resolve(backend, features)
     levels = tuple(dict.fromkeys(_check_levels(quantiles)))
     _check_method(quantile_method)
-    shift = _shift_of(features)
+    shift = _shift_of(features, g, G)
+    check_chunk_rows(chunk_rows)
     if chunk_rows is None:
         chunk_rows = _arrays.default_chunk_rows(m, features.element_size() if _arrays.is_tensor(features)
                                                 else features.dtype.itemsize)
@@ -383,10 +399,11 @@ def grouped_quantiles(features, groups, n_groups: Optional[int] = None, quantile
     """
     check_features(features)
     n, m = features.shape
-    g, G, _ = _group_ids(n, None, None, groups, n_groups, None)
+    g, G, _ = _group_ids(features, None, None, groups, n_groups, None)
     which = backends.resolve(backend, features)
     levels = _check_levels(quantiles)
     _check_method(method)
+    check_chunk_rows(chunk_rows)
     if chunk_rows is None:
         chunk_rows = _arrays.default_chunk_rows(m, features.element_size() if _arrays.is_tensor(features)
                                                 else features.dtype.itemsize)

@@ -21,7 +21,7 @@ import torch
 
 from . import _arrays, backends, reference
 from .nn.masked import _check_weight, check_masks, fold_masks
-from .validation import check_features, check_ids
+from .validation import check_features, check_ids, check_table
 
 __all__ = ["SweepResult", "mask_sweep"]
 
@@ -168,11 +168,10 @@ def mask_sweep(features, labels, weight, bias, masks, groups=None, n_groups: Opt
             raise ValueError(f"n_groups: expected a positive number of groups, got {n_groups}")
         g = check_ids(groups, "groups", n, None if n_groups is None else int(n_groups), "n_groups")
         n_grp = int(n_groups) if n_groups is not None else int(g.max()) + 1
-    which = backends.resolve(backend, features) if backend != "cpp" else "cpp"
-    if backend == "cpp" and _arrays.is_tensor(features) and features.is_cuda:
-        raise ValueError("backend='cpp' runs on CPU data; move the tensor with .cpu() or use 'triton'")
-    if which == "cpp" or (backend == "auto" and which == "torch"):
-        which = "cpp"  # the CPU path is torch's BLAS on folded weights; needs no pydebias._C
+    check_table(n_grp, 16 * n_masks * max(1, n_cls), n * n_in * 4, "groups", "n_groups")
+    # "fold": torch's BLAS on folded weights (the CPU path; needs no pydebias._C)
+    which = backends.resolve_linear(backend, features, needs_grad=False)
+    which = "cpp" if which == "fold" else which  # recorded as the backend of the result
     if chunk_rows is None:
         itemsize = features.element_size() if _arrays.is_tensor(features) else features.dtype.itemsize
         chunk_rows = min(_arrays.default_chunk_rows(n_in, itemsize),

@@ -17,9 +17,11 @@ FLOAT_DTYPES = "float32, float64, float16 or bfloat16"
 
 
 def check_features(x, name: str = "features") -> None:
-    """A 2-D numpy array, memmap or torch tensor of a supported float dtype."""
+    """A 2-D numpy array, memmap or torch tensor of a supported float dtype, with data."""
     if not (_arrays.is_tensor(x) or isinstance(x, np.ndarray)):
         raise TypeError(f"{name}: expected a numpy array, np.memmap or torch.Tensor, got {type(x).__name__}")
+    if _arrays.is_tensor(x) and x.is_meta:
+        raise ValueError(f"{name}: a tensor on the meta device has no data; materialise it (e.g. .to_empty()) first")
     if x.ndim != 2:
         raise ValueError(f"{name}: expected shape (rows, neurons), got {tuple(x.shape)}")
     if not _arrays.supported_dtype(x.dtype):
@@ -64,6 +66,23 @@ def count_ids(ids: np.ndarray, given: Optional[int], name: str, given_name: str)
     return int(given)
 
 
+#: tables sized by an id count may always take this much (small inputs, many classes)
+TABLE_FLOOR_BYTES = 256 << 20
+#: and otherwise at most this multiple of the input's bytes
+TABLE_INPUT_MULTIPLE = 16
+
+
+def check_table(count: int, bytes_per_id: int, input_bytes: int, name: str, count_name: str) -> None:
+    """Refuse an id count whose per-id tables would dwarf the input: a sparse id such as
+    10**12, or ``n_groups=10**9`` for 300 rows, would otherwise ask for gigabytes."""
+    need = int(count) * int(bytes_per_id)
+    allowed = max(TABLE_FLOOR_BYTES, TABLE_INPUT_MULTIPLE * int(input_bytes))
+    if need > allowed:
+        raise ValueError(f"{count_name}: {count} {name} would need {need / 2**30:.3g} GiB of per-{name[:-1]} "
+                         f"tables for {input_bytes / 2**20:.3g} MiB of input (at most {allowed / 2**30:.3g} GiB); "
+                         f"ids must be dense: remap them with np.unique(ids, return_inverse=True)")
+
+
 def check_correct(correct, n: int) -> np.ndarray:
     """Per-row booleans (prediction == label) as a numpy bool array."""
     ok = _arrays.to_numpy(correct)
@@ -99,13 +118,33 @@ def check_linear_head(head, name: str = "head", n_features: Optional[int] = None
     return head
 
 
-def check_fraction(value, name: str, low_open: bool = False) -> float:
-    """A finite fraction in [0, 1) (or (0, 1) with ``low_open``)."""
-    v = float(value)
-    ok = (0 < v < 1) if low_open else (0 <= v < 1)
-    if not ok:
-        raise ValueError(f"{name}: expected a fraction in {'(0' if low_open else '[0'}, 1), got {value}")
+def check_number(value, name: str, low=None, high=None, *, integer: bool = False, low_open: bool = False,
+                 high_open: bool = False, finite: bool = True):
+    """A real number (an ``int`` with ``integer``) in the given range; NaN is never one,
+    ±inf only with ``finite=False``. Returns it as ``int`` or ``float``."""
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer,
+                                                                                      np.floating))
+    if isinstance(value, bool) or not ok_type:
+        raise TypeError(f"{name}: expected {kind}, got {value!r}")
+    v = int(value) if integer else float(value)
+    if v != v or (finite and v in (float("inf"), float("-inf"))):
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
+    if low is not None and (v <= low if low_open else v < low):
+        raise ValueError(f"{name}: expected {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and (v >= high if high_open else v > high):
+        raise ValueError(f"{name}: expected {'<' if high_open else '<='} {high}, got {value!r}")
     return v
+
+
+def check_fraction(value, name: str, low_open: bool = False) -> float:
+    """A fraction in [0, 1) (or (0, 1) with ``low_open``)."""
+    return check_number(value, name, 0.0, 1.0, low_open=low_open, high_open=True)
+
+
+def check_chunk_rows(chunk_rows, name: str = "chunk_rows"):
+    """None (a default size) or a positive number of rows."""
+    return None if chunk_rows is None else check_number(chunk_rows, name, 1, integer=True)
 
 
 def check_choice(value, name: str, choices: Tuple) -> None:

@@ -26,7 +26,6 @@ def _grouped_moments_kernel(
     pid_c = tl.program_id(1)
     cols = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < n_cols
-    shift = tl.load(shift_ptr + cols, mask=cmask, other=0.0)
     gids = group_offset + tl.arange(0, GB)
     acc1 = tl.zeros((GB, BLOCK_C), dtype=tl.float64)
     acc2 = tl.zeros((GB, BLOCK_C), dtype=tl.float64)
@@ -43,7 +42,10 @@ def _grouped_moments_kernel(
                     mask=tile_mask, other=0.0).to(tl.float64)
         # (GB, BLOCK_R, 1) one-hot of each row's group against this launch's groups
         hit = (grp[None, :] == gids[:, None])[:, :, None] & tile_mask[None, :, :]
-        d = x - shift[None, :]
+        # each row's own group's shift row: (BLOCK_R, BLOCK_C) float64, 8 bytes per value read
+        shift = tl.load(shift_ptr + grp[:, None].to(tl.int64) * n_cols + cols[None, :],
+                        mask=tile_mask & (grp[:, None] >= 0), other=0.0)
+        d = x - shift
         d3 = tl.where(hit, d[None, :, :], 0.0)
         acc1 += tl.sum(d3, axis=1)
         acc2 += tl.sum(d3 * d3, axis=1)
@@ -62,7 +64,8 @@ def grouped_moments(x: torch.Tensor, groups: torch.Tensor, n_groups: int, shift:
                     ) -> Tuple[torch.Tensor, ...]:
     """Shifted grouped sums of a 2-D tensor: (count, s1, s2, min, max), float64, shape (G, M).
 
-    ``shift`` (float64, one value per column) is subtracted before summing.
+    ``shift`` (float64, (G, M): one row per group) is subtracted from each row of that
+    group before summing.
     Empty groups come back with min=+inf, max=-inf and zero sums.
     """
     n, m = x.shape

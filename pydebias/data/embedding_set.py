@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from .. import _arrays
-from ..validation import check_features, check_ids, count_ids
+from ..validation import check_features, check_ids, check_table, count_ids
 
 
 class EmbeddingSet:
@@ -39,6 +39,13 @@ class EmbeddingSet:
         self.name, self.split = name, split
         self.n_classes = count_ids(self.labels, n_classes, "labels", "n_classes")
         self.n_groups = 0 if self.groups is None else count_ids(self.groups, n_groups, "groups", "n_groups")
+        # heads, group tables and reports are sized by these counts: keep them near the data
+        size = n * self.n_features * (features.element_size() if _arrays.is_tensor(features)
+                                      else features.dtype.itemsize)
+        check_table(self.n_classes, 96 * self.n_features, size, "classes",
+                    "n_classes" if n_classes is not None else "labels")
+        check_table(self.n_groups, 48 * self.n_features, size, "groups",
+                    "n_groups" if n_groups is not None else "groups")
         if check_finite:
             self._check_finite()
 

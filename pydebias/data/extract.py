@@ -10,6 +10,7 @@ from the last complete batch, and only a complete file is renamed to ``feats.npy
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 from typing import Iterator, Optional, Tuple, Union
@@ -24,8 +25,11 @@ __all__ = ["extract_embeddings"]
 
 POOLS = ("avg", "max", "flatten")
 _FORMAT = "pydebias.extract/1"
-# Sidecar keys that must agree before a partial run is resumed or a final file reused.
-_MATCH_KEYS = ("n", "dtype", "layer", "pool", "batch_size")
+# Sidecar keys that must agree before a partial run is resumed or a final file reused:
+# the settings, and fingerprints of the inputs and of the model's weights (other inputs
+# of the same shape, or another model with the same layer name, must not reuse a file).
+_MATCH_KEYS = ("n", "dtype", "layer", "pool", "batch_size", "inputs", "model")
+_SAMPLED_ITEMS = 17  # inputs of the first batch hashed for the fingerprint
 
 
 class _StopForward(Exception):
@@ -134,6 +138,35 @@ def _plan(data, batch_size: int):
                     f"got {type(data).__name__}")
 
 
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().to("cpu").contiguous()
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def _input_fingerprint(data, n: int, batch_size: int) -> str:
+    """sha256 of up to ``_SAMPLED_ITEMS`` inputs spread over the first batch (index, dtype,
+    shape, bytes), with ``n`` in the sidecar beside it: cheap next to a forward pass, and
+    it tells other inputs apart. The first batch only: a resumed run must not read the
+    items its interrupted run never reached."""
+    source = data.dataset if isinstance(data, DataLoader) else data
+    first = min(n, batch_size)
+    h = hashlib.sha256()
+    for i in sorted(set(np.linspace(0, first - 1, num=min(first, _SAMPLED_ITEMS)).round().astype(int).tolist())):
+        t = torch.as_tensor(_first(source[i], "item"))
+        h.update(f"{i}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()[:32]
+
+
+def _model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the model's state dict (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()[:32]
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     for t in model.parameters():
         return t.device
@@ -187,7 +220,9 @@ def extract_embeddings(model: torch.nn.Module, data, layer: Union[str, torch.nn.
     out : None for an in-memory ndarray, or a path ending in ``.npy``: the rows are written
         to ``out + ".partial"`` (a ``.npy`` memmap) and renamed to ``out`` when complete,
         with a JSON sidecar ``out + ".json"``. An interrupted run resumes from its last
-        complete batch; a complete matching file is returned without recomputing.
+        complete batch; a complete file of the same settings, inputs and model weights
+        (fingerprints of the first batch's inputs and of the state dict) is returned without
+        recomputing, and any other file at ``out`` is an error, never silently reused.
     batch_size : samples per forward pass (ignored for a DataLoader).
     pool : how (N, C, H, W) conv maps become rows: "avg", "max" (over H, W) or "flatten".
         2-D (N, D) outputs are taken as they are.
@@ -217,6 +252,8 @@ def extract_embeddings(model: torch.nn.Module, data, layer: Union[str, torch.nn.
 
     want = {"format": _FORMAT, "n": n, "dtype": dtype.name, "layer": layer_name,
             "pool": pool, "batch_size": bs}
+    if out is not None:  # fingerprints only matter for a file that may be reused
+        want.update(inputs=_input_fingerprint(data, n, bs), model=_model_fingerprint(model))
 
     # ---- where the rows go, and where to start
     final = part = final_meta_path = part_meta_path = None

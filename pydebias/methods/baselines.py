@@ -10,7 +10,7 @@ from torch import nn
 
 from ..metrics import evaluate, predict
 from ..nn.last_layer import balance_weights, train_linear_head
-from ..validation import check_choice, check_embedding_set, check_linear_head
+from ..validation import check_choice, check_embedding_set, check_linear_head, check_number
 from .base import EmbeddingMethod
 
 __all__ = ["ERM", "DFR", "ClassBalanced", "JTT", "AFR", "erm_head"]
@@ -34,6 +34,7 @@ class ERM(EmbeddingMethod):
 
     def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
         train = check_embedding_set(train, "train")
+        check_number(self.seed, "seed", integer=True)
         self.head_ = train_linear_head(train.features, train.labels, train.n_classes, l2=self.l2,
                                        optimizer=self.optimizer, epochs=self.epochs, seed=self.seed)
         self.report_ = {"method": "ERM", "n_train": len(train)}
@@ -62,6 +63,8 @@ class DFR(EmbeddingMethod):
         val = self._need_val(val, "DFR", need_groups=True)
         if not self.l2_grid:
             raise ValueError("l2_grid: give at least one value")
+        for v in self.l2_grid:
+            check_number(v, "l2_grid", 0.0)
         scores = {}
         if len(self.l2_grid) > 1:
             fit_half, sel_half = val.split_holdout(0.5, seed=self.seed)
@@ -116,8 +119,9 @@ class JTT(EmbeddingMethod):
 
     def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
         s = check_embedding_set(train, "train")
-        if self.up_weight < 1:
-            raise ValueError(f"up_weight: expected >= 1, got {self.up_weight}")
+        check_number(self.up_weight, "up_weight", 1.0)
+        check_number(self.id_epochs, "id_epochs", 1, integer=True)
+        check_number(self.id_l2, "id_l2", 0.0)
         first = train_linear_head(s.features, s.labels, s.n_classes, l2=self.id_l2, epochs=self.id_epochs,
                                   seed=self.seed)
         wrong = predict(first, s.features) != s.labels
@@ -146,9 +150,13 @@ class AFR(EmbeddingMethod):
         import torch
 
         s = self._need_val(val, "AFR")
+        check_number(self.gamma, "gamma", 0.0)
         head = erm_head(train, head, s.n_features, s.n_classes, self.seed)
+        if head.out_features != s.n_classes:
+            raise ValueError(f"head: has {head.out_features} outputs, val has {s.n_classes} classes; AFR starts "
+                             "from the ERM head, so they must match")
         with torch.no_grad():
-            p = torch.softmax(head(s.tensor()), 1)[torch.arange(len(s)), torch.from_numpy(s.labels)].numpy()
+            p = torch.softmax(head(s.tensor().to(head.weight.dtype)).double(), 1)[torch.arange(len(s)), torch.from_numpy(s.labels)].numpy()
         w = np.exp(-self.gamma * p.astype(np.float64))
         totals = np.bincount(s.labels, weights=w, minlength=s.n_classes)
         w = w / totals[s.labels]

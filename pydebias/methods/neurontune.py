@@ -14,7 +14,7 @@ from .. import _arrays
 from ..metrics import predict
 from ..nn.last_layer import balance_weights, train_linear_head
 from ..stats import _group_ids, grouped_quantiles
-from ..validation import check_choice, check_embedding_set
+from ..validation import check_choice, check_embedding_set, check_fraction, check_number
 from .base import EmbeddingMethod, copy_head
 from .baselines import RETRAIN_ON, erm_head
 from .guard import guard_check, selection_score
@@ -38,7 +38,7 @@ def neuron_deltas(features, labels, correct, n_classes: int, backend: str = "aut
     # pass (measured, 2,000,000 x 1,024 float16: 1.51x -> 0.67x one read of the file).
     check_features(features)
     n, m = features.shape
-    g, G, _ = _group_ids(n, labels, correct, None, None, n_classes)
+    g, G, _ = _group_ids(features, labels, correct, None, None, n_classes)
     if rows is not None:
         rows = np.asarray(rows)
         if rows.shape != (n,) or rows.dtype != np.bool_:
@@ -124,16 +124,18 @@ class NeuronTune(EmbeddingMethod):
         check_choice(self.retrain_on, "retrain_on", RETRAIN_ON)
         id_set = self._need_val(val, "NeuronTune")
         tune_set = check_embedding_set(train, "train") if self.retrain_on == "train" else None
-        head = erm_head(train, head, id_set.n_features, 0, self.seed)
-        if self.mask_mode not in MASK_MODES:
-            raise ValueError(f"mask_mode: expected one of {MASK_MODES}, got {self.mask_mode!r}")
-        if self.n_rounds < 1:
-            raise ValueError(f"n_rounds: expected >= 1, got {self.n_rounds}")
-        if self.holdout_max_rows < 1:
-            raise ValueError(f"holdout_max_rows: expected >= 1, got {self.holdout_max_rows}")
+        head = erm_head(train, head, id_set.n_features, id_set.n_classes, self.seed)
+        check_choice(self.mask_mode, "mask_mode", MASK_MODES)
+        check_number(self.n_rounds, "n_rounds", 1, integer=True)
+        check_number(self.holdout_max_rows, "holdout_max_rows", 1, integer=True)
+        check_fraction(self.holdout, "holdout")
+        check_number(self.lam_margin, "lam_margin", 0.0)
+        check_number(self.guard_tolerance, "guard_tolerance", 0.0)
         auto = isinstance(self.lam, str)
         if auto and self.lam != "auto":
             raise ValueError(f"lam: expected a number or 'auto', got {self.lam!r}")
+        if not auto:
+            check_number(self.lam, "lam", finite=False)
         if auto and self.holdout <= 0:
             raise ValueError("lam='auto' selects on held-out identification data: pass holdout > 0")
         # The identification rows are read in place (a memmap is never copied whole);
@@ -148,6 +150,11 @@ class NeuronTune(EmbeddingMethod):
         sel = None
         if auto:
             hold, sel = hold.split_holdout(0.5, seed=self.seed + 1)
+        for part, what in ((hold, "the guard"), (sel, "the choice of lam")):
+            if part is not None and len(part) == 0:
+                raise ValueError(f"holdout: {self.holdout} of {len(id_set)} val rows leaves no row for {what}; "
+                                 "raise holdout or give more val rows")
+        if auto:
             sel_right = predict(head, sel.features) == sel.labels
         tune = tune_set if tune_set is not None else (
             id_set if ident_rows is None else id_set.subset(ident_rows))

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .. import _arrays, cluster
+from ..validation import check_chunk_rows, check_fraction, check_number
 from .base import EmbeddingMethod, copy_head
 from .baselines import erm_head
 from .guard import guard_check
@@ -95,20 +96,18 @@ class NSF(EmbeddingMethod):
 
     # ------------------------------------------------------------------ checks
     def _check_params(self):
-        if not np.isfinite(self.alpha) or self.alpha < 0:
-            raise ValueError(f"alpha: expected a finite value >= 0, got {self.alpha}")
+        check_number(self.alpha, "alpha", 0.0)
         for name in ("n_eliminate_steps", "n_update_steps"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 0:
                 raise ValueError(f"{name}: expected a non-negative integer, got {v!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected > 0, got {self.lr}")
+        check_number(self.lr, "lr", 0.0, low_open=True)
         if not isinstance(self.k_clusters, (int, np.integer)) or self.k_clusters < 1:
             raise ValueError(f"k_clusters: expected an integer >= 1, got {self.k_clusters!r}")
-        if not 0 <= self.holdout < 1:
-            raise ValueError(f"holdout: expected a fraction in [0, 1), got {self.holdout}")
-        if self.guard_tolerance < 0:
-            raise ValueError(f"guard_tolerance: expected >= 0, got {self.guard_tolerance}")
+        check_fraction(self.holdout, "holdout")
+        check_number(self.guard_tolerance, "guard_tolerance", 0.0)
+        check_number(self.kmeans_iter, "kmeans_iter", 1, integer=True)
+        check_chunk_rows(self.chunk_rows)
 
     # ------------------------------------------------------------------ helpers
     def _rows(self, x, idx: np.ndarray, device) -> torch.Tensor:

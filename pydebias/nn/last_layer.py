@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .. import _arrays
+from ..validation import check_number
 
 __all__ = ["train_linear_head", "balance_weights"]
 
@@ -45,8 +46,11 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
     """
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"optimizer: expected 'lbfgs' or 'adam', got {optimizer!r}")
-    if l2 < 0:
-        raise ValueError(f"l2: expected >= 0, got {l2}")
+    l2 = check_number(l2, "l2", 0.0)
+    epochs = check_number(epochs, "epochs", 1, integer=True)
+    if optimizer == "adam":
+        lr = check_number(lr, "lr", 0.0, low_open=True)
+        batch_size = check_number(batch_size, "batch_size", 1, integer=True)
     y = torch.from_numpy(_arrays.to_numpy(labels).astype(np.int64))
     if y.numel() == 0:
         raise ValueError("labels: no training samples")
@@ -67,6 +71,9 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
         sd = x.std(0).clamp_min(1e-6) if n > 1 else torch.ones(m)
     else:
         mu, sd = torch.zeros(m), torch.ones(m)
+    if not (torch.isfinite(mu).all() and torch.isfinite(sd).all()):
+        raise ValueError(f"features: values up to {float(x.abs().max()):.3g} overflow float32 arithmetic "
+                         "(or are NaN / inf); rescale them before training a head")
     gen = torch.Generator().manual_seed(seed)
     lin = nn.Linear(m, n_classes)
 
@@ -118,4 +125,7 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
         wf = lin.weight * keep / sd
         head.weight.copy_(wf)
         head.bias.copy_(lin.bias - wf @ mu)
+    if not (torch.isfinite(head.weight).all() and torch.isfinite(head.bias).all()):
+        raise FloatingPointError("train_linear_head: the fit diverged (non-finite weights); check the features' "
+                                 "scale, sample_weight and l2")
     return head

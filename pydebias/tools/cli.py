@@ -23,7 +23,22 @@ def _cmd_datasets(args) -> int:
     return 0
 
 
+def _writable_dir(path: str, flag: str) -> None:
+    """Fail before the job, not after it: ``path`` must be (or become) a directory this
+    process can create files in."""
+    import tempfile
+
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".pydebias-write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag}: cannot write results to {path!r} ({e.strerror or e}); "
+                         "choose a writable directory") from None
+
+
 def _run_and_write(args, methods, command: str) -> int:
+    _writable_dir(args.out, "--out")
     from . import plots
     from .compare import compare, markdown_table, results_json
     from ..data import load
@@ -110,6 +125,7 @@ def _cmd_methods(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    _writable_dir(args.out, "--out")
     from . import report
 
     settings = report.default_settings(args.benchmarks)
@@ -163,6 +179,8 @@ def _report_seeds(args, settings) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.json:
+        _writable_dir(os.path.dirname(os.path.abspath(args.json)), "--json")
     from . import bench_kernels
     from ..results import provenance, write_json
 
@@ -251,7 +269,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError) as e:
         print(f"pydebias: error: {e}", file=sys.stderr)
         return 2
 
