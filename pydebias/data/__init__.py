@@ -47,8 +47,36 @@ def _loader(name: str):
 
 def load(name: str, seed: int = 0, **params):
     """Load a built-in benchmark by name: a dict with 'train', 'val', 'test' EmbeddingSets,
-    'group_names' and, for built-ins with a trained backbone, its 'head' (the ERM head)."""
-    return _loader(name)(seed=seed, **params)
+    'group_names' and, for built-ins with a trained backbone, its 'head' (the ERM head).
+    ``params`` are checked against the loader's parameters (name and type of default)."""
+    fn = _loader(name)
+    _check_params(name, fn, params)
+    return fn(seed=seed, **params)
+
+
+def _check_params(name: str, fn, params) -> None:
+    import inspect
+
+    sig = inspect.signature(fn).parameters
+    for key, value in params.items():
+        if key not in sig or key == "seed":
+            known = sorted(k for k in sig if k != "seed")
+            raise ValueError(f"{key}: not a parameter of {name}; its parameters are {known}")
+        default = sig[key].default
+        if default is inspect.Parameter.empty or default is None:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, type(default))
+        if not ok:
+            kind = {"bool": "true or false", "int": "an integer", "float": "a number"}.get(
+                type(default).__name__, f"a {type(default).__name__}")
+            raise ValueError(f"{key}: expected {kind} (the default is {default!r}), got {value!r}")
 
 
 def availability(name: str):

@@ -277,7 +277,11 @@ def extract_embeddings(model: torch.nn.Module, data, layer: Union[str, torch.nn.
             if not _matches(meta, want):
                 raise ValueError(f"out: {final!r} exists with other settings ({_diff(meta, want)}); "
                                  f"delete it (and {final_meta_path!r}) or choose another path")
-            arr = np.load(final, mmap_mode="r")
+            try:
+                arr = np.load(final, mmap_mode="r")
+            except (OSError, ValueError, EOFError) as e:
+                raise ValueError(f"out: {final!r} is damaged ({e}); delete it and {final_meta_path!r} "
+                                 "to extract again") from None
             if arr.shape != tuple(meta.get("shape", ())) or arr.dtype != dtype:
                 raise ValueError(f"out: {final!r} does not match its sidecar "
                                  f"(shape {arr.shape}, dtype {arr.dtype}); delete both files")

@@ -24,6 +24,7 @@ them with any model, then call :func:`to_embedding_set` to get an
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -123,10 +124,27 @@ def _check_split_arg(split: Optional[str]) -> None:
         raise ValueError(f"split: expected one of {SPLITS} or None, got {split!r}")
 
 
+def _read_text(path: str) -> str:
+    """A metadata file's text (UTF-8, a BOM allowed); ValueError naming the file otherwise."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); re-save it as UTF-8") from None
+
+
+#: the longest CSV field read (Python's csv module stops at 131,072 characters by default)
+MAX_CSV_FIELD = 1 << 24
+
+
 def _read_csv(path: str, required: Sequence[str]) -> Tuple[List[str], List[List[str]]]:
-    """Header and rows of a CSV file; ValueError naming any required column that is missing."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
+    """Header and rows of a CSV file; ValueError naming the file and line for bad quoting
+    (an unbalanced quote would otherwise merge rows), and any required column missing."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, MAX_CSV_FIELD))
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
+    try:
         header = next(reader, None)
         if header is None:
             raise ValueError(f"{path}: file is empty (expected a header row)")
@@ -135,6 +153,10 @@ def _read_csv(path: str, required: Sequence[str]) -> Tuple[List[str], List[List[
             if col not in header:
                 raise ValueError(f"{col}: column missing from {path}; found columns {header}")
         rows = [r for r in reader if r]
+    except csv.Error as e:
+        raise ValueError(f"{path}: line {reader.line_num}: {e} (an unbalanced quote?)") from None
+    finally:
+        csv.field_size_limit(limit)
     for i, r in enumerate(rows):
         if len(r) != len(header):
             raise ValueError(f"{path}: data row {i} has {len(r)} fields, the header has {len(header)}")
@@ -169,6 +191,14 @@ def _float_value(text: str, col: str, row: int, path: str, missing_ok: bool) -> 
         raise ValueError(f"{col}: data row {row} of {path} holds {text!r}; expected a number") from None
     if not math.isfinite(v) and not missing_ok:
         raise ValueError(f"{col}: data row {row} of {path} is missing or not finite ({text!r})")
+    return v
+
+
+def _fraction_value(text: str, col: str, row: int, path: str, missing_ok: bool) -> float:
+    """A rater fraction in [0, 1] (CivilComments' toxicity and identity columns)."""
+    v = _float_value(text, col, row, path, missing_ok)
+    if not (v != v or 0.0 <= v <= 1.0):
+        raise ValueError(f"{col}: data row {row} of {path} holds {v}; expected a fraction in [0, 1]")
     return v
 
 
@@ -244,8 +274,7 @@ def load_celeba(root: PathLike, split: Optional[str] = None):
     attr_path = _need_file(root, "list_attr_celeba.txt", "CelebA", _CELEBA_WHERE, ("Anno",))
     part_path = _need_file(root, "list_eval_partition.txt", "CelebA", _CELEBA_WHERE, ("Eval",))
 
-    with open(attr_path, encoding="utf-8-sig") as f:
-        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    lines = [ln for ln in _read_text(attr_path).splitlines() if ln.strip()]
     if len(lines) < 2:
         raise ValueError(f"{attr_path}: expected a count line and an attribute-name line")
     try:
@@ -263,22 +292,27 @@ def load_celeba(root: PathLike, split: Optional[str] = None):
         raise ValueError(f"{attr_path}: header says {count} images but the file lists {len(body)}")
 
     part: Dict[str, int] = {}
-    with open(part_path, encoding="utf-8-sig") as f:
-        for i, ln in enumerate(ln for ln in f.read().splitlines() if ln.strip()):
-            parts = ln.split()
-            if len(parts) != 2:
-                raise ValueError(f"{part_path}: line {i + 1} should be 'filename split', got {ln!r}")
-            part[parts[0]] = _int_value(parts[1], "split", i, part_path, (0, 1, 2))
+    for i, ln in enumerate(ln for ln in _read_text(part_path).splitlines() if ln.strip()):
+        parts = ln.split()
+        if len(parts) != 2:
+            raise ValueError(f"{part_path}: line {i + 1} should be 'filename split', got {ln!r}")
+        if parts[0] in part:
+            raise ValueError(f"{part_path}: line {i + 1} lists {parts[0]!r} a second time")
+        part[parts[0]] = _int_value(parts[1], "split", i, part_path, (0, 1, 2))
 
     img_dir = os.path.join(os.fspath(root), "img_align_celeba")
     pm = {"1": 1, "-1": 0}
     items, y, a, sp = [], [], [], []
+    seen = set()
     for i, ln in enumerate(body):
         parts = ln.split()
         if len(parts) != len(names) + 1:
             raise ValueError(f"{attr_path}: data row {i} has {len(parts) - 1} values for "
                              f"{len(names)} attributes")
         fn = parts[0]
+        if fn in seen:
+            raise ValueError(f"{attr_path}: data row {i} lists {fn!r} a second time")
+        seen.add(fn)
         for col, j, dst in (("Blond_Hair", jy, y), ("Male", ja, a)):
             v = pm.get(parts[j])
             if v is None:
@@ -366,10 +400,10 @@ def load_civilcomments(root: PathLike, split: Optional[str] = None):
             raise ValueError(f"split: data row {i} of {path} holds {s!r}; expected one of {SPLITS}")
         sp.append(s)
         items.append(r[ci["comment_text"]])
-        y.append(int(_float_value(r[ci["toxicity"]], "toxicity", i, path, False) >= 0.5))
+        y.append(int(_fraction_value(r[ci["toxicity"]], "toxicity", i, path, False) >= 0.5))
         present = 0
         for c, j in zip(CIVILCOMMENTS_IDENTITIES, id_idx):
-            if _float_value(r[j], c, i, path, True) >= 0.5:  # NaN >= 0.5 is False
+            if _fraction_value(r[j], c, i, path, True) >= 0.5:  # NaN >= 0.5 is False
                 present = 1
         a.append(present)
     return _assemble("civilcomments", items, y, a, sp, 2, ("non_toxic", "toxic"),

@@ -64,6 +64,8 @@ def _check_input(x, weight, name: str = "x"):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOATS:
         raise TypeError(f"{name}: dtype {x.dtype} is not supported; use float32, float64, float16 or bfloat16")
+    if x.is_meta:
+        raise ValueError(f"{name}: a tensor on the meta device has no data; materialise it (e.g. .to_empty()) first")
     if x.dim() < 1 or x.shape[-1] != weight.shape[1]:
         raise ValueError(f"{name}: expected last dimension {weight.shape[1]} (= weight.shape[1], the "
                          f"number of neurons), got shape {tuple(x.shape)}")

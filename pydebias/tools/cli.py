@@ -202,6 +202,16 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {v}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pydebias", description="Find and remove spurious bias from trained models.")
     p.add_argument("--version", action="version", version=f"pydebias {__version__}")
@@ -215,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data loader parameter, e.g. val_balanced=true or two_stage=false (repeatable)")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--out", default="results", help="directory for results.json and the plots")
-        sp.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the worst-group CI")
+        sp.add_argument("--n-boot", type=_non_negative, default=200, help="bootstrap resamples for the worst-group CI")
         sp.add_argument("--quiet", action="store_true", help="no progress bar")
     demo = sub.add_parser("demo", help="every method side by side on a built-in benchmark")
     common(demo)
@@ -234,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="one report per seed (OUT/seed-S/) and the spread across them (OUT/seeds.md/.json); "
                             "with --neurontune-modes or --localisation, one table over all the seeds")
     rp.add_argument("--out", default="results/report", help="directory for report.md/.json/.png")
-    rp.add_argument("--n-boot", type=int, default=200)
+    rp.add_argument("--n-boot", type=_non_negative, default=200)
     rp.add_argument("--quiet", action="store_true")
     study = rp.add_mutually_exclusive_group()
     study.add_argument("--neurontune-modes", action="store_true",
