@@ -14,17 +14,28 @@ def grouped_moments(x: torch.Tensor, groups: torch.Tensor, n_groups: int
                     ) -> Tuple[torch.Tensor, ...]:
     """Per (group, column): count, mean, M2 = sum of squared deviations, min, max.
 
-    Two passes in float64 (mean first, then deviations). Empty groups give NaN
-    moments and count 0.
+    Two passes in float64 on each group's values minus that group's first row (exact
+    for values near each other, so neither pass cancels when |mean| >> std). Empty
+    groups give NaN moments and count 0.
     """
     x = x.to(torch.float64)
     groups = groups.to(device=x.device, dtype=torch.int64)
-    m = x.shape[1]
+    n, m = x.shape
     count = torch.bincount(groups, minlength=n_groups)[:n_groups]
-    total = torch.zeros(n_groups, m, dtype=torch.float64, device=x.device).index_add_(0, groups, x)
-    n = count.to(torch.float64)[:, None]
-    mean = total / n  # 0/0 -> NaN for empty groups, as intended
-    dev = x - mean[groups]
+    rows = torch.arange(n, device=x.device)
+    first = torch.full((n_groups,), n, dtype=torch.int64, device=x.device).scatter_reduce(
+        0, groups, rows, "amin", include_self=True)
+    shift = torch.zeros(n_groups, m, dtype=torch.float64, device=x.device)
+    have = first < n
+    if have.any():
+        picked = x[first[have]]
+        shift[have] = torch.where(torch.isfinite(picked), picked, torch.zeros_like(picked))
+    d = x - shift[groups]
+    total = torch.zeros(n_groups, m, dtype=torch.float64, device=x.device).index_add_(0, groups, d)
+    nf = count.to(torch.float64)[:, None]
+    dmean = total / nf  # 0/0 -> NaN for empty groups, as intended
+    mean = shift + dmean
+    dev = d - dmean[groups]
     m2 = torch.zeros_like(total).index_add_(0, groups, dev * dev)
     m2 = torch.where(count[:, None] > 0, m2, torch.full_like(m2, float("nan")))
     idx = groups[:, None].expand(-1, m)
