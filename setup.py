@@ -12,6 +12,10 @@ if sys.platform == "darwin":  # Apple clang takes OpenMP only through -Xpreproce
     extra_link = ["-lomp"]
 if os.environ.get("PYDEBIAS_NATIVE_ARCH") == "1":  # opt-in: the wheel must run on any x86-64
     extra_compile.append("-march=native")
+if os.environ.get("PYDEBIAS_SANITIZE") == "1":  # the test suite's ASan + UBSan build (tests/test_sanitizers.py)
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+    extra_compile = [f for f in extra_compile if f != "-O3"] + ["-O1", "-g"] + sanitize
+    extra_link = extra_link + sanitize
 
 ext = Pybind11Extension(
     "pydebias._C",

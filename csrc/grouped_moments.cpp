@@ -115,6 +115,7 @@ void block_f32(const float* x, int64_t m, int64_t nrows, const int64_t* groups, 
         for (; i + 4 <= nr; i += 4)
             rows4_f32(x + rows[i] * m, x + rows[i + 1] * m, x + rows[i + 2] * m,
                       x + rows[i + 3] * m, sh, a1, a2, lo, hi, m);
+        if (i == nr) continue;  // rows[nr] is past this group's list (found by ASan)
         const float* rest[3] = {x + rows[i] * m, nullptr, nullptr};
         for (int64_t j = i + 1; j < nr; ++j) rest[j - i] = x + rows[j] * m;
         switch (nr - i) {
