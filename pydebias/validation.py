@@ -66,6 +66,7 @@ def count_ids(ids: np.ndarray, given: Optional[int], name: str, given_name: str)
     return int(given)
 
 
+_SINGULAR = {"groups": "group", "classes": "class"}
 #: tables sized by an id count may always take this much (small inputs, many classes)
 TABLE_FLOOR_BYTES = 256 << 20
 #: and otherwise at most this multiple of the input's bytes
@@ -73,12 +74,13 @@ TABLE_INPUT_MULTIPLE = 16
 
 
 def check_table(count: int, bytes_per_id: int, input_bytes: int, name: str, count_name: str) -> None:
-    """Refuse an id count whose per-id tables would dwarf the input: a sparse id such as
-    10**12, or ``n_groups=10**9`` for 300 rows, would otherwise ask for gigabytes."""
+    """Refuse an id count (``name``: "groups" or "classes") whose per-id tables would dwarf
+    the input: a sparse id such as 10**12, or ``n_groups=10**9`` for 300 rows, would
+    otherwise ask for gigabytes."""
     need = int(count) * int(bytes_per_id)
     allowed = max(TABLE_FLOOR_BYTES, TABLE_INPUT_MULTIPLE * int(input_bytes))
     if need > allowed:
-        raise ValueError(f"{count_name}: {count} {name} would need {need / 2**30:.3g} GiB of per-{name[:-1]} "
+        raise ValueError(f"{count_name}: {count} {name} would need {need / 2**30:.3g} GiB of per-{_SINGULAR[name]} "
                          f"tables for {input_bytes / 2**20:.3g} MiB of input (at most {allowed / 2**30:.3g} GiB); "
                          f"ids must be dense: remap them with np.unique(ids, return_inverse=True)")
 
