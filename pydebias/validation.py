@@ -54,7 +54,7 @@ def check_ids(a, name: str, n: int, upper: Optional[int] = None, upper_name: Opt
 
 
 def count_ids(ids: np.ndarray, given: Optional[int], name: str, given_name: str) -> int:
-    """The number of distinct id values: ``given`` when set (checked against ``ids``),
+    """The id count (ids lie in ``[0, count)``): ``given`` when set (checked against ``ids``),
     else ``max + 1``."""
     seen = int(ids.max()) + 1 if ids.size else 0
     if given is None:
