@@ -172,19 +172,19 @@ __attribute__((target("avx512f"))) inline __m512d widen_half(__m512 f) {
 
 template <int H>
 __attribute__((target("avx512f"))) inline void moments4_half(const __m512* v, __m512 l, __m512 h,
-                                                             const MomentRow& k1, int64_t c, __mmask8 k) {
+                                                             const MomentRow& mrow, int64_t c, __mmask8 k) {
     const int64_t cc = c + 8 * H;
-    const __m512d s = _mm512_maskz_loadu_pd(k, k1.shift + cc);
+    const __m512d s = _mm512_maskz_loadu_pd(k, mrow.shift + cc);
     const __m512d d0 = _mm512_sub_pd(widen_half<H>(v[0]), s), d1 = _mm512_sub_pd(widen_half<H>(v[1]), s),
                   d2 = _mm512_sub_pd(widen_half<H>(v[2]), s), d3 = _mm512_sub_pd(widen_half<H>(v[3]), s);
     const __m512d sum = _mm512_add_pd(_mm512_add_pd(d0, d1), _mm512_add_pd(d2, d3));
     const __m512d sq = _mm512_add_pd(_mm512_fmadd_pd(d0, d0, _mm512_mul_pd(d1, d1)),
                                      _mm512_fmadd_pd(d2, d2, _mm512_mul_pd(d3, d3)));
-    _mm512_mask_storeu_pd(k1.s1 + cc, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, k1.s1 + cc), sum));
-    _mm512_mask_storeu_pd(k1.s2 + cc, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, k1.s2 + cc), sq));
+    _mm512_mask_storeu_pd(mrow.s1 + cc, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, mrow.s1 + cc), sum));
+    _mm512_mask_storeu_pd(mrow.s2 + cc, k, _mm512_add_pd(_mm512_maskz_loadu_pd(k, mrow.s2 + cc), sq));
     // lo = l < lo ? l : lo is min_pd(l, lo); hi = h > hi ? h : hi is max_pd(h, hi)
-    _mm512_mask_storeu_pd(k1.mn + cc, k, _mm512_min_pd(widen_half<H>(l), _mm512_maskz_loadu_pd(k, k1.mn + cc)));
-    _mm512_mask_storeu_pd(k1.mx + cc, k, _mm512_max_pd(widen_half<H>(h), _mm512_maskz_loadu_pd(k, k1.mx + cc)));
+    _mm512_mask_storeu_pd(mrow.mn + cc, k, _mm512_min_pd(widen_half<H>(l), _mm512_maskz_loadu_pd(k, mrow.mn + cc)));
+    _mm512_mask_storeu_pd(mrow.mx + cc, k, _mm512_max_pd(widen_half<H>(h), _mm512_maskz_loadu_pd(k, mrow.mx + cc)));
 }
 
 // grouped moments on four rows' 16 columns already in registers: the sums of rows4_f32
@@ -192,13 +192,13 @@ __attribute__((target("avx512f"))) inline void moments4_half(const __m512* v, __
 // in that function's AVX-512 clone (so both agree bit for bit there; elsewhere they agree
 // to rounding, and the tests hold both to the float64 reference), and min/max of the
 // floats with std::min/max's operand order (widening is monotone and exact).
-__attribute__((target("avx512f"))) inline void moments4_avx512(const __m512* v, const MomentRow& k1,
+__attribute__((target("avx512f"))) inline void moments4_avx512(const __m512* v, const MomentRow& mrow,
                                                                int64_t c, __mmask16 lanes) {
     // std::min(a, b) is (b < a ? b : a), i.e. min_ps(b, a); std::max(a, b) is max_ps(b, a)
     const __m512 l = _mm512_min_ps(_mm512_min_ps(v[3], v[2]), _mm512_min_ps(v[1], v[0]));
     const __m512 h = _mm512_max_ps(_mm512_max_ps(v[3], v[2]), _mm512_max_ps(v[1], v[0]));
-    moments4_half<0>(v, l, h, k1, c, static_cast<__mmask8>(lanes));
-    if (lanes >> 8) moments4_half<1>(v, l, h, k1, c, static_cast<__mmask8>(lanes >> 8));
+    moments4_half<0>(v, l, h, mrow, c, static_cast<__mmask8>(lanes));
+    if (lanes >> 8) moments4_half<1>(v, l, h, mrow, c, static_cast<__mmask8>(lanes >> 8));
 }
 
 // Sixteen columns of one row as floats. SRC 0: float32 rows; 1 and 2: raw float16 /
@@ -229,7 +229,7 @@ __attribute__((target("avx512f"))) inline int64_t step_avx512(
     const float* const* xs, const float* __restrict lo, const float* __restrict hi,
     const float* __restrict mass, int32_t* __restrict a,
     int32_t* __restrict e, int32_t* __restrict lcol, float* __restrict lval, int64_t len,
-    int64_t c, __mmask16 lanes, const float* const* pf, const MomentRow* k1 = nullptr) {
+    int64_t c, __mmask16 lanes, const float* const* pf, const MomentRow* mrow = nullptr) {
     // One line of each of NR rows of the next block per line of the batch consumed: the
     // requests for the next block stream out evenly while this one is computed.
 #pragma GCC unroll 4
@@ -246,7 +246,7 @@ __attribute__((target("avx512f"))) inline int64_t step_avx512(
     __m512 vs[NR];
 #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) vs[j] = load16<SRC>(xs[j], c, lanes);
-    if constexpr (MOM) moments4_avx512(vs, *k1, c, lanes);
+    if constexpr (MOM) moments4_avx512(vs, *mrow, c, lanes);
 #pragma GCC unroll 4
     for (int j = 0; j < NR; ++j) {
         const __m512 v = vs[j];
@@ -274,7 +274,7 @@ __attribute__((target("avx512f"))) int64_t rows_avx512(
     const float* const* x, const float* __restrict lo, const float* __restrict hi,
     const float* __restrict mass, int32_t* __restrict a,
     int32_t* __restrict e, int32_t* __restrict lcol, float* __restrict lval, int64_t m,
-    const float* const* pf, const MomentRow* k1 = nullptr) {
+    const float* const* pf, const MomentRow* mrow = nullptr) {
     const float* xs[4];
     const float* ps[4];
     for (int j = 0; j < NR; ++j) {
@@ -284,10 +284,10 @@ __attribute__((target("avx512f"))) int64_t rows_avx512(
     int64_t len = 0, c = 0;
     for (; c + 16 <= m; c += 16)
         len = step_avx512<NR, MASS, MOM, SRC>(xs, lo, hi, mass, a, e, lcol, lval, len, c,
-                                         static_cast<__mmask16>(0xffff), ps, k1);
+                                         static_cast<__mmask16>(0xffff), ps, mrow);
     if (c < m)
         len = step_avx512<NR, MASS, MOM, SRC>(xs, lo, hi, mass, a, e, lcol, lval, len, c,
-                                         static_cast<__mmask16>((1u << (m - c)) - 1), ps, k1);
+                                         static_cast<__mmask16>((1u << (m - c)) - 1), ps, mrow);
     return len;
 }
 
@@ -394,7 +394,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
     simd = sizeof(T) == 4 && cpu_has_avx2();
     simd512 = simd && cpu_has_avx512();
 #endif
-    const bool fuse_k1 = simd512 && Q > 0 && !std::getenv("PYDEBIAS_NO_FUSE4");
+    const bool fuse_moments = simd512 && Q > 0 && !std::getenv("PYDEBIAS_NO_FUSE4");
     // 16-bit rows without grouped moments on the AVX-512 path are counted straight from their raw
     // rows, converted in registers (measured, 2,000,000 x 1,024 float16 memmap, grouped quantiles alone
     // with the prefetch below: 0.44-0.48 -> 0.33-0.37 s); elsewhere each block is widened
@@ -460,7 +460,7 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
                 // Four rows on the AVX-512 path: grouped moments goes inside the first level's column
                 // loop, each vector loaded once for both (measured, bench array, 15 paired calls:
                 // moments + quantiles 148.6 -> 135.8 ms median). PYDEBIAS_NO_FUSE4=1 turns it off for A/B.
-                const bool fuse4 = fuse_k1 && nr == 4 && mo && mo->shift;
+                const bool fuse4 = fuse_moments && nr == 4 && mo && mo->shift;
                 if constexpr (std::is_same<T, float>::value) {
                     if (mo && mo->shift) mo->count[g] += nr;
                     if (mo && mo->shift && !fuse4) {  // grouped moments on these rows while they are in L1
@@ -484,11 +484,11 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
                         if (simd512) {
                             int64_t len;
                             if (fuse4 && q == 0) {  // grouped moments on these four rows rides along
-                                const MomentRow k1{mo->shift + g * m, mo->s1.data() + g * m, mo->s2.data() + g * m,
+                                const MomentRow mrow{mo->shift + g * m, mo->s1.data() + g * m, mo->s2.data() + g * m,
                                                    mo->mn.data() + g * m, mo->mx.data() + g * m};
                                 len = has_mass[g]
-                                          ? rows_avx512<4, true, true>(fr, fl, fh, fw, ca, ce, lcol.data(), lval.data(), m, fp, &k1)
-                                          : rows_avx512<4, false, true>(fr, fl, fh, fw, ca, ce, lcol.data(), lval.data(), m, fp, &k1);
+                                          ? rows_avx512<4, true, true>(fr, fl, fh, fw, ca, ce, lcol.data(), lval.data(), m, fp, &mrow)
+                                          : rows_avx512<4, false, true>(fr, fl, fh, fw, ca, ce, lcol.data(), lval.data(), m, fp, &mrow);
                             } else {
                                 int32_t *lc = lcol.data();
                                 float* lv = lval.data();

@@ -682,10 +682,10 @@ def _fallback(features, g, ranks, miss, lower, higher, chunk_rows) -> None:
 
 
 def _stats_triton(features, g, G, shift, shape) -> NeuronStats:
-    from .kernels import grouped_moments as k1
+    from .kernels import grouped_moments as triton_impl
 
     x = _arrays.as_tensor(features)
-    count, s1, s2, lo, hi = k1.grouped_moments(x, torch.from_numpy(g).to(x.device), G,
+    count, s1, s2, lo, hi = triton_impl.grouped_moments(x, torch.from_numpy(g).to(x.device), G,
                                                torch.from_numpy(shift).to(x.device))
     s = [t.cpu().numpy() for t in (count, s1, s2, lo, hi)]
     _raise_on_nan(s[1], s[3], s[4], x, x.shape[0] or 1)

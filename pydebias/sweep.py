@@ -215,13 +215,13 @@ def mask_sweep(features, labels, weight, bias, masks, groups=None, n_groups: Opt
 
 
 def _chunk_triton(chunk, y, cells, n_cells, weight, bias, masks, per_class) -> np.ndarray:
-    from .kernels import mask_sweep as k4
+    from .kernels import mask_sweep as triton_impl
 
     x = _arrays.as_tensor(_arrays.contiguous_rows(chunk))
     if not x.is_cuda and not backends.triton_interpreted():
         raise ValueError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is imported")
     dev = x.device
-    counts, nan = k4.mask_sweep(x, torch.from_numpy(y).to(dev), torch.from_numpy(cells).to(dev), n_cells,
+    counts, nan = triton_impl.mask_sweep(x, torch.from_numpy(y).to(dev), torch.from_numpy(cells).to(dev), n_cells,
                                 weight.to(dev), None if bias is None else bias.to(dev), masks.to(dev),
                                 per_class)
     if nan:

@@ -156,7 +156,8 @@ class AFR(EmbeddingMethod):
             raise ValueError(f"head: has {head.out_features} outputs, val has {s.n_classes} classes; AFR starts "
                              "from the ERM head, so they must match")
         with torch.no_grad():
-            p = torch.softmax(head(s.tensor().to(head.weight.dtype)), 1)[torch.arange(len(s)), torch.from_numpy(s.labels)].numpy()
+            logits = head(s.tensor().to(head.weight.dtype))
+            p = torch.softmax(logits, 1)[torch.arange(len(s)), torch.from_numpy(s.labels)].numpy()
         w = np.exp(-self.gamma * p.astype(np.float64))
         totals = np.bincount(s.labels, weights=w, minlength=s.n_classes)
         w = w / totals[s.labels]

@@ -139,7 +139,7 @@ class NeuronTune(EmbeddingMethod):
         if auto and self.holdout <= 0:
             raise ValueError("lam='auto' selects on held-out identification data: pass holdout > 0")
         # The identification rows are read in place (a memmap is never copied whole);
-        # only the holdout, at most holdout_max_rows, and the tuning set of NeuronTune†
+        # only the holdout, at most holdout_max_rows, and (retrain_on="val") the tuning rows
         # are taken out.
         ident_rows, hold = None, None
         if self.holdout > 0:

@@ -6,5 +6,5 @@ from .protocol import EncoderHead
 from .small import SmallCNN, TabularMLP
 from .training import embed_batches, train_classifier, train_tabular_mlp
 
-__all__ = ["EncoderHead", "EfficientNetLite0", "efficientnet_lite0", "SmallCNN", "TabularMLP", "embed_batches", "train_classifier",
-           "train_tabular_mlp"]
+__all__ = ["EncoderHead", "EfficientNetLite0", "efficientnet_lite0", "SmallCNN", "TabularMLP", "embed_batches",
+           "train_classifier", "train_tabular_mlp"]

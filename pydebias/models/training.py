@@ -61,10 +61,11 @@ def embed_batches(model: EncoderHead, make_batch: BatchFn, n: int, batch_size: i
 
 
 def train_tabular_mlp(x: np.ndarray, y: np.ndarray, hidden: int, embed_dim: int, epochs: int, lr: float,
-               batch_size: int, ss_torch, ss_train) -> Tuple[TabularMLP, Dict]:
-    """A :class:`TabularMLP` trained by ERM on rows ``x``, labels ``y`` (two classes), seeded
-    by the ``SeedSequence``s ``ss_torch`` (initial weights) and ``ss_train`` (batch order), on one thread (tiny matrices: faster, and the same bytes
-    whatever the machine's thread setting)."""
+                      batch_size: int, ss_torch, ss_train) -> Tuple[TabularMLP, Dict]:
+    """A :class:`TabularMLP` trained by ERM on rows ``x``, labels ``y`` (two classes),
+    seeded by the ``SeedSequence``s ``ss_torch`` (initial weights) and ``ss_train`` (batch
+    order), on one thread (tiny matrices: faster, and the same bytes whatever the
+    machine's thread setting)."""
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def batch(i):

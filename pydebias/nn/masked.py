@@ -150,9 +150,9 @@ def masked_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if which == "torch":
         out = reference.masked_linear(x2, weight, bias, m).to(out_dtype)
     elif which == "triton":
-        from ..kernels import masked_linear as k3
+        from ..kernels import masked_linear as triton_impl
         masks = None if m is None else m[None]
-        out = k3.masked_linear(x2, weight, bias, masks, per_class=m is not None and m.dim() == 2,
+        out = triton_impl.masked_linear(x2, weight, bias, masks, per_class=m is not None and m.dim() == 2,
                                out_dtype=out_dtype)[:, 0]
     else:
         ct = reference._compute_dtype(x.dtype, weight.dtype)
@@ -184,8 +184,8 @@ def masked_linear_many(x: torch.Tensor, weight: torch.Tensor, bias: Optional[tor
         out = torch.stack([reference.masked_linear(x2, weight, bias, m[k]) for k in range(n_masks)],
                           dim=1).to(out_dtype)
     elif which == "triton":
-        from ..kernels import masked_linear as k3
-        out = k3.masked_linear(x2, weight, bias, m, per_class=m.dim() == 3, out_dtype=out_dtype)
+        from ..kernels import masked_linear as triton_impl
+        out = triton_impl.masked_linear(x2, weight, bias, m, per_class=m.dim() == 3, out_dtype=out_dtype)
     else:
         ct = reference._compute_dtype(x.dtype, weight.dtype)
         w = fold_masks(weight.to(ct), m)

@@ -1,6 +1,6 @@
 """clustering benchmark: FAISS k-means vs scikit-learn, dispersion vs one read of X.
 
-Ratios measured in one run (see :mod:`pydebias.benchmarks`), default X = 1,000,000 × 256
+Ratios measured in one run (see :mod:`pydebias.tools.bench_kernels`), default X = 1,000,000 × 256
 float32 (the issue's size):
 
 * k-means: :func:`pydebias.cluster.kmeans` (FAISS) vs ``sklearn.cluster.KMeans`` on the

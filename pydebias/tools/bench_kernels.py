@@ -121,12 +121,12 @@ def bench_grouped_quantiles(n: int = 500_000, m: int = 512, G: int = 4, repeat: 
             out.append(tb / median_time(kernel, repeat=3, warmup=0))
         return out
 
-    k1k2 = lambda: neuron_stats(x, groups=g, n_groups=G, backend="cpp")  # noqa: E731
-    k2 = lambda: grouped_quantiles(x, g, G, backend="cpp")  # noqa: E731
+    fused = lambda: neuron_stats(x, groups=g, n_groups=G, backend="cpp")  # noqa: E731
+    medians_only = lambda: grouped_quantiles(x, g, G, backend="cpp")  # noqa: E731
     native = backends.native() is not None
     if native:
-        r_k1k2 = measure("cpp moments + medians", k1k2, repeat)
-        r_k2 = measure("cpp medians alone", k2, repeat)
+        r_fused = measure("cpp moments + medians", fused, repeat)
+        r_medians = measure("cpp medians alone", medians_only, repeat)
     if sketch:
         measure("quantile sketch (numpy)", lambda: QuantileSketch(m, G).update(x, g), 1, warmup=0)
     if baselines:
@@ -141,18 +141,18 @@ def bench_grouped_quantiles(n: int = 500_000, m: int = 512, G: int = 4, repeat: 
         rows[-1]["bar"] = "the baseline of grouped quantiles alone"
         if native:
             # the table's "vs torch" of the two kernel rows: paired, each against its own baseline
-            p = paired(full, k1k2)
-            r_k1k2.update(speedup_vs_torch_paired=float(np.median(p)), paired_ratios=p,
+            p = paired(full, fused)
+            r_fused.update(speedup_vs_torch_paired=float(np.median(p)), paired_ratios=p,
                           speedup_vs_torch=float(np.median(p)))
-            p = paired(med, k2)
-            r_k2.update(speedup_vs_torch_median_only_paired=float(np.median(p)), paired_ratios_median_only=p,
+            p = paired(med, medians_only)
+            r_medians.update(speedup_vs_torch_median_only_paired=float(np.median(p)), paired_ratios_median_only=p,
                         speedup_vs_torch=float(np.median(p)))
     if native:
-        r_k1k2["bar"] = f"{r_k1k2['x_one_read']:.2f}x one read (bar <= 4x)" + (
-            f", {r_k1k2['speedup_vs_torch_paired']:.1f}x torch mean+var+median, paired (bar >= 20x)"
-            if "speedup_vs_torch_paired" in r_k1k2 else "")
-        if "speedup_vs_torch_median_only_paired" in r_k2:
-            r_k2["bar"] = f"{r_k2['speedup_vs_torch_median_only_paired']:.1f}x torch median only, paired"
+        r_fused["bar"] = f"{r_fused['x_one_read']:.2f}x one read (bar <= 4x)" + (
+            f", {r_fused['speedup_vs_torch_paired']:.1f}x torch mean+var+median, paired (bar >= 20x)"
+            if "speedup_vs_torch_paired" in r_fused else "")
+        if "speedup_vs_torch_median_only_paired" in r_medians:
+            r_medians["bar"] = f"{r_medians['speedup_vs_torch_median_only_paired']:.1f}x torch median only, paired"
     return rows
 
 
@@ -276,12 +276,14 @@ def format_table(rows: List[Dict]) -> str:
 
 def run(quick: bool = False) -> List[Dict]:
     if quick:
-        return (bench_grouped_moments(n=50_000, m=128, repeat=3) + bench_grouped_quantiles(n=50_000, m=128, repeat=2, baseline_repeat=1)
+        return (bench_grouped_moments(n=50_000, m=128, repeat=3)
+                + bench_grouped_quantiles(n=50_000, m=128, repeat=2, baseline_repeat=1)
                 + bench_masked_linear(n=50_000, m=128, repeat=3)
                 + bench_mask_sweep(n=50_000, m=128, repeat=2))
     from .bench_cluster import bench_clustering
 
-    return bench_grouped_moments() + bench_grouped_quantiles() + bench_masked_linear() + bench_mask_sweep() + bench_clustering()
+    return (bench_grouped_moments() + bench_grouped_quantiles() + bench_masked_linear() + bench_mask_sweep()
+            + bench_clustering())
 
 
 def bench_identification(n: int = 2_000_000, m: int = 1024, path: str = None, seed: int = 0,

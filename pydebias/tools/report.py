@@ -195,7 +195,7 @@ def neurontune_modes_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
 
 
 def localisation(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
-    """:func:`pydebias.diagnostics.shortcut_localisation` per (benchmark, backbone) of
+    """:func:`pydebias.tools.localisation.shortcut_localisation` per (benchmark, backbone) of
     ``settings``, beside NeuronTune's own mask (biased identification split, guard off,
     retraining on train): how spread the shortcut is, and whether NeuronTune finds it.
 
