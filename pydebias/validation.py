@@ -68,7 +68,7 @@ def count_ids(ids: np.ndarray, given: Optional[int], name: str, given_name: str)
 
 _SINGULAR = {"groups": "group", "classes": "class"}
 #: tables sized by an id count may always take this much (small inputs, many classes)
-TABLE_FLOOR_BYTES = 256 << 20
+TABLE_FLOOR_BYTES = 1 << 30
 #: and otherwise at most this multiple of the input's bytes
 TABLE_INPUT_MULTIPLE = 16
 

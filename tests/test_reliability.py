@@ -319,3 +319,13 @@ def test_non_utf8_and_huge_csv_fields(tmp_path):
     meta.write_text(f"img_id,img_filename,y,split,place\n1,{long_name},0,0,0\n2,b.jpg,1,0,1\n")
     ds = load_waterbirds(tmp_path)
     assert ds["train"].paths_or_texts[0].endswith(long_name)
+
+
+def test_the_cap_refuses_sparse_ids_not_many_real_classes():
+    """1,000 real classes of 4,096-d features on 1,000 rows (an ImageNet-like evaluation
+    set) pass, and so does a 5-row subset of them: the cap is for sparse ids."""
+    x = np.zeros((1000, 4096), np.float32)
+    s = EmbeddingSet(x, np.arange(1000), n_classes=1000)
+    small = s.subset(np.arange(5))
+    assert small.n_classes == 1000 and len(small) == 5 and small.labels.tolist() == [0, 1, 2, 3, 4]
+    assert s.labels is not small.labels and len(s) == 1000  # the parent is untouched

@@ -1,6 +1,7 @@
 """EmbeddingSet: features + labels (+ optional group and concept labels) of one split."""
 from __future__ import annotations
 
+import copy
 from typing import Optional
 
 import numpy as np
@@ -39,12 +40,13 @@ class EmbeddingSet:
         self.name, self.split = name, split
         self.n_classes = count_ids(self.labels, n_classes, "labels", "n_classes")
         self.n_groups = 0 if self.groups is None else count_ids(self.groups, n_groups, "groups", "n_groups")
-        # heads, group tables and reports are sized by these counts: keep them near the data
+        # every head is at least one float32 row per class, and group tables as large:
+        # a sparse id (10**12) must not reach them
         size = n * self.n_features * (features.element_size() if _arrays.is_tensor(features)
                                       else features.dtype.itemsize)
-        check_table(self.n_classes, 96 * self.n_features, size, "classes",
+        check_table(self.n_classes, 4 * self.n_features, size, "classes",
                     "n_classes" if n_classes is not None else "labels")
-        check_table(self.n_groups, 48 * self.n_features, size, "groups",
+        check_table(self.n_groups, 4 * self.n_features, size, "groups",
                     "n_groups" if n_groups is not None else "groups")
         if check_finite:
             self._check_finite()
@@ -90,10 +92,13 @@ class EmbeddingSet:
             index = np.flatnonzero(index)
         feats = self.features[torch.from_numpy(index)] if _arrays.is_tensor(self.features) \
             else np.asarray(self.features[index])
-        take = lambda a: None if a is None else a[index]  # noqa: E731
-        return EmbeddingSet(feats, self.labels[index], take(self.groups), take(self.concepts),
-                            name=self.name, split=split or self.split, n_classes=self.n_classes,
-                            n_groups=self.n_groups or None, check_finite=False)
+        # rows of a checked set: copy the set, not the checks (ids, counts, finiteness)
+        out = copy.copy(self)
+        out.features, out.labels = feats, self.labels[index]
+        out.groups = None if self.groups is None else self.groups[index]
+        out.concepts = None if self.concepts is None else self.concepts[index]
+        out.split = split or self.split
+        return out
 
     def holdout_mask(self, fraction: float, seed: int = 0) -> np.ndarray:
         """Boolean (N,) mask of a class-stratified random ``fraction`` of the rows (the
