@@ -58,6 +58,11 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def nbytes(x) -> int:
+    """Bytes of an array or tensor's elements (a memmap's file size, not what is resident)."""
+    return int(x.numel() * x.element_size()) if is_tensor(x) else int(x.size * x.dtype.itemsize)
+
+
 def default_chunk_rows(n_cols: int, itemsize: int, target_bytes: int = 64 << 20) -> int:
     return max(1, target_bytes // max(1, n_cols * itemsize))
 

@@ -34,10 +34,7 @@ import torch
 from . import _arrays, backends
 from .validation import check_chunk_rows, check_features, check_ids, check_table, count_ids
 
-__all__ = ["KMeansResult", "Dispersion", "kmeans", "nearest_centroid", "class_means", "dispersion",
-           "faiss_gpu_available"]
-
-faiss_gpu_available = backends.faiss_gpu_available
+__all__ = ["KMeansResult", "Dispersion", "kmeans", "nearest_centroid", "class_means", "dispersion"]
 
 _DEFAULT_CHUNK_BYTES = 16 << 20
 
@@ -75,8 +72,7 @@ def _gather_rows(x, rows: np.ndarray) -> np.ndarray:
 def _check_labels(x, labels, n_classes):
     y = check_ids(labels, "labels", x.shape[0], n_classes, "n_classes")
     C = count_ids(y, n_classes, "labels", "n_classes")
-    size = x.shape[0] * x.shape[1] * (x.element_size() if _arrays.is_tensor(x) else x.dtype.itemsize)
-    check_table(C, 32 * x.shape[1], size, "classes", "n_classes" if n_classes is not None else "labels")
+    check_table(C, 32 * x.shape[1], _arrays.nbytes(x), "classes", "n_classes" if n_classes is not None else "labels")
     return y, C
 
 
@@ -125,12 +121,12 @@ def _faiss_safe(a: np.ndarray, name: str, row0: int = 0) -> np.ndarray:
     aborts the process; nothing can catch that)."""
     if a.size == 0:
         return a
-    finite = np.isfinite(a).all(1)
-    if not finite.all():
-        raise ValueError(f"{name}: row {row0 + int(np.flatnonzero(~finite)[0])} has NaN or inf; "
-                         "drop or impute such rows")
+    # two reductions, no temporaries (NaN propagates through both); rows only on failure
+    big = max(float(a.max()), -float(a.min()))
+    if not np.isfinite(big):
+        row = int(np.flatnonzero(~np.isfinite(a).all(1))[0])
+        raise ValueError(f"{name}: row {row0 + row} has NaN or inf; drop or impute such rows")
     bound = float(np.sqrt(np.finfo(np.float32).max / (4.0 * a.shape[1])))
-    big = float(np.abs(a).max())
     if big > bound:
         raise ValueError(f"{name}: values up to {big:.3g} overflow float32 squared distances in "
                          f"{a.shape[1]} dimensions (limit {bound:.3g}); rescale the features")

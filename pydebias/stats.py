@@ -252,7 +252,7 @@ def _group_ids(features, labels, correct, groups, n_groups, n_classes):
     """Flat int64 group ids and the layout they index; the per-group tables (about six
     float64 rows of M values each) must stay a small multiple of the features."""
     n, m = features.shape
-    size = n * m * (features.element_size() if _arrays.is_tensor(features) else features.dtype.itemsize)
+    size = _arrays.nbytes(features)
     if groups is not None:
         g = check_ids(groups, "groups", n, n_groups, "n_groups")
         G = count_ids(g, n_groups, "groups", "n_groups")

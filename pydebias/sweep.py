@@ -168,7 +168,7 @@ def mask_sweep(features, labels, weight, bias, masks, groups=None, n_groups: Opt
             raise ValueError(f"n_groups: expected a positive number of groups, got {n_groups}")
         g = check_ids(groups, "groups", n, None if n_groups is None else int(n_groups), "n_groups")
         n_grp = int(n_groups) if n_groups is not None else int(g.max()) + 1
-    check_table(n_grp, 16 * n_masks * max(1, n_cls), n * n_in * 4, "groups", "n_groups" if n_groups is not None
+    check_table(n_grp, 16 * n_masks * max(1, n_cls), _arrays.nbytes(features), "groups", "n_groups" if n_groups is not None
                 else "groups")
     # "fold": torch's BLAS on folded weights (the CPU path; needs no pydebias._C)
     which = backends.resolve_linear(backend, features, needs_grad=False)

@@ -42,8 +42,7 @@ class EmbeddingSet:
         self.n_groups = 0 if self.groups is None else count_ids(self.groups, n_groups, "groups", "n_groups")
         # every head is at least one float32 row per class, and group tables as large:
         # a sparse id (10**12) must not reach them
-        size = n * self.n_features * (features.element_size() if _arrays.is_tensor(features)
-                                      else features.dtype.itemsize)
+        size = _arrays.nbytes(features)
         check_table(self.n_classes, 4 * self.n_features, size, "classes",
                     "n_classes" if n_classes is not None else "labels")
         check_table(self.n_groups, 4 * self.n_features, size, "groups",
