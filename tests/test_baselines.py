@@ -1,5 +1,6 @@
 """Last-layer trainer, ERM and DFR on the planted benchmark."""
 import numpy as np
+import pytest
 import torch
 
 from pydebias import evaluate
@@ -45,3 +46,43 @@ def test_adam_path_reaches_the_lbfgs_solution():
     adam = evaluate(ERM(optimizer="adam", epochs=10).fit(d["train"]), d["train"]).accuracy
     lbfgs = evaluate(ERM().fit(d["train"]), d["train"]).accuracy
     assert adam > 0.9 and abs(adam - lbfgs) < 0.02
+
+
+def test_afr_picks_gamma_label_free_and_a_balanced_val_does_not_flip_it():
+    """gamma='auto': on planted with a val biased like train the reweighting is kept
+    (gamma > 0, worst group above ERM); with a group-balanced val a fixed gamma=4
+    over-corrects (the paper's set is biased like train) and the choice falls to 0."""
+    import warnings
+
+    from pydebias.data import planted
+    from pydebias.methods import AFR, ERM
+    from pydebias.metrics import evaluate
+
+    for val_corr, fixed_flips in ((None, False), (0.5, True)):
+        d = planted(n_train=8000, n_val=3000, n_test=3000, seed=0, **({} if val_corr is None else {"val_corr": val_corr}))
+        erm = ERM().fit(d["train"])
+        base = evaluate(erm, d["test"]).worst_group_accuracy
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            auto = AFR()
+            head = auto.fit(d["train"], d["val"], head=erm)
+            four = AFR(gamma=4.0).fit(d["train"], d["val"], head=erm)
+        wga = evaluate(head, d["test"]).worst_group_accuracy
+        assert [c["gamma"] for c in auto.report_["selection"]] == [0.0, 1.0, 2.0, 4.0, 8.0]
+        assert auto.report_["gamma"] == auto.gamma_ == max(auto.report_["selection"], key=lambda c: c["score"])["gamma"]
+        assert wga > base + 0.05
+        if fixed_flips:
+            assert auto.gamma_ == 0.0 and evaluate(four, d["test"]).worst_group_accuracy < base
+        else:
+            assert auto.gamma_ > 0.0
+
+
+@pytest.mark.parametrize("kw, match", [({"gamma": "best"}, "gamma"), ({"gammas": ()}, "gammas"),
+                                       ({"gammas": (1.0, -2.0)}, "gammas"), ({"holdout": 0.0}, "holdout")])
+def test_afr_auto_parameters_are_checked(kw, match):
+    from pydebias.data import planted
+    from pydebias.methods import AFR
+
+    d = planted(n_train=300, n_val=200, n_test=100, seed=0)
+    with pytest.raises(ValueError, match=match):
+        AFR(**kw).fit(d["train"], d["val"])

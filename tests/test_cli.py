@@ -104,6 +104,9 @@ def _fake_rows(table):
     for (name, bb, split), cells in table.items():
         res = {}
         for m, v in cells.items():
+            if isinstance(v, str):  # "f0.40": flagged by the guard's check, not acted on (guard off)
+                res[m] = {"report": rep(float(v[1:])), "guard_flagged": True}
+                continue
             res[m] = {"report": rep(v[0] if isinstance(v, tuple) else v)}
             if isinstance(v, tuple):
                 res[m]["unguarded"] = rep(v[1])
@@ -123,6 +126,7 @@ def test_harm_summary_reads_gains_losses_and_guard_cost_off_the_rows():
                                                     "NSF": (0.16, 0.05)},  # the guard kept ERM
         ("fashion-square", "from scratch", "biased"): {"ERM": 0.20, "ClassBalanced": 0.10, "NeuronTune": 0.30,
                                                        "NSF": (0.20, 0.50)},
+        ("planted", "planted", "biased"): {"ERM": 0.50, "NeuronTune": "f0.40", "NSF": "f0.58"},
     })
     h = report.harm_summary(rows)
     assert h["image_settings"] == 3
@@ -131,11 +135,14 @@ def test_harm_summary_reads_gains_losses_and_guard_cost_off_the_rows():
     assert [c["neurontune"] > c["classbalanced"] for c in h["neurontune_vs_cb"]] == [True, False, True]
     assert sorted((x["method"], x["setting"].split(" / ")[1], round(x["points"], 1)) for x in h["losses"]) == [
         ("ClassBalanced", "from scratch", -10.0), ("ClassBalanced", "two-stage", -7.0),
-        ("NeuronTune", "two-stage", -6.0)]
-    assert [round(g["cost"], 1) for g in h["guard"]] == [-11.0, 30.0]
+        ("NeuronTune", "planted", -10.0), ("NeuronTune", "two-stage", -6.0)]
+    # acted on (guard on) or only flagged (guard off), each check that called a head harmful counts
+    assert [(round(g["cost"], 1), g["acted"]) for g in h["guard"]] == [
+        (-11.0, True), (30.0, True), (-10.0, False), (8.0, False)]
     rec = report.guard_record([h, h])
-    assert rec == {"fired": 4, "set_aside_harmful": 2, "points_given_up": pytest.approx(60.0),
-                   "points_avoided": pytest.approx(22.0), "guarded_losses": 2, "loss_points": 5.0}
+    assert rec == {"fired": 8, "set_aside_harmful": 4, "points_given_up": pytest.approx(76.0),
+                   "points_avoided": pytest.approx(42.0), "net": pytest.approx(-34.0), "guarded_losses": 4,
+                   "loss_points": 5.0}
     md = report.harm_markdown(h)
     assert "higher on 2 of 3" in md and "NeuronTune on fashion-square / two-stage / biased -6.0" in md
     assert "gain given up 30.0" in md and "loss avoided 11.0" in md
@@ -149,7 +156,7 @@ def test_neurontune_modes_table_on_planted(tmp_path):
     from pydebias.tools import report
     from pydebias.methods import NeuronTune
 
-    assert main(["report", "--neurontune-modes", "--benchmarks", "planted", "--out", str(tmp_path),
+    assert main(["report", "--neurontune-modes", "--benchmarks", "planted", "--seed", "0", "--out", str(tmp_path),
                  "--quiet"]) == 0
     md = (tmp_path / "neurontune_modes.md").read_text()
     assert md.count("| planted | planted |") == 2 and "union, λ=0" in md
@@ -171,7 +178,8 @@ def test_localisation_table_on_planted(tmp_path):
     """The oracle study: on ``planted`` the shortcut lives in exactly the 8 planted neurons, so
     zeroing the top 8 by attribute association repairs the worst group (k for +5 = 8), and
     NeuronTune's own mask is those 8."""
-    assert main(["report", "--localisation", "--benchmarks", "planted", "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["report", "--localisation", "--benchmarks", "planted", "--seed", "0", "--out", str(tmp_path),
+                 "--quiet"]) == 0
     md = (tmp_path / "localisation.md").read_text()
     js = json.loads((tmp_path / "localisation.json").read_text())
     (row,) = js["rows"]
@@ -202,6 +210,15 @@ def test_report_over_seeds_agrees_with_each_seed(tmp_path):
                     ["worst_group_accuracy"] for s in (0, 1)]
             assert cell["worst_group"] == vals and cell["mean"] == sum(vals) / 2
     assert "over seeds 0, 1" in (tmp_path / "seeds.md").read_text()
+
+
+def test_report_defaults_to_five_seeds(monkeypatch, tmp_path):
+    from pydebias.tools import cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "_report_seeds", lambda args, settings: seen.setdefault("seeds", args.seeds) and 0)
+    assert main(["report", "--benchmarks", "planted", "--out", str(tmp_path), "--quiet"]) == 0
+    assert seen["seeds"] == [0, 1, 2, 3, 4]
 
 
 def test_result_files_get_the_mode_a_plain_open_would(tmp_path):

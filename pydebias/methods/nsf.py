@@ -87,7 +87,7 @@ class NSF(EmbeddingMethod):
 
     def __init__(self, alpha: float = 10.0, n_eliminate_steps: int = 10, n_update_steps: int = 500,
                  lr: float = 1e-3, k_clusters: int = 1, seed: int = 0, holdout: float = 0.25,
-                 guard: bool = True, guard_tolerance: float = 0.25, kmeans_iter: int = 20,
+                 guard: bool = False, guard_tolerance: float = 0.25, kmeans_iter: int = 20,
                  standardize: bool = True, chunk_rows: Optional[int] = None):
         self.alpha, self.n_eliminate_steps, self.n_update_steps = alpha, n_eliminate_steps, n_update_steps
         self.lr, self.k_clusters, self.seed, self.holdout = lr, k_clusters, seed, holdout

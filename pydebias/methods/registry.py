@@ -43,7 +43,8 @@ REGISTRY: Dict[str, MethodSpec] = {s.name: s for s in (
     MethodSpec("classbalanced-val", "ClassBalanced (val)", ClassBalanced,
                "the same, retrained on val", params={"retrain_on": "val"}),
     MethodSpec("jtt", "JTT", JTT, "up-weights (x20) the training errors of a briefly trained head, retrains"),
-    MethodSpec("afr", "AFR", AFR, "retrains from the ERM head on val with weights exp(-4 p(y|x))"),
+    MethodSpec("afr", "AFR", AFR, "retrains from the ERM head on val with weights exp(-γ p(y|x)), γ picked "
+               "label-free on held-out val rows"),
     MethodSpec("neurontune", "NeuronTune", NeuronTune,
                "zeroes the neurons whose median is higher on val's errors than on its correct samples, "
                "retrains on train"),

