@@ -237,3 +237,20 @@ def test_result_files_get_the_mode_a_plain_open_would(tmp_path):
     assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "b.json").stat().st_mode) == 0o600
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]  # no temporary left
+
+
+def test_balance_study_on_planted(tmp_path):
+    """The identification-balance study: on ``planted`` the methods that retrain on val
+    repair the worst group with a balanced val and lose it as val gets biased like train."""
+    assert main(["report", "--balance", "--benchmarks", "planted", "--seed", "0", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    rows = json.loads((tmp_path / "balance.json").read_text())["rows"]
+    by_corr = {r["val_corr"]: r for r in rows}
+    assert sorted(by_corr) == [0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    assert all(r["train_corr"] == 0.95 for r in rows)
+    bal, biased = by_corr[0.5], by_corr[0.95]
+    assert bal["NeuronTune (val)"]["worst_group"] > bal["ERM"] + 0.3
+    assert bal["ClassBalanced (val)"]["worst_group"] > biased["ClassBalanced (val)"]["worst_group"] + 0.2
+    assert bal["DFR"]["worst_group"] > bal["ERM"] + 0.3
+    md = (tmp_path / "balance.md").read_text()
+    assert "| planted (planted) | 0.5 |" in md and "| planted (planted) | 0.95 |" in md

@@ -181,7 +181,7 @@ def test_guard_keeps_erm_head_when_told():
     erm = ERM().fit(s)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        m = NeuronTune(retrain_on="val", lam=-1.0)  # λ below every δ: zeroes all neurons, a harmful head
+        m = NeuronTune(retrain_on="val", lam=-1.0, guard=True)  # λ below every δ: zeroes all neurons, a harmful head
         head = m.fit(None, s, head=erm)
     assert m.report_["guard"]["harmful"] and m.report_["guard"]["kept_erm_head"]
     assert torch.equal(head.weight, erm.weight) and head is not erm  # a copy: the result never aliases erm

@@ -172,7 +172,7 @@ def planted_runs():
                          ("no_shortcut", dict(corr=0.5))]:
             d = planted(n_train=6000, n_val=3000, n_test=3000, seed=0, **kw)
             erm = ERM().fit(d["train"])
-            m = NSF()
+            m = NSF(guard=True)
             head = m.fit(d["train"], d["val"], head=erm)
             out[name] = dict(erm=erm, head=head, m=m, wga_erm=evaluate(erm, d["test"]).worst_group_accuracy,
                              wga_nsf=evaluate(m.debiased_head_, d["test"]).worst_group_accuracy)
@@ -196,6 +196,18 @@ def test_planted_guard_fires_where_nsf_harms(planted_runs):
     assert g["kept_erm_head"] and r["m"].report_["returned"] == "erm"
     assert r["head"] is not r["erm"] and torch.equal(r["head"].weight, r["erm"].weight)  # a copy, not the input
     assert g["pseudo_group_gain"] < g["balanced_accuracy_drop"]
+
+
+def test_by_default_the_check_warns_and_the_nsf_head_is_returned():
+    # guard off (the default): the same shortcut-free case is flagged and warned about,
+    # the warning points at a balanced identification split, and the NSF head comes back
+    d = planted(n_train=6000, n_val=3000, n_test=3000, seed=0, corr=0.5)
+    erm = ERM().fit(d["train"])
+    m = NSF()
+    with pytest.warns(RuntimeWarning, match="group-balanced"):
+        head = m.fit(d["train"], d["val"], head=erm)
+    assert m.report_["guard"]["harmful"] and not m.report_["guard"]["kept_erm_head"]
+    assert head is m.debiased_head_ and m.report_["returned"] == "nsf"
 
 
 def test_planted_biased_split_keeps_the_real_gain(planted_runs):

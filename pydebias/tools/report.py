@@ -150,14 +150,13 @@ def balance_study(settings: Sequence[Setting], seed: int = 0, progress: bool = T
     from ..metrics import evaluate
 
     rows = []
-    biased = [(n, bb, p) for n, bb, split, p in settings if split == "biased" and n != "planted"
-              and "val_corr" in _loader_params(n)]
+    biased = [(n, bb, p) for n, bb, split, p in settings if split == "biased" and "val_corr" in _loader_params(n)]
     for name, bb, params in tqdm(biased, desc="identification balance", disable=not progress):
         ok, why = availability(name)
         if not ok:
             rows.append({"benchmark": name, "backbone": bb, "skipped": why})
             continue
-        train_corr = load(name, seed=seed, **params)["info"]["params"]["corr"]
+        train_corr = float(params.get("corr", _loader_params(name)["corr"].default))
         for corr in sorted({*BALANCE_CORRS, train_corr}):
             data = load(name, seed=seed, **{**params, "val_corr": float(corr)})
             erm = _erm_head(data, seed)
