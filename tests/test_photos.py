@@ -67,6 +67,12 @@ def test_a_balanced_val_reuses_the_backbone_and_keeps_train_and_test(built, cach
         assert np.array_equal(bal[s].features, built[s].features)
         assert np.array_equal(bal[s].groups, built[s].groups)
     assert 0.3 < np.mean((bal["val"].groups % 2) == bal["val"].labels) < 0.7
+    import glob, os
+
+    # one backbone, the train and test embeddings stored once, a val file per val_corr
+    names = [os.path.basename(p) for p in glob.glob(os.path.join(cache, "fashion-on-photos-*.pt"))]
+    for kind, n in (("backbone", 1), ("train", 1), ("test", 1), ("val", 2)):
+        assert sum(x.startswith(f"fashion-on-photos-{kind}-") for x in names) == n, (kind, names)
 
 
 def test_another_seed_draws_other_rows(built, cache, monkeypatch):

@@ -11,8 +11,9 @@ outputs are computed once), blocks ``finetune_from`` and above, the 1x1 top conv
 fresh 2-class head are fine-tuned by ERM on the biased train split, as NeuronTune and
 NSF assume (ImageNet backbone, then ERM on the task). Embeddings: 1,280-d.
 
-Everything is cached (:mod:`pydebias.data.cache`) under a key that hashes the
-parameters, the seed, the code version, the weights file and the rendered images.
+Everything is cached (:mod:`pydebias.data.cache`): the fine-tuned network under a key
+that hashes the parameters, the seed, the code version, the weights file and the rendered
+train images; each split's embeddings under the backbone's key and that split's images.
 """
 from __future__ import annotations
 
@@ -224,41 +225,45 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
     params = dict(corr=corr, val_corr=val_corr, n_train=int(n_train), n_val=int(n_val), n_test=int(n_test),
                   image_px=int(image_px), object_px=int(object_px), opacity=float(opacity), finetune_from=int(finetune_from),
                   epochs=int(epochs), lr=float(lr), batch_size=int(batch_size), task=task)
-    # Content keys: the backbone depends on the weights file and the train images only (a
-    # balanced val reuses it); the embeddings on every split.
+    # Content keys: the backbone depends on the weights file and the train images only; each
+    # split's embeddings on the backbone and that split's images, so another val_corr
+    # reuses the backbone and the train / test embeddings and embeds only the new val.
     weights_hash = _sha256_file(weights)
     digest = {s: hashlib.sha256(images[s].tobytes() + labels[s].tobytes()).hexdigest() for s in images}
     bb_params = {k: v for k, v in params.items() if not k.startswith("val")}
     bb_key = cache.cache_key("fashion-on-photos", {**bb_params, "weights": weights_hash, "train": digest["train"]}, seed)
-    key = cache.cache_key("fashion-on-photos", {**params, "weights": weights_hash, **digest}, seed)
     root_dir = cache.cache_root(cache_dir)
-    path = os.path.join(root_dir, f"fashion-on-photos-{key[:24]}.pt")
     bb_path = os.path.join(root_dir, f"fashion-on-photos-backbone-{bb_key[:24]}.pt")
+    emb_path = {s: os.path.join(root_dir, f"fashion-on-photos-{s}-"
+                                + cache.cache_key("fashion-on-photos", {"backbone": bb_key, s: digest[s]}, seed)[:24] + ".pt")
+                for s in images}
 
     t0 = time.perf_counter()
-    cached = cache.load_cache(path) if use_cache else None
-    bb = cache.load_cache(bb_path) if use_cache and cached is None else None
+    bb = cache.load_cache(bb_path) if use_cache else None
+    feats: Dict[str, np.ndarray] = {}
+    if bb is not None:
+        for s, p in emb_path.items():
+            got = cache.load_cache(p)
+            if got is not None and np.array_equal(got["groups"].numpy(), groups[s]):
+                feats[s] = got["features"].numpy()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(ss_torch.generate_state(1, dtype=np.uint32)[0]))
-        model = efficientnet_lite0(pretrained=cached is None and bb is None, n_classes=2)
+        model = efficientnet_lite0(pretrained=bb is None, n_classes=2)
     upto = int(finetune_from)
-    if cached is not None:
-        model.load_state_dict(cached["state_dict"])
-        feats = {s: cached["features"][s].numpy() for s in groups}
-        log = cached.get("log", {})
-    else:
+    if bb is not None:  # the whole network, bottom (ImageNet) and fine-tuned top
+        model.load_state_dict(bb["state_dict"])
+        log = bb.get("log", {})
+    missing = [s for s in ("train", "val", "test") if s not in feats]
+    if missing:
         from tqdm import tqdm
 
-        total = n_train + n_val + n_test + (0 if bb is not None else int(epochs) * n_train)
+        need = missing if bb is not None else ["train", "val", "test"]
+        total = sum(labels[s].shape[0] for s in need) + (0 if bb is not None else int(epochs) * n_train)
         with tqdm(total=total, disable=not progress, unit="img", leave=False,
                   desc=f"fashion-on-photos seed {seed}: ImageNet features"
                        + ("" if bb is not None else ", then ERM fine-tuning")) as bar:
-            if bb is not None:  # the whole network, bottom (ImageNet) and fine-tuned top
-                model.load_state_dict(bb["state_dict"])
-            bottom = {s: _bottom_features(model, images[s], upto, bar) for s in ("train", "val", "test")}
-            if bb is not None:
-                log = bb.get("log", {})
-            else:
+            bottom = {s: _bottom_features(model, images[s], upto, bar) for s in need}
+            if bb is None:
                 log = _finetune(model, bottom["train"], labels["train"], upto, int(epochs), float(lr),
                                 int(batch_size), np.random.default_rng(ss_ft), bar)
                 if use_cache:
@@ -266,14 +271,13 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
                                                "seed": int(seed), "version": cache.CODE_VERSION, "log": log})
         model.eval()
         with torch.no_grad():
-            feats = {s: torch.cat([_top_embed(model, bottom[s][k:k + 512], upto)
-                                   for k in range(0, bottom[s].shape[0], 512)]).numpy() for s in bottom}
-        if use_cache:
-            cache.save_cache(path, {
-                "state_dict": model.state_dict(),
-                "features": {s: torch.from_numpy(f) for s, f in feats.items()},
-                "groups": {s: torch.from_numpy(g) for s, g in groups.items()},
-                "params": params, "seed": int(seed), "version": cache.CODE_VERSION, "log": log})
+            for s in missing:
+                feats[s] = torch.cat([_top_embed(model, bottom[s][k:k + 512], upto)
+                                      for k in range(0, bottom[s].shape[0], 512)]).numpy()
+                if use_cache:
+                    cache.save_cache(emb_path[s], {"features": torch.from_numpy(feats[s]),
+                                                   "groups": torch.from_numpy(groups[s]), "seed": int(seed),
+                                                   "version": cache.CODE_VERSION})
     model.eval()
 
     out: Dict = {}
@@ -290,6 +294,6 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
     out["inputs"] = inputs
     out["backbone"] = model
     out["head"] = model.head
-    out["info"] = {"params": params, "seed": int(seed), "cache_path": path if use_cache else None,
-                   "from_cache": cached is not None, "seconds": time.perf_counter() - t0, "log": log}
+    out["info"] = {"params": params, "seed": int(seed), "cache_path": bb_path if use_cache else None,
+                   "from_cache": not missing, "seconds": time.perf_counter() - t0, "log": log}
     return out
