@@ -146,8 +146,8 @@ def _texture(name: str, scale: int) -> np.ndarray:
     try:
         import skimage.data
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("fashion-on-textures needs scikit-image for its background "
-                          "photographs: `pip install scikit-image`") from e
+        raise ImportError("fashion-on-textures and fashion-on-photos need scikit-image for their "
+                          "background photographs: `pip install scikit-image`") from e
     t = np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255.0
     if t.ndim == 3:
         t = t[..., :3].mean(axis=2)

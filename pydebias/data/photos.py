@@ -17,7 +17,6 @@ train images; each split's embeddings under the backbone's key and that split's 
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import time
@@ -30,7 +29,7 @@ from torch import nn
 from ._spurious import attribute_for, resolve_correlations
 from . import cache
 from .embedding_set import EmbeddingSet
-from .fashion import TEXTURE_CLASSES, load_fashion_mnist
+from .fashion import TEXTURE_CLASSES, _texture, load_fashion_mnist
 
 __all__ = ["load_fashion_on_photos", "PHOTO_GROUPS", "PHOTO_TINTS", "TASKS", "render_on_photos"]
 
@@ -51,20 +50,6 @@ PHOTO_GROUPS = TASK_GROUPS["tops-vs-footwear"]
 PHOTO_TINTS = np.array([[0.55, 0.85, 0.35], [0.85, 0.45, 0.35]], dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=2)
-def _photo(name: str) -> np.ndarray:
-    try:
-        import skimage.data
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("fashion-on-photos needs scikit-image for its background photographs: "
-                          "`pip install scikit-image`") from e
-    t = np.asarray(getattr(skimage.data, name)(), dtype=np.float32) / 255.0
-    if t.ndim == 3:
-        t = t[..., :3].mean(axis=2)
-    t.flags.writeable = False
-    return t
-
-
 def render_on_photos(images: np.ndarray, attr: np.ndarray, rng: np.random.Generator, image_px: int = 64,
                      object_px: int = 28, opacity: float = 1.0) -> np.ndarray:
     """(N, 3, image_px, image_px) uint8 RGB: each 28 x 28 grayscale object resized to
@@ -79,7 +64,7 @@ def render_on_photos(images: np.ndarray, attr: np.ndarray, rng: np.random.Genera
     obj = obj[:, 0].clamp_(0, 1).numpy()
     for a, name in enumerate(PHOTO_NAMES):
         rows = np.flatnonzero(attr == a)
-        photo = _photo(name)
+        photo = _texture(name, 1)
         ys = rng.integers(0, photo.shape[0] - image_px + 1, size=rows.size)
         xs = rng.integers(0, photo.shape[1] - image_px + 1, size=rows.size)
         py = rng.integers(0, image_px - object_px + 1, size=rows.size)

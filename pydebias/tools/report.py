@@ -468,8 +468,8 @@ def harm_markdown(h: Dict) -> str:
         body = "; ".join(f"{x['method']} on {x['setting']} {x['points']:+.1f} ({x['erm']:.1f} -> {x['result']:.1f})"
                          for x in rows) or "none"
         out.append(f"- More than {h['loss_points']:g} points below ERM, {label}: {body}.")
-    body = "; ".join(f"{g['method']} on {g['setting']}: the head set aside scores {g['set_aside']:.1f} "
-                     f"against ERM's {g['erm']:.1f} ({'gain given up' if g['cost'] > 0 else 'loss avoided'} "
+    body = "; ".join(f"{g['method']} on {g['setting']}: the debiased head scores {g['set_aside']:.1f} "
+                     f"against ERM's {g['erm']:.1f} (acting on it: {'gain given up' if g['cost'] > 0 else 'loss avoided'} "
                      f"{abs(g['cost']):.1f})" for g in h["guard"]) or "never"
     out.append(f"- The guard's check called the head harmful (with the guard on, ERM's head is returned): {body}.")
     return "\n".join(out) + "\n"
