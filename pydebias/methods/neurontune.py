@@ -101,9 +101,10 @@ class NeuronTune(EmbeddingMethod):
     holdout : fraction of ``val`` held out for λ selection and the guard; 0 turns both off.
     holdout_max_rows : at most this many rows are held out (copied out of a memmap); the
         identification rows are read in place.
-    guard, guard_tolerance : return (a copy of) the ERM head when the holdout calls the
-        new head harmful (:mod:`pydebias.methods.guard`); the new head stays available as
-        ``debiased_head_``.
+    guard, guard_tolerance : the holdout's label-free check always runs (``report_["guard"]``,
+        a warning when it calls the new head harmful); ``guard=True`` then returns (a copy
+        of) the ERM head, the new one staying in ``debiased_head_``. Off by default: over
+        five seeds acting on the check cost more than it saved (docs/methods.md).
     """
 
     def __init__(self, retrain_on: str = "train", lam: Union[float, str] = "auto", mask_mode: str = "union",

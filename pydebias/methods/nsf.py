@@ -74,9 +74,10 @@ class NSF(EmbeddingMethod):
     seed : seeds the holdout split, head initialisation, sampling and k-means.
     holdout : fraction of ``val`` held out (class-stratified) for the do-no-harm check;
         0 disables it (the paper fits on all of the set).
-    guard, guard_tolerance : return (a copy of) the ERM head when the holdout calls the NSF head
-        harmful (:func:`pydebias.methods.guard.guard_check`; ``guard_tolerance`` caps the
-        balanced-accuracy drop).
+    guard, guard_tolerance : the holdout's check (:func:`pydebias.methods.guard.guard_check`;
+        ``guard_tolerance`` caps the balanced-accuracy drop) always runs and warns;
+        ``guard=True`` returns (a copy of) the ERM head when it calls the NSF head harmful.
+        Off by default (its record: docs/methods.md).
     kmeans_iter : Lloyd iterations of the k-means extension.
     standardize : run all four steps on per-neuron z-scores of the fit rows (mean and
         standard deviation of the rows NSF is fitted on; a constant neuron keeps scale 1),
