@@ -10,7 +10,7 @@ from torch import nn
 
 from ..metrics import evaluate, predict
 from ..nn.last_layer import balance_weights, train_linear_head
-from ..validation import check_choice, check_embedding_set, check_linear_head, check_number
+from ..validation import check_choice, check_embedding_set, check_fraction, check_linear_head, check_number
 from .base import EmbeddingMethod
 
 __all__ = ["ERM", "DFR", "ClassBalanced", "JTT", "AFR", "erm_head"]
@@ -167,19 +167,17 @@ class AFR(EmbeddingMethod):
 
     def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
         from .guard import selection_score
-        from ..validation import check_fraction
 
         s = self._need_val(val, "AFR")
         auto = isinstance(self.gamma, str)
         if auto and self.gamma != "auto":
             raise ValueError(f"gamma: expected a number or 'auto', got {self.gamma!r}")
-        if auto:
-            check_fraction(self.holdout, "holdout")
-            if not self.gammas or any(not np.isfinite(float(g)) or float(g) < 0 for g in self.gammas):
-                raise ValueError(f"gammas: expected non-negative finite numbers, got {self.gammas!r}")
-            if not 0 < self.holdout < 1:
-                raise ValueError(f"holdout: gamma='auto' scores on held-out val rows; expected 0 < holdout < 1, "
-                                 f"got {self.holdout}")
+        if auto:  # gamma='auto' scores each candidate on held-out val rows
+            check_fraction(self.holdout, "holdout", low_open=True)
+            if not self.gammas:
+                raise ValueError("gammas: expected at least one candidate gamma, got none")
+            for g in self.gammas:
+                check_number(g, "gammas", 0.0)
         else:
             check_number(self.gamma, "gamma", 0.0)
         head = erm_head(train, head, s.n_features, s.n_classes, self.seed)
