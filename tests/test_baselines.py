@@ -86,3 +86,35 @@ def test_afr_auto_parameters_are_checked(kw, match):
     d = planted(n_train=300, n_val=200, n_test=100, seed=0)
     with pytest.raises(ValueError, match=match):
         AFR(**kw).fit(d["train"], d["val"])
+
+
+def test_jtt_balanced_weighs_each_class_error_cell_the_same_and_lifts_the_worst_group():
+    from pydebias.methods import JTT
+    from pydebias.metrics import predict
+
+    d = planted(n_train=6000, n_val=3000, n_test=3000, seed=0)
+    tr = d["train"]
+    m = JTT(seed=0)
+    head = m.fit(tr)
+    # the identification head JTT trains (same arguments) marks the same errors
+    first = train_linear_head(tr.features, tr.labels, tr.n_classes, l2=m.id_l2, epochs=m.id_epochs, seed=0)
+    wrong = predict(first, tr.features) != tr.labels
+    assert m.report_["n_errors"] == int(wrong.sum()) > 0
+    for c, ratio in enumerate(m.report_["error_weight_per_class"]):
+        in_c = tr.labels == c
+        # equal cell totals: an error weighs (correct rows of c) / (errors of c) times a correct row
+        assert ratio == pytest.approx((in_c & ~wrong).sum() / (in_c & wrong).sum(), rel=1e-6)
+    erm = evaluate(ERM().fit(tr), d["test"]).worst_group_accuracy
+    assert evaluate(head, d["test"]).worst_group_accuracy > erm + 0.3
+    # a number is the paper's fixed rule: every error weighs that many correct rows
+    m20 = JTT(up_weight=20.0, seed=0)
+    m20.fit(tr)
+    assert m20.report_["error_weight_per_class"] == [20.0] * tr.n_classes
+
+
+def test_jtt_up_weight_word_is_checked():
+    from pydebias.methods import JTT
+
+    d = planted(n_train=300, n_val=100, n_test=100, seed=0)
+    with pytest.raises(ValueError, match="up_weight.*'balanced'"):
+        JTT(up_weight="auto").fit(d["train"])

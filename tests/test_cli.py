@@ -254,3 +254,17 @@ def test_balance_study_on_planted(tmp_path):
     assert bal["DFR"]["worst_group"] > bal["ERM"] + 0.3
     md = (tmp_path / "balance.md").read_text()
     assert "| planted (planted) | 0.5 |" in md and "| planted (planted) | 0.95 |" in md
+
+
+def test_jtt_weights_study_on_planted(tmp_path):
+    """JTT's up-weight study: one row per non-balanced setting, every up-weight, and the
+    balanced default lifts planted's worst group where a 2x up-weight barely does."""
+    assert main(["report", "--jtt-weights", "--benchmarks", "planted", "--seed", "0", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    rows = json.loads((tmp_path / "jtt_weights.json").read_text())["rows"]
+    assert [(r["benchmark"], r["backbone"]) for r in rows] == [("planted", "planted")]  # the balanced one skipped
+    r = rows[0]
+    assert r["balanced"] > r["ERM"] + 0.3 and r["balanced"] > r["2.0"] + 0.2
+    assert len(r["error_weight_per_class"]) == 2 and min(r["error_weight_per_class"]) > 1
+    md = (tmp_path / "jtt_weights.md").read_text()
+    assert "| planted (planted) |" in md and "up_weight=balanced" in md and "mean over settings" in md

@@ -106,29 +106,46 @@ class ClassBalanced(EmbeddingMethod):
 class JTT(EmbeddingMethod):
     """Just Train Twice (Liu et al., 2021), on the last layer: an identification head
     trained briefly (``id_epochs`` L-BFGS iterations, strong ``id_l2``) marks the training
-    errors, which are then up-weighted by ``up_weight`` in a second training.
+    errors, which are then up-weighted in a second training.
 
-    The paper retrains the whole network; on fixed embeddings only the head is retrained
-    (the usual last-layer form of JTT in comparisons such as AFR's). Reads ``train``.
+    ``up_weight="balanced"`` (default) weighs every (class, error or not) cell of train
+    equally, i.e. the errors of a class are up-weighted by (its correct rows / its
+    errors): the error set stands in for the minority groups, as groups do in DFR. A
+    number multiplies the errors' weight by it (the paper's rule; it picks the number
+    with group labels). The paper retrains the whole network; on fixed embeddings only
+    the head is retrained (the usual last-layer form in comparisons such as AFR's).
+    Reads ``train``.
     """
 
-    def __init__(self, up_weight: float = 20.0, id_epochs: int = 10, id_l2: float = 1e-2, l2: float = 1e-4,
+    def __init__(self, up_weight="balanced", id_epochs: int = 10, id_l2: float = 1e-2, l2: float = 1e-4,
                  epochs: int = 100, seed: int = 0):
         self.up_weight, self.id_epochs, self.id_l2 = up_weight, id_epochs, id_l2
         self.l2, self.epochs, self.seed = l2, epochs, seed
 
     def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
         s = check_embedding_set(train, "train")
-        check_number(self.up_weight, "up_weight", 1.0)
+        if isinstance(self.up_weight, str):
+            if self.up_weight != "balanced":
+                raise ValueError(f"up_weight: expected a number >= 1 or 'balanced', got {self.up_weight!r}")
+        else:
+            check_number(self.up_weight, "up_weight", 1.0)
         check_number(self.id_epochs, "id_epochs", 1, integer=True)
         check_number(self.id_l2, "id_l2", 0.0)
         first = train_linear_head(s.features, s.labels, s.n_classes, l2=self.id_l2, epochs=self.id_epochs,
                                   seed=self.seed)
         wrong = predict(first, s.features) != s.labels
-        w = np.where(wrong, self.up_weight, 1.0)
-        self.head_ = train_linear_head(s.features, s.labels, s.n_classes, sample_weight=w, l2=self.l2,
+        C = s.n_classes
+        if self.up_weight == "balanced":
+            w = balance_weights(2 * s.labels + wrong, 2 * C)
+        else:
+            w = np.where(wrong, float(self.up_weight), 1.0)
+        # the weight of an error over that of a correct row of its class (0 where a class has no errors)
+        ratio = [float(w[wrong & (s.labels == c)][0] / w[~wrong & (s.labels == c)][0])
+                 if (wrong & (s.labels == c)).any() and (~wrong & (s.labels == c)).any() else 0.0 for c in range(C)]
+        self.head_ = train_linear_head(s.features, s.labels, C, sample_weight=w, l2=self.l2,
                                        epochs=self.epochs, seed=self.seed)
-        self.report_ = {"method": "JTT", "n_errors": int(wrong.sum()), "n_train": len(s)}
+        self.report_ = {"method": "JTT", "n_errors": int(wrong.sum()), "n_train": len(s),
+                        "up_weight": self.up_weight, "error_weight_per_class": ratio}
         return self.head_
 
 

@@ -42,7 +42,8 @@ REGISTRY: Dict[str, MethodSpec] = {s.name: s for s in (
                "class-balanced last-layer retraining on train: NeuronTune's retraining without its masks"),
     MethodSpec("classbalanced-val", "ClassBalanced (val)", ClassBalanced,
                "the same, retrained on val", params={"retrain_on": "val"}),
-    MethodSpec("jtt", "JTT", JTT, "up-weights (x20) the training errors of a briefly trained head, retrains"),
+    MethodSpec("jtt", "JTT", JTT, "up-weights the training errors of a briefly trained head (every class × error "
+               "cell weighs the same), retrains"),
     MethodSpec("afr", "AFR", AFR, "retrains from the ERM head on val with weights exp(-γ p(y|x)), γ picked "
                "label-free on held-out val rows"),
     MethodSpec("neurontune", "NeuronTune", NeuronTune,

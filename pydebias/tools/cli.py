@@ -143,10 +143,11 @@ def _cmd_report(args) -> int:
     settings = report.default_settings(args.benchmarks)
     if args.seed is None and not args.seeds:
         args.seeds = list(REPORT_SEEDS)
-    # the two studies behind the table: (rows function, markdown function, file stem)
+    # the studies behind the table: (rows function, markdown function, file stem)
     studies = {"neurontune_modes": (report.neurontune_modes, report.neurontune_modes_markdown, "neurontune_modes"),
                "localisation": (report.localisation, report.localisation_markdown, "localisation"),
-               "balance": (report.balance_study, report.balance_markdown, "balance")}
+               "balance": (report.balance_study, report.balance_markdown, "balance"),
+               "jtt_weights": (report.jtt_weights, report.jtt_weights_markdown, "jtt_weights")}
     for flag, (run, to_md, stem) in studies.items():
         if getattr(args, flag):
             from ..results import provenance, write_atomic, write_json
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--balance", action="store_true",
                        help="instead: the annotation-free methods with identification splits from group-balanced "
                             "to biased (balance.md/.json)")
+    study.add_argument("--jtt-weights", action="store_true",
+                       help="instead: JTT with each up-weight on every setting that is not a balanced "
+                            "identification split (jtt_weights.md/.json)")
     rp.set_defaults(fn=_cmd_report)
     b = sub.add_parser("bench", help="kernel speed as ratios to one read of the input and to baselines")
     b.add_argument("--json", help="also write the table as JSON to this path")

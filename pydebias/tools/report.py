@@ -175,6 +175,73 @@ def balance_study(settings: Sequence[Setting], seed: int = 0, progress: bool = T
     return rows
 
 
+#: JTT's up-weights compared by :func:`jtt_weights` ("balanced" is the default)
+JTT_WEIGHTS = ("balanced", 2.0, 5.0, 10.0, 20.0, 50.0)
+
+
+def jtt_weights(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
+    """Worst-group test accuracy of JTT with each of :data:`JTT_WEIGHTS` beside ERM, on
+    every setting whose identification split is not the balanced one (JTT reads train
+    only): the measurements behind ``up_weight="balanced"``."""
+    from tqdm import tqdm
+
+    from ..data import availability, load
+    from ..methods import JTT
+    from ..metrics import evaluate
+
+    rows = []
+    for name, bb, split, params in tqdm(settings, desc="JTT up-weights", disable=not progress):
+        if split == "balanced":
+            continue
+        ok, why = availability(name)
+        if not ok:
+            rows.append({"benchmark": name, "backbone": bb, "skipped": why})
+            continue
+        data = load(name, seed=seed, **params)
+        erm = _erm_head(data, seed)
+        row = {"benchmark": name, "backbone": bb, "ERM": evaluate(erm, data["test"]).worst_group_accuracy}
+        for u in JTT_WEIGHTS:
+            m = JTT(up_weight=u, seed=seed)
+            row[str(u)] = evaluate(m.fit(data["train"]), data["test"]).worst_group_accuracy
+            if u == "balanced":
+                row["error_weight_per_class"] = m.report_["error_weight_per_class"]
+        rows.append(row)
+    return rows
+
+
+def jtt_weights_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
+    """Mean (lowest–highest) worst-group accuracy over seeds per setting and up-weight."""
+    import numpy as np
+
+    keys = ["ERM"] + [str(u) for u in JTT_WEIGHTS]
+    out = [f"JTT's up-weight, {_seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
+           "(lowest–highest); \"balanced\" weighs every class × error cell of train the same (the default).", "",
+           "| benchmark | ERM | " + " | ".join(f"up_weight={k}" for k in keys[1:]) + " |",
+           "| --- | --- | " + " | ".join("---" for _ in keys[1:]) + " |"]
+    keyed: Dict = {}
+    for r in rows:
+        if "skipped" not in r:
+            keyed.setdefault((r["benchmark"], r["backbone"]), []).append(r)
+    means = {k: [] for k in keys}
+    for (name, bb), rs in keyed.items():
+        cells = []
+        for k in keys:
+            v = 100 * np.array([r[k] for r in rs])
+            means[k].append(v.mean())
+            cells.append(_mean_range(v))
+        out.append(f"| {name} ({bb}) | " + " | ".join(cells) + " |")
+    if keyed:
+        out.append("| **mean over settings** | " + " | ".join(f"{np.mean(means[k]):.1f}" for k in keys) + " |")
+        out += ["", "Largest loss of a setting's mean against ERM's: " + "; ".join(
+            f"up_weight={k} {min(a - b for a, b in zip(means[k], means['ERM'])):+.1f}" for k in keys[1:]) + "."]
+    return "\n".join(out) + "\n"
+
+
+def _mean_range(v) -> str:
+    """``mean (lowest–highest)`` of percentages (the mean alone for one value)."""
+    return f"{v.mean():.1f} ({v.min():.0f}–{v.max():.0f})" if len(v) > 1 else f"{v.mean():.1f}"
+
+
 def _loader_params(name: str):
     import inspect
 
@@ -201,7 +268,7 @@ def balance_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     for (name, bb, corr), rs in keyed.items():
         def cell(vals, flags=None):
             v = 100 * np.array(vals)
-            s = f"{v.mean():.1f} ({v.min():.0f}–{v.max():.0f})" if len(v) > 1 else f"{v.mean():.1f}"
+            s = _mean_range(v)
             n = sum(bool(f) for f in flags or [])
             return s + (f" ({n} flagged)" if n else "")
         out.append(f"| {name} ({bb}) | {corr:g} | {cell([r['ERM'] for r in rs])} | "
