@@ -118,3 +118,25 @@ def test_the_sizes_table_matches_the_loader_defaults():
 
     sig = inspect.signature(photos.load_fashion_on_photos).parameters
     assert SIZES["fashion-on-photos"] == (sig["n_train"].default, sig["n_val"].default, sig["n_test"].default, 4, 1280)
+
+
+def test_square_shortcut_carries_concepts_and_attacked_inputs(cache):
+    d = load("fashion-on-photos", seed=3, cache_dir=cache, shortcut="square", **SMALL)
+    tr, te = d["train"], d["test"]
+    assert np.array_equal(tr.concepts, tr.groups % 2) and np.array_equal(te.concepts, te.groups % 2)
+    assert 0.9 < np.mean(tr.concepts == tr.labels) <= 1.0       # the square goes with footwear
+    assert d["group_names"] == ["tops,no square", "tops,square", "footwear,no square", "footwear,square"]
+    x, _ = d["inputs"]("test")
+    xa, _ = d["inputs"]("test", attacked=True)
+    r, c, k = *photos.PHOTO_SQUARE_AT, photos.PHOTO_SQUARE_SIZE
+    corner = xa[:, :, r:r + k, c:c + k]
+    assert torch.allclose(corner, corner[:1, :, :1, :1].expand_as(corner))   # white everywhere, every image
+    on = torch.from_numpy(te.concepts == 1)
+    assert torch.equal(xa[on], x[on]) and not torch.equal(xa[~on], x[~on])
+    outside = torch.ones(x.shape[2:], dtype=torch.bool)
+    outside[r:r + k, c:c + k] = False
+    assert torch.equal(xa[:, :, outside], x[:, :, outside])      # nothing else changes
+    with pytest.raises(ValueError, match="attacked"):
+        load("fashion-on-photos", seed=3, cache_dir=cache, **SMALL)["inputs"]("test", attacked=True)
+    with pytest.raises(ValueError, match="shortcut"):
+        load("fashion-on-photos", seed=3, cache_dir=cache, shortcut="stripe", **SMALL)

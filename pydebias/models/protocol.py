@@ -18,6 +18,9 @@ class EncoderHead(nn.Module):
     """
 
     embedding_layer: str = ""
+    #: a conv layer whose output goes through a global average pool straight into ``head``
+    #: ("" if none): RR-ClArC's closed-form gradient applies there and at ``embedding_layer``
+    pooled_layer: str = ""
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__}: define embed(x)")
@@ -39,8 +42,13 @@ class EncoderHead(nn.Module):
 
     def layer(self, name: str) -> nn.Module:
         """The submodule called ``name`` (for forward / backward hooks)."""
-        modules = dict(self.named_modules())
-        if not name or name not in modules:
-            raise ValueError(f"layer: {type(self).__name__} has no layer {name!r}; "
-                             f"layers are {self.layer_names()}")
-        return modules[name]
+        return find_layer(self, name)
+
+
+def find_layer(model: nn.Module, name: str) -> nn.Module:
+    """``model``'s submodule called ``name`` (as ``named_modules()`` names it)."""
+    modules = dict(model.named_modules())
+    if not isinstance(name, str) or not name or name not in modules:
+        raise ValueError(f"layer: {type(model).__name__} has no layer {name!r}; "
+                         f"layers are {[n for n in modules if n]}")
+    return modules[name]

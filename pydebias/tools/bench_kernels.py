@@ -265,25 +265,29 @@ def bench_mask_sweep(n: int = 500_000, m: int = 512, C: int = 2, G: int = 4, K: 
 
 
 def format_table(rows: List[Dict]) -> str:
-    head = f"{'kernel':<22}{'implementation':<22}{'x one read':>11}{'vs numpy':>10}{'vs torch':>10}"
+    w = max([22] + [len(r["impl"]) + 2 for r in rows])
+    head = f"{'kernel':<22}{'implementation':<{w}}{'x one read':>11}{'vs numpy':>10}{'vs torch':>10}"
     lines = [head, "-" * len(head)]
     for r in rows:
         f = lambda k: f"{r[k]:.1f}x" if k in r else "-"  # noqa: E731
-        lines.append(f"{r['kernel']:<22}{r['impl']:<22}{r['x_one_read']:>10.2f}x{f('speedup_vs_numpy'):>10}"
+        one = f"{r['x_one_read']:>10.2f}x" if "x_one_read" in r else f"{'-':>11}"
+        lines.append(f"{r['kernel']:<22}{r['impl']:<{w}}{one}{f('speedup_vs_numpy'):>10}"
                      f"{f('speedup_vs_torch'):>10}" + (f"  {r['bar']}" if "bar" in r else ""))
     return "\n".join(lines)
 
 
 def run(quick: bool = False) -> List[Dict]:
+    from .bench_clarc import bench_clarc_epoch
+
     if quick:
         return (bench_grouped_moments(n=50_000, m=128, repeat=3)
                 + bench_grouped_quantiles(n=50_000, m=128, repeat=2, baseline_repeat=1)
                 + bench_masked_linear(n=50_000, m=128, repeat=3)
-                + bench_mask_sweep(n=50_000, m=128, repeat=2))
+                + bench_mask_sweep(n=50_000, m=128, repeat=2) + bench_clarc_epoch(n=1024, epochs=2))
     from .bench_cluster import bench_clustering
 
     return (bench_grouped_moments() + bench_grouped_quantiles() + bench_masked_linear() + bench_mask_sweep()
-            + bench_clustering())
+            + bench_clustering() + bench_clarc_epoch())
 
 
 def bench_identification(n: int = 2_000_000, m: int = 1024, path: str = None, seed: int = 0,

@@ -138,7 +138,7 @@ def _cmd_methods(args) -> int:
 
 def _cmd_report(args) -> int:
     _writable_dir(args.out, "--out")
-    from . import report
+    from . import clarc_study, report
 
     settings = report.default_settings(args.benchmarks)
     if args.seed is None and not args.seeds:
@@ -147,7 +147,8 @@ def _cmd_report(args) -> int:
     studies = {"neurontune_modes": (report.neurontune_modes, report.neurontune_modes_markdown, "neurontune_modes"),
                "localisation": (report.localisation, report.localisation_markdown, "localisation"),
                "balance": (report.balance_study, report.balance_markdown, "balance"),
-               "jtt_weights": (report.jtt_weights, report.jtt_weights_markdown, "jtt_weights")}
+               "jtt_weights": (report.jtt_weights, report.jtt_weights_markdown, "jtt_weights"),
+               "clarc": (clarc_study.clarc_study, clarc_study.clarc_markdown, "clarc")}
     for flag, (run, to_md, stem) in studies.items():
         if getattr(args, flag):
             from ..results import provenance, write_atomic, write_json
@@ -276,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--jtt-weights", action="store_true",
                        help="instead: JTT with each up-weight on every setting that is not a balanced "
                             "identification split (jtt_weights.md/.json)")
+    study.add_argument("--clarc", action="store_true",
+                       help="instead: ERM, P-, A- and RR-ClArC on fashion-square and fashion-on-photos with a "
+                            "pasted square: clean / attacked / worst-group accuracy, TCAV (clarc.md/.json)")
     rp.set_defaults(fn=_cmd_report)
     b = sub.add_parser("bench", help="kernel speed as ratios to one read of the input and to baselines")
     b.add_argument("--json", help="also write the table as JSON to this path")

@@ -1,0 +1,420 @@
+"""Class Artifact Compensation (ClArC) on whole models: RR-ClArC (Dreyer, Pahde et al.,
+"From Hope to Safety", 2023), with P-ClArC and A-ClArC (Anders et al., 2022).
+
+All three learn a concept activation vector ``h`` of the artifact at ``layer``
+(:mod:`pydebias.concepts`) from concept labels, then
+
+- **RR-ClArC** fine-tunes the ``nn.Linear`` layers after ``layer`` with class-weighted
+  cross-entropy + ``lam`` x the right-reason penalty ``mean_b <mean_spatial dy~/dA, h>^2``:
+  the output must not change along ``h``;
+- **P-ClArC** (no training) moves every activation's ``h`` component to the clean
+  samples' mean with a removable forward hook;
+- **A-ClArC** fine-tunes the same layers while the hook moves every training sample's
+  ``h`` component to the artifact samples' mean (no hook at test time).
+
+Every convolution and normalisation stays frozen in eval mode. Rules, defaults and the
+evidence for them: docs/methods.md, RR-ClArC.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..concepts import CAV, CAV_METHODS, POOLINGS, fit_cav, pool
+from ..models.protocol import find_layer
+from ..validation import check_choice, check_number
+from .base import ModelMethod
+
+__all__ = ["RRClArC", "PClArC", "AClArC", "TARGETS", "AGGREGATIONS", "output_coefficients", "rr_penalty",
+           "closed_form_gradient", "autograd_gradient", "trainable_linears"]
+
+#: the scalar y~ whose gradient the penalty aligns with h: "all_logits_random" (the
+#: published default: sum_k s_k z_k with s_k = +-1 drawn per sample and step),
+#: "all_logits" (s = 1), "target" (the label's logit), "max" (the top logit),
+#: "logprobs" (mean_k log softmax_k)
+TARGETS = ("all_logits_random", "all_logits", "target", "max", "logprobs")
+#: how <g, h> is turned into the penalty: "l2_mean" (mean square, the published default),
+#: "l1" (mean absolute value), "cosine" (mean squared cosine of g and h)
+AGGREGATIONS = ("l2_mean", "l1", "cosine")
+
+
+def output_coefficients(logits: torch.Tensor, labels: torch.Tensor, target: str,
+                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(B, K) ``s = dy~/dz`` for each target (``logprobs``: ``1/K - softmax(z)``, which
+    keeps its graph; the others are constants)."""
+    B, K = logits.shape
+    if target == "all_logits_random":
+        return torch.randint(0, 2, (B, K), generator=generator).to(logits.dtype) * 2 - 1
+    if target == "all_logits":
+        return torch.ones_like(logits)
+    if target == "target":
+        return nn.functional.one_hot(labels.long(), K).to(logits.dtype)
+    if target == "max":
+        return nn.functional.one_hot(logits.detach().argmax(1), K).to(logits.dtype)
+    if target == "logprobs":
+        return 1.0 / K - torch.softmax(logits, 1)
+    raise ValueError(f"target: expected one of {TARGETS}, got {target!r}")
+
+
+def _y_tilde(logits: torch.Tensor, s: torch.Tensor, target: str) -> torch.Tensor:
+    if target == "logprobs":
+        return torch.log_softmax(logits, 1).mean(1)
+    return (s.detach() * logits).sum(1)
+
+
+def autograd_gradient(activation: torch.Tensor, logits: torch.Tensor, s: torch.Tensor, target: str) -> torch.Tensor:
+    """``mean_spatial dy~/dA`` (B, C) by a second backward through the layers after A
+    (``create_graph=True``, so the penalty trains them)."""
+    g, = torch.autograd.grad(_y_tilde(logits, s, target).sum(), activation, create_graph=True)
+    return g.flatten(2).mean(2) if g.dim() > 2 else g
+
+
+def closed_form_gradient(head: nn.Linear, s: torch.Tensor, hw: int = 1) -> torch.Tensor:
+    """The same when A reaches the linear ``head`` directly (``hw=1``) or through one
+    global average pool over ``hw`` positions: ``dy~/dA_{c,i,j} = (s W)_c / HW``,
+    constant over positions; no second backward, and no input needed."""
+    return (s @ head.weight) / hw
+
+
+def rr_penalty(grad: torch.Tensor, h: torch.Tensor, aggregation: str = "l2_mean") -> torch.Tensor:
+    """Right-reason penalty of (B, C) gradients against the unit CAV ``h``."""
+    proj = grad @ h.to(grad.dtype)
+    if aggregation == "l2_mean":
+        return (proj ** 2).mean()
+    if aggregation == "l1":
+        return proj.abs().mean()
+    if aggregation == "cosine":
+        return ((proj / grad.norm(dim=1).clamp_min(1e-12)) ** 2).mean()
+    raise ValueError(f"aggregation: expected one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+def trainable_linears(model: nn.Module, layer: str) -> List[nn.Linear]:
+    """The ``nn.Linear`` modules registered after ``layer`` (and outside it): what ClArC
+    fine-tunes."""
+    names = [n for n, _ in model.named_modules()]
+    find_layer(model, layer)
+    after = names[names.index(layer) + 1:]
+    mods = dict(model.named_modules())
+    out = [mods[n] for n in after if not n.startswith(layer + ".") and isinstance(mods[n], nn.Linear)]
+    if not out:
+        raise ValueError(f"layer: no nn.Linear module comes after {layer!r} in {type(model).__name__}; ClArC "
+                         "fine-tunes those, so pick an earlier layer")
+    return out
+
+
+def _default_layer(model: nn.Module, layer: Optional[str]) -> str:
+    if layer is not None:
+        return layer
+    name = getattr(model, "embedding_layer", "")
+    if not name:
+        raise ValueError(f"layer: {type(model).__name__} does not follow pydebias.models.EncoderHead; name the "
+                         "layer to take the concept from, e.g. layer='features.8'")
+    return name
+
+
+def _loader(train, batch_size: int, shuffle: bool, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+def _labels(train, batch_size: int) -> torch.Tensor:
+    tensors = getattr(train, "tensors", None)  # TensorDataset: no pass over the data
+    if tensors is not None and len(tensors) >= 2:
+        return torch.as_tensor(tensors[1]).long()
+    return torch.cat([torch.as_tensor(b[1]).long() for b in _loader(train, batch_size, False, 0)])
+
+
+class _ClArC(ModelMethod):
+    """Shared by the three: the CAV, the hook and the fine-tuning loop."""
+
+    def _check(self):
+        check_choice(self.cav, "cav", CAV_METHODS)
+        check_choice(self.pooling, "pooling", POOLINGS)
+        check_number(self.batch_size, "batch_size", 1, integer=True)
+        check_number(self.seed, "seed", integer=True)
+        if self.attacked_class is not None:
+            check_number(self.attacked_class, "attacked_class", 0, integer=True)
+
+    def _check_training(self):
+        check_choice(self.optimizer, "optimizer", ("sgd", "adam"))
+        check_number(self.lr, "lr", 0.0, low_open=True)
+        check_number(self.epochs, "epochs", 1, integer=True)
+        check_number(self.clip, "clip", 0.0, low_open=True)
+
+    def _prepare(self, model: nn.Module, train, concepts, label: str):
+        """Checks, the copy of ``model`` that ``fit`` changes (eval mode), the layer and the
+        CAV (``cav_``) every ClArC starts from."""
+        self._check()
+        model = copy.deepcopy(self._check_model(model))
+        train = self._check_dataset(train)
+        if concepts is None:
+            raise ValueError(f"concepts: {label} needs the artifact's presence per training sample; pass "
+                             "fit(model, train, concepts=flags)")
+        layer = _default_layer(model, self.layer)
+        model.eval()
+        self.cav_ = self._fit_cav(model, layer, train, concepts)
+        return model, train, layer
+
+    def _fit_cav(self, model: nn.Module, layer: str, train, concepts) -> CAV:
+        """CAV from the training rows of ``attacked_class`` that the model gets right,
+        artifact vs clean (the authors' sample choice); with ``attacked_class=None`` from
+        the right rows of every class, centred within each class."""
+        c = np.asarray(concepts)
+        if c.shape != (len(train),):
+            raise ValueError(f"concepts: expected one artifact flag per training sample ({len(train)}), got shape "
+                             f"{c.shape}")
+        acts, preds = [], []
+        module = find_layer(model, layer)
+        handle = module.register_forward_hook(lambda _m, _i, out: acts.append(pool(out.detach(), self.pooling)))
+        try:
+            with torch.no_grad():
+                for b in _loader(train, self.batch_size, False, 0):
+                    preds.append(model(b[0]).argmax(1))
+        finally:
+            handle.remove()
+        a, pred = torch.cat(acts).float(), torch.cat(preds)
+        y = _labels(train, self.batch_size)
+        keep = pred == y
+        if self.attacked_class is not None:
+            keep &= y == int(self.attacked_class)
+        keep = keep.numpy()
+        cav = fit_cav(a[keep], c[keep], method=self.cav, layer=layer, pooling=self.pooling,
+                      within=None if self.attacked_class is not None else y.numpy()[keep])
+        self.cav_samples_ = int(keep.sum())
+        return cav
+
+    def _shift_hook(self, cav: CAV, to: float) -> Callable:
+        """A forward hook moving each sample's ``<h, pooled A>`` to ``to`` at every position."""
+        h = cav.direction
+
+        def hook(_m, _i, out):
+            hh = h.to(out.dtype).reshape(1, -1, *([1] * (out.dim() - 2)))
+            shift = (to - cav.project(out)) / float(h @ h)
+            return out + shift.reshape(-1, *([1] * (out.dim() - 1))) * hh
+
+        return hook
+
+    def _fine_tune(self, model: nn.Module, layer: str, train, penalty: Optional[Callable], progress: bool,
+                   activation_hook: Optional[Callable] = None, grad_at_layer: bool = False,
+                   head_inputs: Optional[torch.Tensor] = None) -> Dict:
+        """Fine-tune the linears after ``layer`` (everything else frozen, eval mode) with
+        class-weighted cross-entropy (+ ``lam * penalty(A, logits, y)``); the layer's output
+        A is detached (nothing before it trains) and needs a gradient only for autograd's
+        penalty (``grad_at_layer``). ``head_inputs`` (N, D): the head's inputs, computed
+        once, when only the head trains (the frozen network then runs once, not per epoch).
+        Returns the losses per epoch."""
+        from tqdm import tqdm
+
+        params = [p for m in trainable_linears(model, layer) for p in m.parameters()]
+        keep = {id(p) for p in params}
+        was = [(p, p.requires_grad) for p in model.parameters()]  # restored on return
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+        model.eval()
+        y_all = _labels(train, self.batch_size)
+        counts = torch.bincount(y_all).double()
+        weight = torch.where(counts > 0, counts.max() / counts.clamp_min(1), torch.zeros_like(counts)).float()
+        if self.optimizer == "sgd":
+            opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9)
+        else:
+            opt = torch.optim.Adam(params, lr=self.lr)
+        store = {}
+
+        def capture(_m, _i, out):
+            a = out.detach().requires_grad_(grad_at_layer)  # nothing before the layer trains
+            if activation_hook is not None:
+                a = activation_hook(_m, _i, a)
+            store["a"] = a
+            return a
+
+        if head_inputs is None:
+            handle = find_layer(model, layer).register_forward_hook(capture)
+            data, forward = train, model
+        else:
+            handle, data = None, torch.utils.data.TensorDataset(head_inputs, y_all)
+
+            def forward(e):
+                store["a"] = e
+                return model.head(e)
+        torch.manual_seed(self.seed)
+        losses = []
+        try:
+            for epoch in tqdm(range(self.epochs), desc=type(self).__name__, disable=not progress):
+                tot = {"ce": 0.0, "rr": 0.0, "n": 0}
+                t0 = time.perf_counter()
+                for x, yb, *_ in _loader(data, self.batch_size, True, self.seed + epoch):
+                    yb = torch.as_tensor(yb).long()
+                    logits = forward(x)
+                    ce = nn.functional.cross_entropy(logits, yb, weight=weight[:logits.shape[1]])
+                    loss = ce
+                    if penalty is not None:
+                        rr = penalty(store["a"], logits, yb)
+                        loss = ce + self.lam * rr
+                        tot["rr"] += float(rr.detach()) * len(yb)
+                    opt.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(params, self.clip)
+                    opt.step()
+                    tot["ce"] += float(ce.detach()) * len(yb)
+                    tot["n"] += len(yb)
+                losses.append({"epoch": epoch, "cross_entropy": tot["ce"] / tot["n"],
+                               "penalty": tot["rr"] / tot["n"] if penalty is not None else None,
+                               "seconds": time.perf_counter() - t0})
+        finally:
+            if handle is not None:
+                handle.remove()
+        for p, flag in was:
+            p.requires_grad_(flag)
+        model.eval()
+        return {"losses": losses, "n_trainable": sum(p.numel() for p in params)}
+
+
+_COMMON_DOC = """
+    ``layer``: the module name to take the concept from (default: the model's
+    ``embedding_layer``); ``cav``: ``"signal"`` (default), ``"ridge"`` or ``"logistic"``;
+    ``pooling``: ``"max"`` (the authors') or ``"mean"`` (what a following global average
+    pool sees; use it when ``layer`` feeds one); ``attacked_class``: the class whose
+    correctly predicted training rows give the CAV (default: those of every class, each
+    class centred, so that an artifact frequent in one class does not give its direction).
+    ``fit(model, train, concepts=...)``: ``train`` a ``Dataset`` of ``(x, y)``,
+    ``concepts`` a boolean (N,) array of the artifact's presence per training sample.
+"""
+
+
+class RRClArC(_ClArC):
+    __doc__ = """Right-Reason ClArC: fine-tune the ``nn.Linear`` layers after ``layer`` with
+    class-weighted cross-entropy + ``lam`` x ``rr_penalty`` so that the output's gradient
+    at ``layer`` is orthogonal to the artifact's CAV.
+    """ + _COMMON_DOC + """
+    ``target`` / ``aggregation``: :data:`TARGETS` / :data:`AGGREGATIONS`.
+    ``closed_form``: ``"auto"`` uses the closed-form gradient where ``layer`` is the
+    model's ``embedding_layer`` or ``pooled_layer`` (no second backward), else autograd;
+    ``True`` demands it, ``False`` forces autograd. Optimiser: ``"sgd"`` (momentum 0.9) or
+    ``"adam"``, ``lr``, ``batch_size``, ``epochs``, gradient-norm clipping ``clip``.
+    """
+
+    def __init__(self, layer: Optional[str] = None, lam: float = 100.0, cav: str = "signal", pooling: str = "max",
+                 target: str = "all_logits_random", aggregation: str = "l2_mean", closed_form="auto",
+                 attacked_class: Optional[int] = None, optimizer: str = "sgd", lr: float = 1e-4,
+                 batch_size: int = 64, epochs: int = 10, clip: float = 100.0, seed: int = 0):
+        self.layer, self.lam, self.cav, self.pooling = layer, lam, cav, pooling
+        self.target, self.aggregation, self.closed_form = target, aggregation, closed_form
+        self.attacked_class, self.optimizer, self.lr = attacked_class, optimizer, lr
+        self.batch_size, self.epochs, self.clip, self.seed = batch_size, epochs, clip, seed
+
+    def _check(self):
+        super()._check()
+        check_number(self.lam, "lam", 0.0)
+        check_choice(self.target, "target", TARGETS)
+        check_choice(self.aggregation, "aggregation", AGGREGATIONS)
+        self._check_training()
+        if self.closed_form not in ("auto", True, False):
+            raise ValueError(f"closed_form: expected 'auto', True or False, got {self.closed_form!r}")
+
+    def uses_closed_form(self, model: nn.Module, layer: str) -> bool:
+        """Whether ``fit`` takes the closed-form gradient for ``model`` at ``layer``."""
+        ok = (isinstance(getattr(model, "head", None), nn.Linear)
+              and layer in {getattr(model, "embedding_layer", ""), getattr(model, "pooled_layer", "")} - {""})
+        if self.closed_form is True and not ok:
+            raise ValueError(f"closed_form: True needs layer to be the model's embedding_layer or pooled_layer "
+                             f"(it feeds the linear head directly or through a global average pool); got {layer!r}")
+        return ok and self.closed_form != False  # noqa: E712 ("auto" or True)
+
+    def _head_inputs(self, model: nn.Module, layer: str, train):
+        """(the head's inputs for every training row, the number of positions the layer's
+        output is averaged over), from one pass with a hook on ``layer``."""
+        feats, hw = [], [1]
+
+        def keep(_m, _i, out):
+            if out.dim() > 2:
+                hw[0] = int(np.prod(out.shape[2:]))
+                out = out.flatten(2).mean(2)
+            feats.append(out.detach().float())
+
+        handle = find_layer(model, layer).register_forward_hook(keep)
+        try:
+            with torch.no_grad():
+                for b in _loader(train, max(self.batch_size, 256), False, 0):
+                    model(b[0])
+        finally:
+            handle.remove()
+        return torch.cat(feats), hw[0]
+
+    def fit(self, model: nn.Module, train, concepts=None, progress: bool = False) -> nn.Module:
+        model, train, layer = self._prepare(model, train, concepts, "RR-ClArC")
+        h = self.cav_.direction
+        closed = self.uses_closed_form(model, layer)
+        gen = torch.Generator().manual_seed(self.seed)
+        head_inputs, hw = None, 1
+        if closed:  # only the head trains and its gradient needs no input: embed once
+            head_inputs, hw = self._head_inputs(model, layer, train)
+
+        def penalty(a, logits, y):
+            s = output_coefficients(logits, y, self.target, gen)
+            if closed and self.aggregation != "cosine":  # <g, h> = s (W h) / HW: a (B,) product, no (B, D) gradient
+                proj = s @ (model.head.weight @ h) / hw
+                return proj.square().mean() if self.aggregation == "l2_mean" else proj.abs().mean()
+            g = closed_form_gradient(model.head, s, hw) if closed else autograd_gradient(a, logits, s, self.target)
+            return rr_penalty(g, h, self.aggregation)
+
+        # lam=0 is plain fine-tuning of the same layers on the same path (the bench's baseline)
+        run = self._fine_tune(model, layer, train, penalty if self.lam > 0 else None, progress,
+                              grad_at_layer=not closed and self.lam > 0, head_inputs=head_inputs)
+        self.model_ = model
+        self.report_ = {"method": "RR-ClArC", "layer": layer, "lam": float(self.lam), "closed_form": closed,
+                        "cav": self.cav_.summary(), "cav_samples": self.cav_samples_, **run}
+        return model
+
+
+class PClArC(_ClArC):
+    __doc__ = """Projective ClArC: no training. The returned model carries a forward hook
+    on ``layer`` that moves every sample's CAV component to the clean samples' mean,
+    ``A' = A + ((z_clean - <h, pool A>) / <h, h>) h`` at every position;
+    ``hook_.remove()`` takes it off.
+    """ + _COMMON_DOC
+
+    def __init__(self, layer: Optional[str] = None, cav: str = "signal", pooling: str = "max",
+                 attacked_class: Optional[int] = None, batch_size: int = 256, seed: int = 0):
+        self.layer, self.cav, self.pooling, self.attacked_class = layer, cav, pooling, attacked_class
+        self.batch_size, self.seed = batch_size, seed
+
+    def fit(self, model: nn.Module, train, concepts=None, progress: bool = False) -> nn.Module:
+        model, train, layer = self._prepare(model, train, concepts, "P-ClArC")
+        self.hook_ = find_layer(model, layer).register_forward_hook(self._shift_hook(self.cav_, self.cav_.z_clean))
+        self.model_ = model
+        self.report_ = {"method": "P-ClArC", "layer": layer, "cav": self.cav_.summary(),
+                        "cav_samples": self.cav_samples_}
+        return model
+
+
+class AClArC(_ClArC):
+    __doc__ = """Augmentative ClArC: fine-tune the ``nn.Linear`` layers after ``layer`` with
+    class-weighted cross-entropy while a hook moves every training sample's CAV component
+    to the artifact samples' mean (the artifact added in latent space, so the model must
+    stop using it); no hook at test time.
+    """ + _COMMON_DOC
+
+    def __init__(self, layer: Optional[str] = None, cav: str = "signal", pooling: str = "max",
+                 attacked_class: Optional[int] = None, optimizer: str = "sgd", lr: float = 1e-4,
+                 batch_size: int = 64, epochs: int = 10, clip: float = 100.0, seed: int = 0):
+        self.layer, self.cav, self.pooling, self.attacked_class = layer, cav, pooling, attacked_class
+        self.optimizer, self.lr, self.batch_size, self.epochs, self.clip, self.seed = \
+            optimizer, lr, batch_size, epochs, clip, seed
+
+    def _check(self):
+        super()._check()
+        self._check_training()
+
+    def fit(self, model: nn.Module, train, concepts=None, progress: bool = False) -> nn.Module:
+        model, train, layer = self._prepare(model, train, concepts, "A-ClArC")
+        run = self._fine_tune(model, layer, train, None, progress,
+                              activation_hook=self._shift_hook(self.cav_, self.cav_.z_concept))
+        self.model_ = model
+        self.report_ = {"method": "A-ClArC", "layer": layer, "cav": self.cav_.summary(),
+                        "cav_samples": self.cav_samples_, **run}
+        return model
