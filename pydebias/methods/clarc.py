@@ -357,7 +357,9 @@ class RRClArC(_ClArC):
         def penalty(a, logits, y):
             s = output_coefficients(logits, y, self.target, gen)
             if closed and self.aggregation != "cosine":  # <g, h> = s (W h) / HW: a (B,) product, no (B, D) gradient
-                proj = s @ (model.head.weight @ h) / hw
+                proj = s @ (model.head.weight @ h)
+                if hw != 1:
+                    proj = proj / hw
                 return proj.square().mean() if self.aggregation == "l2_mean" else proj.abs().mean()
             g = closed_form_gradient(model.head, s, hw) if closed else autograd_gradient(a, logits, s, self.target)
             return rr_penalty(g, h, self.aggregation)

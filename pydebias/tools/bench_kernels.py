@@ -283,7 +283,7 @@ def run(quick: bool = False) -> List[Dict]:
         return (bench_grouped_moments(n=50_000, m=128, repeat=3)
                 + bench_grouped_quantiles(n=50_000, m=128, repeat=2, baseline_repeat=1)
                 + bench_masked_linear(n=50_000, m=128, repeat=3)
-                + bench_mask_sweep(n=50_000, m=128, repeat=2) + bench_clarc_epoch(n=1024, epochs=2))
+                + bench_mask_sweep(n=50_000, m=128, repeat=2) + bench_clarc_epoch(n=1024, epochs=2, repeat=1))
     from .bench_cluster import bench_clustering
 
     return (bench_grouped_moments() + bench_grouped_quantiles() + bench_masked_linear() + bench_mask_sweep()
