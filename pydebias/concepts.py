@@ -39,28 +39,32 @@ def pool(a: torch.Tensor, pooling: str = "max") -> torch.Tensor:
 
 
 @torch.no_grad()
-def layer_activations(model: nn.Module, layer: str, batches: Iterable, pooling: str = "max") -> torch.Tensor:
+def layer_activations(model: nn.Module, layer: str, batches: Iterable, pooling="max", return_outputs: bool = False):
     """(N, C) pooled outputs of ``model``'s ``layer`` for the inputs of ``batches`` (an
-    iterable of input tensors or of ``(x, ...)`` tuples), in order; ``model`` runs in
-    eval mode and is returned to its previous mode."""
+    iterable of input tensors or of ``(x, ...)`` tuples), in order, in one pass; ``model``
+    runs in eval mode and is returned to its previous mode. ``pooling`` may be a tuple of
+    :data:`POOLINGS` (one tensor each); ``return_outputs`` adds the model's outputs last."""
     module = find_layer(model, layer)
-    out = []
+    poolings = (pooling,) if isinstance(pooling, str) else tuple(pooling)
+    acts, outs = [[] for _ in poolings], []
 
     def keep(_m, _inp, output):
-        out.append(pool(output.detach(), pooling).float())
+        for got, how in zip(acts, poolings):
+            got.append(pool(output.detach(), how).float())
 
     handle = module.register_forward_hook(keep)
     was_training = model.training
     model.eval()
     try:
         for b in batches:
-            model(b[0] if isinstance(b, (tuple, list)) else b)
+            outs.append(model(b[0] if isinstance(b, (tuple, list)) else b))
     finally:
         handle.remove()
         model.train(was_training)
-    if not out:
+    if not outs:
         raise ValueError("batches: no input batch was given")
-    return torch.cat(out)
+    res = [torch.cat(a) for a in acts] + ([torch.cat(outs)] if return_outputs else [])
+    return res[0] if len(res) == 1 else tuple(res)
 
 
 @dataclass

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..concepts import CAV, CAV_METHODS, POOLINGS, fit_cav, pool
+from ..concepts import CAV, CAV_METHODS, POOLINGS, fit_cav, layer_activations, pool
 from ..models.protocol import find_layer
 from ..validation import check_choice, check_number
 from .base import ModelMethod
@@ -117,6 +117,18 @@ def _default_layer(model: nn.Module, layer: Optional[str]) -> str:
     return name
 
 
+def _positions(model: nn.Module, layer: str, train) -> int:
+    """How many positions ``layer``'s output has per channel (1 for a vector), from one sample."""
+    shape = []
+    handle = find_layer(model, layer).register_forward_hook(lambda _m, _i, out: shape.append(out.shape))
+    try:
+        with torch.no_grad():
+            model(torch.as_tensor(train[0][0]).unsqueeze(0))
+    finally:
+        handle.remove()
+    return int(np.prod(shape[0][2:])) if len(shape[0]) > 2 else 1
+
+
 def _loader(train, batch_size: int, shuffle: bool, seed: int):
     gen = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=shuffle, generator=gen)
@@ -146,47 +158,38 @@ class _ClArC(ModelMethod):
         check_number(self.epochs, "epochs", 1, integer=True)
         check_number(self.clip, "clip", 0.0, low_open=True)
 
-    def _prepare(self, model: nn.Module, train, concepts, label: str):
+    def _prepare(self, model: nn.Module, train, concepts, label: str, head_inputs: bool = False):
         """Checks, the copy of ``model`` that ``fit`` changes (eval mode), the layer and the
-        CAV (``cav_``) every ClArC starts from."""
+        CAV (``cav_``) every ClArC starts from; with ``head_inputs`` also the layer's
+        mean-pooled outputs (what a head after a global average pool reads), from the same
+        pass over ``train``."""
         self._check()
         model = copy.deepcopy(self._check_model(model))
         train = self._check_dataset(train)
         if concepts is None:
             raise ValueError(f"concepts: {label} needs the artifact's presence per training sample; pass "
                              "fit(model, train, concepts=flags)")
-        layer = _default_layer(model, self.layer)
-        model.eval()
-        self.cav_ = self._fit_cav(model, layer, train, concepts)
-        return model, train, layer
-
-    def _fit_cav(self, model: nn.Module, layer: str, train, concepts) -> CAV:
-        """CAV from the training rows of ``attacked_class`` that the model gets right,
-        artifact vs clean (the authors' sample choice); with ``attacked_class=None`` from
-        the right rows of every class, centred within each class."""
         c = np.asarray(concepts)
         if c.shape != (len(train),):
             raise ValueError(f"concepts: expected one artifact flag per training sample ({len(train)}), got shape "
                              f"{c.shape}")
-        acts, preds = [], []
-        module = find_layer(model, layer)
-        handle = module.register_forward_hook(lambda _m, _i, out: acts.append(pool(out.detach(), self.pooling)))
-        try:
-            with torch.no_grad():
-                for b in _loader(train, self.batch_size, False, 0):
-                    preds.append(model(b[0]).argmax(1))
-        finally:
-            handle.remove()
-        a, pred = torch.cat(acts).float(), torch.cat(preds)
+        layer = _default_layer(model, self.layer)
+        model.eval()
+        batches = (b[0] for b in _loader(train, max(self.batch_size, 256), False, 0))
+        a, *mean, logits = layer_activations(model, layer, batches, pooling=(self.pooling,) + ("mean",) * head_inputs,
+                                             return_outputs=True)
+        # CAV: the rows the model gets right, of ``attacked_class`` (the authors' choice) or of
+        # every class centred within its class (ours: an artifact frequent in one class must
+        # not give that class's direction)
         y = _labels(train, self.batch_size)
-        keep = pred == y
+        keep = logits.argmax(1) == y
         if self.attacked_class is not None:
             keep &= y == int(self.attacked_class)
         keep = keep.numpy()
-        cav = fit_cav(a[keep], c[keep], method=self.cav, layer=layer, pooling=self.pooling,
-                      within=None if self.attacked_class is not None else y.numpy()[keep])
+        self.cav_ = fit_cav(a[keep], c[keep], method=self.cav, layer=layer, pooling=self.pooling,
+                            within=None if self.attacked_class is not None else y.numpy()[keep])
         self.cav_samples_ = int(keep.sum())
-        return cav
+        return model, train, layer, (mean[0] if head_inputs else None)
 
     def _shift_hook(self, cav: CAV, to: float) -> Callable:
         """A forward hook moving each sample's ``<h, pooled A>`` to ``to`` at every position."""
@@ -325,42 +328,19 @@ class RRClArC(_ClArC):
                              f"(it feeds the linear head directly or through a global average pool); got {layer!r}")
         return ok and self.closed_form != False  # noqa: E712 ("auto" or True)
 
-    def _head_inputs(self, model: nn.Module, layer: str, train):
-        """(the head's inputs for every training row, the number of positions the layer's
-        output is averaged over), from one pass with a hook on ``layer``."""
-        feats, hw = [], [1]
-
-        def keep(_m, _i, out):
-            if out.dim() > 2:
-                hw[0] = int(np.prod(out.shape[2:]))
-                out = out.flatten(2).mean(2)
-            feats.append(out.detach().float())
-
-        handle = find_layer(model, layer).register_forward_hook(keep)
-        try:
-            with torch.no_grad():
-                for b in _loader(train, max(self.batch_size, 256), False, 0):
-                    model(b[0])
-        finally:
-            handle.remove()
-        return torch.cat(feats), hw[0]
-
     def fit(self, model: nn.Module, train, concepts=None, progress: bool = False) -> nn.Module:
-        model, train, layer = self._prepare(model, train, concepts, "RR-ClArC")
-        h = self.cav_.direction
+        self._check()
+        layer = _default_layer(self._check_model(model), self.layer)
         closed = self.uses_closed_form(model, layer)
+        # closed form: only the head trains and its gradient needs no input, so the head's
+        # inputs come from the CAV's pass over train and the network never runs again
+        model, train, layer, head_inputs = self._prepare(model, train, concepts, "RR-ClArC", head_inputs=closed)
+        h = self.cav_.direction
+        hw = _positions(model, layer, train) if closed else 1
         gen = torch.Generator().manual_seed(self.seed)
-        head_inputs, hw = None, 1
-        if closed:  # only the head trains and its gradient needs no input: embed once
-            head_inputs, hw = self._head_inputs(model, layer, train)
 
         def penalty(a, logits, y):
             s = output_coefficients(logits, y, self.target, gen)
-            if closed and self.aggregation != "cosine":  # <g, h> = s (W h) / HW: a (B,) product, no (B, D) gradient
-                proj = s @ (model.head.weight @ h)
-                if hw != 1:
-                    proj = proj / hw
-                return proj.square().mean() if self.aggregation == "l2_mean" else proj.abs().mean()
             g = closed_form_gradient(model.head, s, hw) if closed else autograd_gradient(a, logits, s, self.target)
             return rr_penalty(g, h, self.aggregation)
 
@@ -386,7 +366,7 @@ class PClArC(_ClArC):
         self.batch_size, self.seed = batch_size, seed
 
     def fit(self, model: nn.Module, train, concepts=None, progress: bool = False) -> nn.Module:
-        model, train, layer = self._prepare(model, train, concepts, "P-ClArC")
+        model, train, layer, _ = self._prepare(model, train, concepts, "P-ClArC")
         self.hook_ = find_layer(model, layer).register_forward_hook(self._shift_hook(self.cav_, self.cav_.z_clean))
         self.model_ = model
         self.report_ = {"method": "P-ClArC", "layer": layer, "cav": self.cav_.summary(),
@@ -413,7 +393,7 @@ class AClArC(_ClArC):
         self._check_training()
 
     def fit(self, model: nn.Module, train, concepts=None, progress: bool = False) -> nn.Module:
-        model, train, layer = self._prepare(model, train, concepts, "A-ClArC")
+        model, train, layer, _ = self._prepare(model, train, concepts, "A-ClArC")
         run = self._fine_tune(model, layer, train, None, progress,
                               activation_hook=self._shift_hook(self.cav_, self.cav_.z_concept))
         self.model_ = model

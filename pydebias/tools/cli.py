@@ -15,6 +15,21 @@ from ..methods import REGISTRY, methods_markdown
 REPORT_SEEDS = (0, 1, 2, 3, 4)
 #: the demo's built-ins, in order of preference (the first one installed is used)
 DEMO_DATA = ("fashion-on-photos", "colored-fashion", "planted")
+#: the studies behind the report's defaults, each a `pydebias report` flag writing STUDY.md/.json:
+#: study -> (what it runs, module of pydebias.tools, rows function, markdown function)
+REPORT_STUDIES = {
+    "neurontune_modes": ("NeuronTune's mask modes and λ on every setting", "report", "neurontune_modes",
+                         "neurontune_modes_markdown"),
+    "localisation": ("how many neurons carry each shortcut (oracle masks, group labels read) and whether "
+                     "NeuronTune's mask finds them", "report", "localisation", "localisation_markdown"),
+    "balance": ("the annotation-free methods with identification splits from group-balanced to biased",
+                "report", "balance_study", "balance_markdown"),
+    "jtt_weights": ("JTT with each up-weight on every setting that is not a balanced identification split",
+                    "report", "jtt_weights", "jtt_weights_markdown"),
+    "clarc": ("ERM, P-, A- and RR-ClArC (and RR-ClArC's λ sweep) on fashion-square and fashion-on-photos with a "
+              "pasted square: clean / attacked / worst-group accuracy, TCAV", "clarc_study", "clarc_study",
+              "clarc_markdown"),
+}
 
 
 def _cmd_datasets(args) -> int:
@@ -138,21 +153,19 @@ def _cmd_methods(args) -> int:
 
 def _cmd_report(args) -> int:
     _writable_dir(args.out, "--out")
-    from . import clarc_study, report
+    import importlib
+
+    from . import report
 
     settings = report.default_settings(args.benchmarks)
     if args.seed is None and not args.seeds:
         args.seeds = list(REPORT_SEEDS)
-    # the studies behind the table: (rows function, markdown function, file stem)
-    studies = {"neurontune_modes": (report.neurontune_modes, report.neurontune_modes_markdown, "neurontune_modes"),
-               "localisation": (report.localisation, report.localisation_markdown, "localisation"),
-               "balance": (report.balance_study, report.balance_markdown, "balance"),
-               "jtt_weights": (report.jtt_weights, report.jtt_weights_markdown, "jtt_weights"),
-               "clarc": (clarc_study.clarc_study, clarc_study.clarc_markdown, "clarc")}
-    for flag, (run, to_md, stem) in studies.items():
-        if getattr(args, flag):
+    for stem, (_, module, rows_fn, md_fn) in REPORT_STUDIES.items():
+        if getattr(args, stem):
             from ..results import provenance, write_atomic, write_json
 
+            mod = importlib.import_module(f"{__package__}.{module}")
+            run, to_md = getattr(mod, rows_fn), getattr(mod, md_fn)
             seeds = list(dict.fromkeys(args.seeds or [args.seed]))
             rows = [{**r, "seed": s} for s in seeds for r in run(settings, seed=s, progress=not args.quiet)]
             md = to_md(rows, seeds)
@@ -266,20 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--n-boot", type=_non_negative, default=200)
     rp.add_argument("--quiet", action="store_true")
     study = rp.add_mutually_exclusive_group()
-    study.add_argument("--neurontune-modes", action="store_true",
-                       help="instead: NeuronTune's mask modes and λ on every setting (neurontune_modes.md/.json)")
-    study.add_argument("--localisation", action="store_true",
-                       help="instead: how many neurons carry each shortcut (oracle masks, group labels read) and "
-                            "whether NeuronTune's mask finds them (localisation.md/.json)")
-    study.add_argument("--balance", action="store_true",
-                       help="instead: the annotation-free methods with identification splits from group-balanced "
-                            "to biased (balance.md/.json)")
-    study.add_argument("--jtt-weights", action="store_true",
-                       help="instead: JTT with each up-weight on every setting that is not a balanced "
-                            "identification split (jtt_weights.md/.json)")
-    study.add_argument("--clarc", action="store_true",
-                       help="instead: ERM, P-, A- and RR-ClArC on fashion-square and fashion-on-photos with a "
-                            "pasted square: clean / attacked / worst-group accuracy, TCAV (clarc.md/.json)")
+    for stem, (what, *_) in REPORT_STUDIES.items():
+        study.add_argument("--" + stem.replace("_", "-"), action="store_true",
+                           help=f"instead: {what} ({stem}.md/.json)")
     rp.set_defaults(fn=_cmd_report)
     b = sub.add_parser("bench", help="kernel speed as ratios to one read of the input and to baselines")
     b.add_argument("--json", help="also write the table as JSON to this path")
