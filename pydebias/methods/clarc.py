@@ -83,13 +83,17 @@ def closed_form_gradient(head: nn.Linear, s: torch.Tensor, hw: int = 1) -> torch
 
 def rr_penalty(grad: torch.Tensor, h: torch.Tensor, aggregation: str = "l2_mean") -> torch.Tensor:
     """Right-reason penalty of (B, C) gradients against the unit CAV ``h``."""
-    proj = grad @ h.to(grad.dtype)
+    return _aggregate(grad @ h.to(grad.dtype), aggregation, grad)
+
+
+def _aggregate(proj: torch.Tensor, aggregation: str, grad: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The penalty from the (B,) projections <g, h> (``"cosine"`` also needs ``grad``)."""
     if aggregation == "l2_mean":
-        return (proj ** 2).mean()
+        return proj.square().mean()
     if aggregation == "l1":
         return proj.abs().mean()
     if aggregation == "cosine":
-        return ((proj / grad.norm(dim=1).clamp_min(1e-12)) ** 2).mean()
+        return (proj / grad.norm(dim=1).clamp_min(1e-12)).square().mean()
     raise ValueError(f"aggregation: expected one of {AGGREGATIONS}, got {aggregation!r}")
 
 
@@ -341,6 +345,8 @@ class RRClArC(_ClArC):
 
         def penalty(a, logits, y):
             s = output_coefficients(logits, y, self.target, gen)
+            if closed and self.aggregation != "cosine":  # <g, h> = s (W h) / HW: (B,), no (B, D) gradient
+                return _aggregate(s @ (model.head.weight @ h) / hw, self.aggregation)
             g = closed_form_gradient(model.head, s, hw) if closed else autograd_gradient(a, logits, s, self.target)
             return rr_penalty(g, h, self.aggregation)
 
