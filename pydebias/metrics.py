@@ -10,7 +10,8 @@ import torch
 from . import _arrays
 from .validation import check_embedding_set, check_ids
 
-__all__ = ["GroupReport", "evaluate", "predict"]
+__all__ = ["GroupReport", "evaluate", "predict", "COVERAGES", "ensemble_confidence", "selective_thresholds",
+           "selective_curve"]
 
 
 def predict(head_or_model, features, batch_size: Optional[int] = None, device=None,
@@ -199,3 +200,46 @@ def evaluate(head_or_model, eval_set, train_set=None, train_proportions=None, gr
         train_proportions = c / c.sum()
     return GroupReport(eval_set.labels, preds, eval_set.groups, eval_set.n_classes, eval_set.n_groups,
                        train_proportions, group_names, n_boot, seed)
+
+
+# -- selective classification (MaskTune's evaluation) ----------------------------
+#: the coverages MaskTune reports
+COVERAGES = (0.8, 0.85, 0.9, 0.95, 1.0)
+
+
+def ensemble_confidence(logits_a: torch.Tensor, logits_b: torch.Tensor):
+    """MaskTune's two-model confidence: ``p = softmax(softmax(z_a) * softmax(z_b))``;
+    returns ``(max p, argmax p)``, (N,) each."""
+    p = torch.softmax(torch.softmax(logits_a.double(), 1) * torch.softmax(logits_b.double(), 1), 1)
+    conf, pred = p.max(1)
+    return conf, pred
+
+
+def selective_thresholds(confidence, coverages: Sequence[float] = COVERAGES) -> np.ndarray:
+    """The confidence threshold of each coverage ``c`` from held-out confidences: the
+    ``round(c N)``-th highest (1-based), so that accepting ``confidence >= threshold``
+    accepts ``round(c N)`` of these samples when there are no ties."""
+    conf = np.sort(np.asarray(confidence, dtype=np.float64).ravel())[::-1]
+    if conf.size == 0:
+        raise ValueError("confidence: need at least one held-out confidence to set thresholds")
+    cov = np.asarray(coverages, dtype=np.float64)
+    if cov.ndim != 1 or np.any(~(cov > 0)) or np.any(cov > 1):
+        raise ValueError(f"coverages: expected numbers in (0, 1], got {list(np.atleast_1d(coverages))}")
+    rank = np.clip(np.rint(cov * conf.size).astype(np.int64), 1, conf.size)
+    return conf[rank - 1]
+
+
+def selective_curve(confidence, correct, thresholds, coverages: Sequence[float] = COVERAGES) -> List[Dict]:
+    """Per coverage: the fraction of samples accepted (``confidence >= threshold``) and
+    the error rate on them (``None`` when none is accepted)."""
+    conf = np.asarray(confidence, dtype=np.float64).ravel()
+    ok = np.asarray(correct, dtype=bool).ravel()
+    if conf.shape != ok.shape:
+        raise ValueError(f"correct: expected one flag per confidence ({conf.size}), got {ok.size}")
+    out = []
+    for c, t in zip(coverages, np.asarray(thresholds, dtype=np.float64)):
+        acc = conf >= t
+        n = int(acc.sum())
+        out.append({"coverage": float(c), "threshold": float(t), "accepted": n / max(conf.size, 1),
+                    "error": float(1.0 - ok[acc].mean()) if n else None})
+    return out

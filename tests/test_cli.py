@@ -46,7 +46,7 @@ def test_bench_quick_json(tmp_path, capsys):
     rows = json.loads(path.read_text())["rows"]
     impls = {r["impl"] for r in rows}
     assert {"cpp (pydebias._C)", "numpy baseline"} <= impls
-    assert all(r["x_one_read"] > 0 for r in rows if r["kernel"] != "ClArC epoch")
+    assert all(r["x_one_read"] > 0 for r in rows if r["kernel"] not in ("ClArC epoch", "MaskTune masking"))
     # RR-ClArC's epochs as ratios to plain fine-tuning on the same path (no timing asserted)
     clarc = {r["impl"]: r for r in rows if r["kernel"] == "ClArC epoch"}
     assert set(clarc) == {"plain fine-tune (forward every step)", "RR-ClArC, autograd",
@@ -54,6 +54,11 @@ def test_bench_quick_json(tmp_path, capsys):
     assert clarc["RR-ClArC, closed form"]["closed_form"] and not clarc["RR-ClArC, autograd"]["closed_form"]
     assert clarc["plain fine-tune (head inputs once)"]["x_plain_epoch"] == 1.0
     assert clarc["RR-ClArC, closed form"]["x_plain_epoch"] > 0
+    # MaskTune's masking against a training step's forward + backward of the same batch
+    mt = {r["impl"].split(",")[0]: r for r in rows if r["kernel"] == "MaskTune masking"}
+    assert set(mt) == {"forward + backward (training step)", "MaskTune masks + masked copy"}
+    assert mt["forward + backward (training step)"]["x_forward_backward"] == 1.0
+    assert mt["MaskTune masks + masked copy"]["images_per_s"] > 0
     # grouped quantiles's bar is against torch computing what moments + quantiles returns (mean, var, median), each
     # kernel row against its own baseline and paired
     k2 = {r["impl"]: r for r in rows if r["kernel"] == "grouped median"}

@@ -164,3 +164,27 @@ def test_erm_backbone_learns_the_square(tmp_path, two_stage):
     assert r.accuracy > 0.7
     assert no_sq < sq - 0.2 and no_sq < r.accuracy - 0.2
     assert r.worst_group_accuracy <= no_sq
+
+
+def test_binary_is_masktunes_construction(fake_root, tmp_path):
+    """binary=True: classes 0-4 -> 0, 5-9 -> 1, the square on 99 % of y = 0 and 1 % of y = 1
+    in train, on half of each in test; four groups; its own cache entry."""
+    from pydebias.data.fashion import BINARY_SQUARE_GROUPS
+
+    d = load_fashion_square(root=fake_root, seed=7, two_stage=False, binary=True, cache_dir=str(tmp_path),
+                            **NOTRAIN)
+    ten = load_fashion_square(root=fake_root, seed=7, two_stage=False, cache_dir=str(tmp_path), **NOTRAIN)
+    assert d["group_names"] == BINARY_SQUARE_GROUPS and d["info"]["params"]["binary"] is True
+    assert "binary" not in ten["info"]["params"] and d["info"]["cache_path"] != ten["info"]["cache_path"]
+    for split, (p0, p1) in (("train", (0.99, 0.01)), ("val", (0.99, 0.01)), ("test", (0.5, 0.5))):
+        s = d[split]
+        assert s.n_classes == 2 and s.n_groups == 4
+        np.testing.assert_array_equal(s.labels, (ten[split].labels >= 5).astype(np.int64))  # same rows, classes
+        np.testing.assert_array_equal(_square_on(d["inputs"](split)[0]).astype(np.int64), s.concepts)
+        np.testing.assert_array_equal(s.groups, 2 * s.labels + s.concepts)
+        for y, p in ((0, p0), (1, p1)):
+            sel = s.labels == y
+            assert _within(s.concepts[sel].mean(), p, sel.sum()), (split, y, s.concepts[sel].mean())
+    assert d["backbone"].head.out_features == 2
+    with pytest.raises(ValueError, match="attacked_class: expected a class id in 0..1"):
+        load_fashion_square(root=fake_root, binary=True, attacked_class=2, cache_dir=str(tmp_path), **FAST)

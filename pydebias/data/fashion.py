@@ -61,6 +61,9 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 SQUARE_SIZE = 4
 SQUARE_AT = (0, 0)
 SQUARE_GROUPS = [f"{c}, {s}" for c in FASHION_CLASSES for s in ("no square", "square")]
+#: fashion-square ``binary=True`` (MaskTune's biased MNIST: digits 0-4 vs 5-9): y by class
+BINARY_CLASSES = np.array([0] * 5 + [1] * 5)
+BINARY_SQUARE_GROUPS = [f"classes {c}, {s}" for c in ("0-4", "5-9") for s in ("no square", "square")]
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -418,7 +421,7 @@ load_fashion_on_textures.__doc__ = ("Build ``fashion-on-textures`` (background s
 
 
 def load_fashion_square(root: Optional[str] = None, seed: int = 0, corr: float = 0.99,
-                        other_rate: float = 0.01, attacked_class: int = 0,
+                        other_rate: float = 0.01, attacked_class: int = 0, binary: bool = False,
                         val_corr: Optional[float] = None, val_balanced: bool = False,
                         two_stage: bool = True, cache_dir: Optional[str] = None,
                         n_train: int = 20000, n_val: int = 5000, n_test: int = 10000,
@@ -426,8 +429,9 @@ def load_fashion_square(root: Optional[str] = None, seed: int = 0, corr: float =
                         lr: float = 1e-3, batch_size: int = 128, embed_dim: int = 64,
                         use_cache: bool = True) -> Dict:
     other_rate = check_probability("other_rate", other_rate)
-    if int(attacked_class) != attacked_class or not 0 <= int(attacked_class) < 10:
-        raise ValueError(f"attacked_class: expected a class id in 0..9, got {attacked_class}")
+    k = 2 if binary else 10
+    if int(attacked_class) != attacked_class or not 0 <= int(attacked_class) < k:
+        raise ValueError(f"attacked_class: expected a class id in 0..{k - 1}, got {attacked_class}")
     attacked_class = int(attacked_class)
     rest = {"train": other_rate, "val": 0.5 if val_balanced else other_rate, "test": 0.5}
 
@@ -436,10 +440,13 @@ def load_fashion_square(root: Optional[str] = None, seed: int = 0, corr: float =
         return (rng.random(y.shape[0]) < rate).astype(np.int64)
 
     extra = dict(attacked_class=attacked_class, other_rate=other_rate, val_other_rate=rest["val"])
-    return _build("fashion-square", _Squared, np.arange(10), SQUARE_GROUPS,
+    if binary:  # only then: the ten-class variant's cache keys stay as they were
+        extra["binary"] = True
+    return _build("fashion-square", _Squared, BINARY_CLASSES if binary else np.arange(10),
+                  BINARY_SQUARE_GROUPS if binary else SQUARE_GROUPS,
                   root, seed, corr, val_corr, val_balanced, two_stage, cache_dir, n_train, n_val,
                   n_test, n_pretrain, pretrain_epochs, epochs, lr, batch_size, embed_dim, use_cache,
-                  n_classes=10, draw_attr=draw, extra_params=extra, concepts=True)
+                  n_classes=k, draw_attr=draw, extra_params=extra, concepts=True)
 
 
 load_fashion_square.__doc__ = (
@@ -448,4 +455,5 @@ load_fashion_square.__doc__ = (
     "docstring) and its ERM backbone.\n\n    Labels are the ten classes; every split carries "
     "``concepts`` (1 = square present). ``val_corr`` is the attacked class's val rate "
     "(default ``corr``; the other classes keep ``other_rate``); ``val_balanced=True`` puts the "
-    "square on half of every class's val images.\n" + _DOC_RETURNS)
+    "square on half of every class's val images. ``binary=True``: MaskTune's construction, "
+    "classes 0-4 vs 5-9 (``attacked_class`` 0 or 1), four groups.\n" + _DOC_RETURNS)

@@ -3,9 +3,10 @@
 from .base import EmbeddingMethod, Method, ModelMethod
 from .baselines import AFR, DFR, ERM, JTT, ClassBalanced
 from .clarc import AClArC, PClArC, RRClArC
+from .masktune import MaskTune
 from .neurontune import NeuronTune
 from .nsf import NSF
 from .registry import REGISTRY, MethodSpec, methods_markdown
 
 __all__ = ["Method", "EmbeddingMethod", "ModelMethod", "ERM", "DFR", "ClassBalanced", "JTT", "AFR", "NeuronTune",
-           "NSF", "RRClArC", "PClArC", "AClArC", "REGISTRY", "MethodSpec", "methods_markdown"]
+           "NSF", "RRClArC", "PClArC", "AClArC", "MaskTune", "REGISTRY", "MethodSpec", "methods_markdown"]

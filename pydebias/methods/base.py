@@ -88,6 +88,21 @@ class ModelMethod(Method):
         return train
 
 
+def data_loader(train, batch_size: int, shuffle: bool, seed: int) -> torch.utils.data.DataLoader:
+    """A loader over ``train`` whose shuffling is seeded by ``seed`` (same order every run)."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+def dataset_labels(train, batch_size: int = 256) -> torch.Tensor:
+    """(N,) int64 labels of a dataset of ``(x, y, ...)`` items (a ``TensorDataset``'s
+    without a pass over the data)."""
+    tensors = getattr(train, "tensors", None)
+    if tensors is not None and len(tensors) >= 2:
+        return torch.as_tensor(tensors[1]).long()
+    return torch.cat([torch.as_tensor(b[1]).long() for b in data_loader(train, batch_size, False, 0)])
+
+
 def copy_head(head: nn.Module) -> nn.Module:
     """An independent copy, so that a result never aliases the caller's model."""
     return copy.deepcopy(head)

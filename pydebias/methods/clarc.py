@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..concepts import CAV, CAV_METHODS, POOLINGS, fit_cav, layer_activations, pool
+from ..concepts import CAV, CAV_METHODS, POOLINGS, fit_cav, layer_activations
 from ..models.protocol import find_layer
 from ..validation import check_choice, check_number
-from .base import ModelMethod
+from .base import ModelMethod, data_loader as _loader, dataset_labels as _labels
 
 __all__ = ["RRClArC", "PClArC", "AClArC", "TARGETS", "AGGREGATIONS", "output_coefficients", "rr_penalty",
            "closed_form_gradient", "autograd_gradient", "trainable_linears"]
@@ -131,18 +131,6 @@ def _positions(model: nn.Module, layer: str, train) -> int:
     finally:
         handle.remove()
     return int(np.prod(shape[0][2:])) if len(shape[0]) > 2 else 1
-
-
-def _loader(train, batch_size: int, shuffle: bool, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=shuffle, generator=gen)
-
-
-def _labels(train, batch_size: int) -> torch.Tensor:
-    tensors = getattr(train, "tensors", None)  # TensorDataset: no pass over the data
-    if tensors is not None and len(tensors) >= 2:
-        return torch.as_tensor(tensors[1]).long()
-    return torch.cat([torch.as_tensor(b[1]).long() for b in _loader(train, batch_size, False, 0)])
 
 
 class _ClArC(ModelMethod):

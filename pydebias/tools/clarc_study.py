@@ -52,21 +52,12 @@ def clarc_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
     along ERM's CAV, fit seconds."""
     import time
 
-    from tqdm import tqdm
-
     from .. import methods
     from ..concepts import tcav
-    from ..data import availability, load
+    from .report import loaded_cases
 
-    wanted = {s[0] for s in settings}
     rows = []
-    for name, bb, params, cls in tqdm([c for c in CLARC_CASES if c[0] in wanted], desc="ClArC",
-                                      disable=not progress):
-        ok, why = availability(name)
-        if not ok:
-            rows.append({"benchmark": name, "backbone": bb, "skipped": why})
-            continue
-        d = load(name, seed=seed, **params)
+    for (name, bb, params, cls), d in loaded_cases(CLARC_CASES, settings, seed, rows, "ClArC", progress):
         erm = d["backbone"].eval()
         x, y = d["inputs"]("test")
         xa = _attacked(name, d)
@@ -100,20 +91,17 @@ def clarc_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
 
 def clarc_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     """Clean / attacked / worst-group accuracy per case and method (mean over seeds), TCAV."""
+    from .report import by_case, seeds_label
+
     labels = ["ERM"] + [m[0] for m in CLARC_METHODS]
-    out = ["ClArC on the built-ins with a pasted square, seed" + ("s " if len(seeds) > 1 else " ")
-           + ", ".join(map(str, seeds)) + ": accuracy, %, on clean test inputs (no square), on attacked ones "
-           "(the square pasted into every test input) and worst group of the test split; mean over seeds. "
-           "TCAV: quotient (0.5 = no push) and sensitivity of the square's class along ERM's CAV, on test rows "
-           "with the square (P-ClArC's hook is removed for it). Every method at its defaults (layer: the "
-           "embedding; RR-ClArC: lam=100) unless the label says otherwise.", "",
-           "| benchmark | backbone | method | clean | attacked | worst group | TCAV quotient | TCAV sensitivity "
+    out = ["ClArC on the built-ins with a pasted square, " + seeds_label(seeds) + ": accuracy, %, on clean test "
+           "inputs (no square), on attacked ones (the square pasted into every test input) and worst group of "
+           "the test split; mean over seeds. TCAV: quotient (0.5 = no push) and sensitivity of the square's "
+           "class along ERM's CAV, on test rows with the square (P-ClArC's hook is removed for it). Every "
+           "method at its defaults (layer: the embedding; RR-ClArC: lam=100) unless the label says otherwise.",
+           "", "| benchmark | backbone | method | clean | attacked | worst group | TCAV quotient | TCAV sensitivity "
            "| fit s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    keyed: Dict = {}
-    for r in rows:
-        if "skipped" not in r:
-            keyed.setdefault((r["benchmark"], r["backbone"]), []).append(r)
-    for (name, bb), rs in keyed.items():
+    for (name, bb), rs in by_case(rows).items():
         for label in labels:
             def mean(k, sub=None):
                 vals = [(r[label].get(sub) or {}).get(k) if sub else r[label].get(k) for r in rs]

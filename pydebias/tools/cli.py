@@ -16,7 +16,8 @@ REPORT_SEEDS = (0, 1, 2, 3, 4)
 #: the demo's built-ins, in order of preference (the first one installed is used)
 DEMO_DATA = ("fashion-on-photos", "colored-fashion", "planted")
 #: the studies behind the report's defaults, each a `pydebias report` flag writing STUDY.md/.json:
-#: study -> (what it runs, module of pydebias.tools, rows function, markdown function)
+#: study -> (what it runs, module of pydebias.tools, rows function, markdown function[, figures function
+#: (rows, out directory) -> PNG paths]); row keys starting with "_" feed the figures, not the JSON
 REPORT_STUDIES = {
     "neurontune_modes": ("NeuronTune's mask modes and λ on every setting", "report", "neurontune_modes",
                          "neurontune_modes_markdown"),
@@ -29,6 +30,9 @@ REPORT_STUDIES = {
     "clarc": ("ERM, P-, A- and RR-ClArC (and RR-ClArC's λ sweep) on fashion-square and fashion-on-photos with a "
               "pasted square: clean / attacked / worst-group accuracy, TCAV", "clarc_study", "clarc_study",
               "clarc_markdown"),
+    "masktune": ("ERM and MaskTune (the paper's masks, masks grown by 1-5 pixels, and the same epoch without masks "
+                 "as a control) on fashion-square (binary), colored-fashion and fashion-on-photos: worst-group "
+                 "accuracy, selective classification, mask coverage", "masktune_study", "masktune_study", "masktune_markdown", "masktune_figures"),
 }
 
 
@@ -160,7 +164,7 @@ def _cmd_report(args) -> int:
     settings = report.default_settings(args.benchmarks)
     if args.seed is None and not args.seeds:
         args.seeds = list(REPORT_SEEDS)
-    for stem, (_, module, rows_fn, md_fn) in REPORT_STUDIES.items():
+    for stem, (_, module, rows_fn, md_fn, *fig_fn) in REPORT_STUDIES.items():
         if getattr(args, stem):
             from ..results import provenance, write_atomic, write_json
 
@@ -171,6 +175,9 @@ def _cmd_report(args) -> int:
             md = to_md(rows, seeds)
             os.makedirs(args.out, exist_ok=True)
             write_atomic(os.path.join(args.out, f"{stem}.md"), (md + report.footer()).encode())
+            for path in (getattr(mod, fig_fn[0])(rows, args.out) if fig_fn else []):
+                print(f"wrote {path}")
+            rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
             write_json(os.path.join(args.out, f"{stem}.json"),
                        {**provenance(seeds[0], "auto", seeds=seeds), "rows": rows})
             print(md)

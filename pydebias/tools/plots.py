@@ -1,7 +1,10 @@
 """Plots people would rather look at than read (matplotlib, optional)."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterable, Optional, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 
 def have_matplotlib() -> bool:
@@ -87,5 +90,37 @@ def delta_plot(nt_report: Dict, path: str, title: str = "") -> str:
     ax.set_ylabel("δ = median(wrong) − median(right)")
     ax.set_title(title + " (circled: zeroed)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def save_saliency_grid(path: str, images: torch.Tensor, maps: Iterable[torch.Tensor], titles=None,
+                       row_labels=None) -> str:
+    """A PNG grid: one row per image, its picture then each map of ``maps`` (each (B, H, W)
+    or (B, C, H, W) images); ``images`` (B, C, H, W) are min-max scaled for display."""
+    import torch
+
+    from ..saliency import minmax
+
+    plt = _pyplot()
+    cols = [images] + list(maps)
+    b = images.shape[0]
+    fig, axes = plt.subplots(b, len(cols), figsize=(1.6 * len(cols), 1.6 * b), squeeze=False)
+    for j, col in enumerate(cols):
+        for i in range(b):
+            im = col[i].detach()
+            gray = im.dtype == torch.bool or im.dim() == 3  # masks and pictures; maps in colour
+            im = im.float()
+            if im.dim() == 3:  # a picture: channels last, scaled for display
+                im = minmax(im[None])[0].permute(1, 2, 0)
+                im = im[..., 0] if im.shape[-1] == 1 else im
+            ax = axes[i, j]
+            ax.imshow(im.numpy(), cmap="gray" if gray else "magma", vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0 and titles is not None:
+                ax.set_title(titles[j], fontsize=8)
+            if j == 0 and row_labels is not None:
+                ax.set_ylabel(row_labels[i], fontsize=7)
     fig.tight_layout()
     return save_png(fig, path)

@@ -214,14 +214,11 @@ def jtt_weights_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     import numpy as np
 
     keys = ["ERM"] + [str(u) for u in JTT_WEIGHTS]
-    out = [f"JTT's up-weight, {_seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
+    out = [f"JTT's up-weight, {seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
            "(lowest–highest); \"balanced\" weighs every class × error cell of train the same (the default).", "",
            "| benchmark | ERM | " + " | ".join(f"up_weight={k}" for k in keys[1:]) + " |",
            "| --- | --- | " + " | ".join("---" for _ in keys[1:]) + " |"]
-    keyed: Dict = {}
-    for r in rows:
-        if "skipped" not in r:
-            keyed.setdefault((r["benchmark"], r["backbone"]), []).append(r)
+    keyed = by_case(rows)
     means = {k: [] for k in keys}
     for (name, bb), rs in keyed.items():
         cells = []
@@ -255,17 +252,13 @@ def balance_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     import numpy as np
 
     labels = [REGISTRY[k].label for k in BALANCE_METHODS]
-    out = [f"Identification-split balance, {_seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
+    out = [f"Identification-split balance, {seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
            "(lowest–highest), as val's attribute–label correlation goes from 0.5 (group-balanced) to the train "
            "one (biased); guard off, the same backbone and test split. (n flagged) = fits the guard's label-free "
            "check called harmful.", "",
            "| benchmark | val corr. | ERM | " + " | ".join(labels) + " |",
            "| --- | --- | --- | " + " | ".join("---" for _ in labels) + " |"]
-    keyed: Dict = {}
-    for r in rows:
-        if "skipped" not in r:
-            keyed.setdefault((r["benchmark"], r["backbone"], r["val_corr"]), []).append(r)
-    for (name, bb, corr), rs in keyed.items():
+    for (name, bb, corr), rs in by_case(rows, "benchmark", "backbone", "val_corr").items():
         def cell(vals, flags=None):
             v = 100 * np.array(vals)
             s = _mean_range(v)
@@ -306,14 +299,42 @@ def lam_margin_table(rows: List[Dict]) -> List[Dict]:
     return out
 
 
-def _seeds_label(seeds: Sequence[int]) -> str:
+def seeds_label(seeds: Sequence[int]) -> str:
+    """A caption's words for ``seeds``: 'seed 0' or 'seeds 0, 1, 2'."""
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
+
+
+def loaded_cases(cases: Sequence, settings: Sequence, seed: int, rows: List[Dict], desc: str, progress: bool):
+    """Each case ``(benchmark, backbone label, loader parameters, ...)`` of a model-level
+    study whose benchmark is among ``settings``, with its loaded data: yields ``(case, d)``;
+    a case whose sources are missing gets a ``skipped`` row in ``rows`` instead."""
+    from tqdm import tqdm
+
+    from ..data import availability, load
+
+    wanted = {s[0] for s in settings}
+    for case in tqdm([c for c in cases if c[0] in wanted], desc=desc, disable=not progress):
+        ok, why = availability(case[0])
+        if not ok:
+            rows.append({"benchmark": case[0], "backbone": case[1], "skipped": why})
+            continue
+        yield case, load(case[0], seed=seed, **case[2])
+
+
+def by_case(rows: List[Dict], *keys: str) -> Dict:
+    """A study's rows that ran (not ``skipped``), grouped by their ``keys`` values (default
+    benchmark and backbone), in first-seen order: one table line per group."""
+    keyed: Dict = {}
+    for r in rows:
+        if "skipped" not in r:
+            keyed.setdefault(tuple(r[k] for k in (keys or ("benchmark", "backbone"))), []).append(r)
+    return keyed
 
 
 def neurontune_modes_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     labels = ["ERM"] + list(NT_VARIANTS)
     many = len(seeds) > 1
-    out = [f"NeuronTune mask mode and λ, {_seeds_label(seeds)}, guard off, retraining on train: worst-group / "
+    out = [f"NeuronTune mask mode and λ, {seeds_label(seeds)}, guard off, retraining on train: worst-group / "
            "mean test accuracy %, [neurons zeroed for at least one class]; no λ given = `lam=\"auto\"`.", "",
            "| benchmark | backbone | id split | " + ("seed | " if many else "") + " | ".join(labels) + " |",
            "| --- | --- | --- | " + ("--- | " if many else "") + " | ".join("---" for _ in labels) + " |"]
@@ -387,7 +408,7 @@ def localisation(settings: Sequence[Setting], seed: int = 0, progress: bool = Tr
 
 def localisation_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     many = len(seeds) > 1
-    out = [f"Shortcut localisation, {_seeds_label(seeds)}: live neurons ranked by within-class |correlation| with the "
+    out = [f"Shortcut localisation, {seeds_label(seeds)}: live neurons ranked by within-class |correlation| with the "
            "spurious attribute (group labels read: an oracle, not a method), the top k zeroed, the head "
            "retrained on train as NeuronTune's main variant does; worst-group test accuracy %. "
            "k = 0 is class-balanced retraining. \"k for +5\" = the fewest zeroed neurons that lift worst-group "
