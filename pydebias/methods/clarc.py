@@ -49,7 +49,7 @@ def output_coefficients(logits: torch.Tensor, labels: torch.Tensor, target: str,
     keeps its graph; the others are constants)."""
     B, K = logits.shape
     if target == "all_logits_random":
-        return torch.randint(0, 2, (B, K), generator=generator).to(logits.dtype) * 2 - 1
+        return torch.randint(0, 2, (B, K), generator=generator, dtype=logits.dtype).mul_(2).sub_(1)
     if target == "all_logits":
         return torch.ones_like(logits)
     if target == "target":
@@ -334,7 +334,8 @@ class RRClArC(_ClArC):
         def penalty(a, logits, y):
             s = output_coefficients(logits, y, self.target, gen)
             if closed and self.aggregation != "cosine":  # <g, h> = s (W h) / HW: (B,), no (B, D) gradient
-                return _aggregate(s @ (model.head.weight @ h) / hw, self.aggregation)
+                proj = s @ (model.head.weight @ h)
+                return _aggregate(proj if hw == 1 else proj / hw, self.aggregation)
             g = closed_form_gradient(model.head, s, hw) if closed else autograd_gradient(a, logits, s, self.target)
             return rr_penalty(g, h, self.aggregation)
 
