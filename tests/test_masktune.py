@@ -225,6 +225,8 @@ def test_masktune_bad_input(shortcut_cnn):
         MaskTune(dilate=-1).fit(model, train)
     with pytest.raises(ValueError, match="sigmas"):
         MaskTune(sigmas=float("nan")).fit(model, train)
+    with pytest.raises(ValueError, match=r"fill: expected .* one per channel of the images \(1\)"):
+        MaskTune(fill=[0.0, 0.0, 0.0]).fit(model, train)
     with pytest.raises(TypeError, match="frozen"):
         MaskTune(frozen="conv").fit(model, train)
     with pytest.raises(ValueError, match="layer"):

@@ -174,6 +174,11 @@ class MaskTune(ModelMethod):
         if not torch.isfinite(x).all():
             raise ValueError("train: the inputs contain NaN or infinite values; saliency maps of such inputs are "
                              "NaN and mask nothing. Clean or drop those rows first")
+        fill = torch.as_tensor(self.fill, dtype=torch.float64)
+        if fill.dim() > 1 or (fill.dim() == 1 and (x.dim() != 4 or fill.numel() != x.shape[1])) \
+                or not torch.isfinite(fill).all():
+            raise ValueError(f"fill: expected a finite number, or one per channel of the images "
+                             f"({x.shape[1] if x.dim() == 4 else 'none: rows'}), got {self.fill!r}")
         if x.dim() == 4 and self.layer is not None:
             find_layer(model, self.layer)
         layer = (self.layer or default_saliency_layer(model)) if x.dim() == 4 else None

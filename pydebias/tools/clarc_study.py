@@ -20,6 +20,14 @@ CLARC_METHODS = (("P-ClArC", "PClArC", {}), ("A-ClArC", "AClArC", {}),
                  ("RR-ClArC, lam=0", "RRClArC", {"lam": 0.0}), ("RR-ClArC, lam=1", "RRClArC", {"lam": 1.0}),
                  ("RR-ClArC, lam=10", "RRClArC", {"lam": 10.0}), ("RR-ClArC", "RRClArC", {}),
                  ("RR-ClArC, lam=1000", "RRClArC", {"lam": 1000.0}))
+#: the CAV at a conv map instead of the embedding, spatially max-pooled (the authors') or
+#: mean-pooled: which pooling to use where the layer is a map (SmallCNN's last conv block
+#: reaches the head through a max-pool and two linears, so RR-ClArC takes autograd's
+#: gradient there; EfficientNet-Lite0's top is averaged into the head: the closed form)
+CLARC_CASE_METHODS = {
+    name: tuple((f"RR-ClArC, layer={layer}, {how}-pooled CAV", "RRClArC", {"layer": layer, "pooling": how})
+                for how in ("max", "mean"))
+    for name, layer in (("fashion-square", "conv.4"), ("fashion-on-photos", "top"))}
 
 
 def _attacked(name: str, data: Dict) -> torch.Tensor:
@@ -68,7 +76,7 @@ def clarc_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
         row = {"benchmark": name, "backbone": bb, "params": params, "artifact_class": cls, "seed": seed,
                "ERM": figures(erm, x, y, xa, ct, gt)}
         cav = None
-        for label, cls_name, kw in CLARC_METHODS:
+        for label, cls_name, kw in CLARC_METHODS + CLARC_CASE_METHODS.get(name, ()):
             m = getattr(methods, cls_name)(seed=seed, **kw)
             t = time.perf_counter()
             with warnings.catch_warnings():
@@ -93,7 +101,7 @@ def clarc_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     """Clean / attacked / worst-group accuracy per case and method (mean over seeds), TCAV."""
     from .report import by_case, seeds_label
 
-    labels = ["ERM"] + [m[0] for m in CLARC_METHODS]
+    labels = ["ERM"] + [m[0] for m in CLARC_METHODS] + [m[0] for ms in CLARC_CASE_METHODS.values() for m in ms]
     out = ["ClArC on the built-ins with a pasted square, " + seeds_label(seeds) + ": accuracy, %, on clean test "
            "inputs (no square), on attacked ones (the square pasted into every test input) and worst group of "
            "the test split; mean over seeds. TCAV: quotient (0.5 = no push) and sensitivity of the square's "
@@ -103,6 +111,9 @@ def clarc_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
            "| fit s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (name, bb), rs in by_case(rows).items():
         for label in labels:
+            if any(label not in r for r in rs):
+                continue
+
             def mean(k, sub=None):
                 vals = [(r[label].get(sub) or {}).get(k) if sub else r[label].get(k) for r in rs]
                 vals = [v for v in vals if v is not None]
