@@ -103,6 +103,29 @@ def dataset_labels(train, batch_size: int = 256) -> torch.Tensor:
     return torch.cat([torch.as_tensor(b[1]).long() for b in data_loader(train, batch_size, False, 0)])
 
 
+def dataset_tensors(data, batch_size: int = 512):
+    """``(x, y)`` tensors of a dataset of ``(x, y, ...)`` items (a ``TensorDataset``'s own
+    tensors, no copy)."""
+    tensors = getattr(data, "tensors", None)
+    if tensors is not None and len(tensors) >= 2:
+        return tensors[0], torch.as_tensor(tensors[1]).long()
+    xs, ys = zip(*((torch.as_tensor(b[0]), torch.as_tensor(b[1]).long())
+                   for b in data_loader(data, batch_size, False, 0)))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def model_outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """``model``'s outputs for the rows of ``x``, in batches, without grad, in eval mode
+    (its mode is restored)."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([model(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+    finally:
+        model.train(was)
+
+
 def copy_head(head: nn.Module) -> nn.Module:
     """An independent copy, so that a result never aliases the caller's model."""
     return copy.deepcopy(head)

@@ -22,30 +22,9 @@ from ..metrics import COVERAGES, ensemble_confidence, selective_curve, selective
 from ..models.protocol import find_layer
 from ..saliency import apply_mask, default_saliency_layer, gradient_x_input, grow_mask, saliency_mask, xgradcam
 from ..validation import check_choice, check_number
-from .base import ModelMethod, data_loader
+from .base import ModelMethod, data_loader, dataset_tensors, model_outputs
 
-__all__ = ["MaskTune", "dataset_tensors"]
-
-
-def dataset_tensors(data, batch_size: int = 512):
-    """``(x, y)`` tensors of a dataset of ``(x, y, ...)`` items (a ``TensorDataset``'s own
-    tensors, no copy)."""
-    tensors = getattr(data, "tensors", None)
-    if tensors is not None and len(tensors) >= 2:
-        return tensors[0], torch.as_tensor(tensors[1]).long()
-    xs, ys = zip(*((torch.as_tensor(b[0]), torch.as_tensor(b[1]).long())
-                   for b in data_loader(data, batch_size, False, 0)))
-    return torch.cat(xs), torch.cat(ys)
-
-
-def _batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return torch.cat([model(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
-    finally:
-        model.train(was)
+__all__ = ["MaskTune"]
 
 
 class MaskTune(ModelMethod):
@@ -215,8 +194,7 @@ class MaskTune(ModelMethod):
         ``softmax(softmax(z_ERM) * softmax(z_MaskTune))`` (MaskTune's selective rule)."""
         if not hasattr(self, "model_"):
             raise RuntimeError("MaskTune: call fit(model, train, val) first")
-        return ensemble_confidence(_batched_logits(self.erm_, x, batch_size),
-                                   _batched_logits(self.model_, x, batch_size))
+        return ensemble_confidence(model_outputs(self.erm_, x, batch_size), model_outputs(self.model_, x, batch_size))
 
     def selective_curve(self, data) -> List[Dict]:
         """Error on the accepted rows of ``data`` (a dataset of ``(x, y)``) at each coverage

@@ -38,9 +38,10 @@ def _attacked(name: str, data: Dict) -> torch.Tensor:
     return data["inputs"]("test", attacked=True)[0]
 
 
-def _predict(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+def _predict(model, x: torch.Tensor) -> torch.Tensor:
+    from ..methods.base import model_outputs
+
+    return model_outputs(model, x).argmax(1)
 
 
 def figures(model, x: torch.Tensor, y: torch.Tensor, x_attacked: torch.Tensor, concepts: np.ndarray,

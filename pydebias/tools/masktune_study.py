@@ -51,22 +51,20 @@ def _case_params(name: str, d: Dict) -> Dict:
             "frozen": ["stem"] + [f"blocks.{i}" for i in range(upto)]}
 
 
-def _logits(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
 def _figures(logits: torch.Tensor, y: torch.Tensor, groups: np.ndarray) -> Dict:
-    right = (logits.argmax(1) == y).numpy()
-    per = [float(right[groups == g].mean()) for g in np.unique(groups)]
-    return {"mean": float(right.mean()), "worst_group": min(per), "per_group": per}
+    from ..metrics import GroupReport
+
+    r = GroupReport(y.numpy(), logits.argmax(1).numpy(), groups, logits.shape[1])
+    return {"mean": r.accuracy, "worst_group": r.worst_group_accuracy,
+            "per_group": [g["accuracy"] for g in r.per_group if g["accuracy"] is not None]}
 
 
 def _erm_selective(model, xv, yv, xt, yt):
     """ERM alone (maximum softmax probability), thresholds on val, error on test."""
+    from ..methods.base import model_outputs
     from ..metrics import selective_curve, selective_thresholds
 
-    pv, pt = torch.softmax(_logits(model, xv), 1), torch.softmax(_logits(model, xt), 1)
+    pv, pt = torch.softmax(model_outputs(model, xv), 1), torch.softmax(model_outputs(model, xt), 1)
     thr = selective_thresholds(pv.max(1).values.numpy())
     return selective_curve(pt.max(1).values.numpy(), (pt.argmax(1) == yt).numpy(), thr)
 
@@ -78,6 +76,7 @@ def masktune_study(settings: Sequence, seed: int = 0, progress: bool = True) -> 
     JSON) holds a few training images with their saliency and masks for the grid."""
     from ..data.fashion import SQUARE_AT, SQUARE_SIZE
     from ..methods import MaskTune
+    from ..methods.base import model_outputs
     from .report import loaded_cases
 
     rows = []
@@ -91,7 +90,7 @@ def masktune_study(settings: Sequence, seed: int = 0, progress: bool = True) -> 
         val = torch.utils.data.TensorDataset(xv, yv)
         digest = hashlib.sha256(xtr.numpy().tobytes() + ytr.numpy().tobytes()).hexdigest()[:16]
         row = {"benchmark": name, "backbone": bb, "params": params, "seed": seed, "train_hash": digest,
-               "ERM": {**_figures(_logits(erm, xt), yt, gt), "selective": _erm_selective(erm, xv, yv, xt, yt)}}
+               "ERM": {**_figures(model_outputs(erm, xt), yt, gt), "selective": _erm_selective(erm, xv, yv, xt, yt)}}
         square = d["train"].concepts is not None
         pick = np.random.default_rng(seed).choice(len(ytr), N_EXAMPLES, replace=False)
         if square:  # show images with the square
@@ -104,7 +103,7 @@ def masktune_study(settings: Sequence, seed: int = 0, progress: bool = True) -> 
             t = time.perf_counter()
             tuned = m.fit(erm, train, val, progress=progress)
             secs = time.perf_counter() - t
-            rep = {**_figures(_logits(tuned, xt), yt, gt), "selective": m.selective_curve(
+            rep = {**_figures(model_outputs(tuned, xt), yt, gt), "selective": m.selective_curve(
                        torch.utils.data.TensorDataset(xt, yt)),
                    "masked_fraction": m.report_["masked_fraction_mean"], "seconds": secs,
                    "saliency_seconds": m.report_["saliency_seconds"], "layer": m.report_["layer"],
