@@ -1,5 +1,5 @@
-"""Losses and per-sample scores for model-level debiasing (BLADE's pieces; BLADE itself
-is not built yet).
+"""Losses and per-sample scores for model-level debiasing (BLADE's pieces,
+:class:`pydebias.methods.BLADE`).
 
 - :func:`gce_loss`: generalized cross-entropy (Zhang & Sabuncu, 2018),
   ``(1 - p_y^q) / q``: its gradient is cross-entropy's weighted by ``p_y^q``, so easy

@@ -8,7 +8,7 @@ from pydebias.concepts import fit_cav, layer_activations, pool
 from pydebias.methods import AClArC, PClArC, RRClArC
 from pydebias.methods.clarc import (TARGETS, autograd_gradient, closed_form_gradient, output_coefficients,
                                     rr_penalty)
-from pydebias.models import EfficientNetLite0, SmallCNN
+from pydebias.models import EfficientNetLite0, EncoderHead, SmallCNN
 
 
 def _square_data(n=256, seed=0, in_channels=1):
@@ -250,3 +250,74 @@ def test_study_figures_split_clean_attacked_and_groups():
     xa = torch.ones(4, 1)  # "attacked": every input says class 1
     f = figures(Lookup(), x, y, xa, concepts, groups)
     assert f == {"clean": 1.0, "attacked": 0.25, "worst_group": 0.5, "mean": 0.75}
+
+
+class _GapNet(EncoderHead):
+    """conv -> global average pool -> head without a bias: the pooled-layer case."""
+
+    embedding_layer, pooled_layer = "pool", "conv"
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(8, 2, bias=False)  # the fold adds the bias the shift needs
+
+    def embed(self, x):
+        return self.pool(self.conv(x))
+
+
+@pytest.mark.parametrize("layer, pooling", [("fc", "max"), ("fc", "mean"), ("conv", "mean")])
+def test_pclarc_folds_into_the_head(layer, pooling):
+    """At the embedding, or at a GAP'd layer with mean pooling, the hook is affine in the
+    head's input: the folded model (no hook, one plain Linear) gives the same outputs."""
+    torch.manual_seed(0)
+    train, c = _square_data(128)
+    model = (_GapNet() if layer == "conv" else SmallCNN(n_classes=2, in_channels=1)).eval()
+    m = PClArC(layer=layer, pooling=pooling)
+    hooked = m.fit(model, train, concepts=c)
+    folded = m.fold()
+    x = train.tensors[0][:16]
+    with torch.no_grad():
+        want, got = hooked(x), folded(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    assert not dict(folded.named_modules())[layer]._forward_hooks  # plain layers: nothing hooked
+    assert dict(hooked.named_modules())[layer]._forward_hooks       # the fitted model keeps its hook
+    with torch.no_grad():
+        assert not torch.allclose(folded(x), model(x), atol=1e-3)  # and it is not the uncorrected model
+
+
+def test_pclarc_fold_refuses_a_max_pooled_conv_map():
+    train, c = _square_data(64)
+    m = PClArC(layer="conv.4", pooling="max")
+    m.fit(SmallCNN(n_classes=2, in_channels=1).eval(), train, concepts=c)
+    with pytest.raises(ValueError, match="pooling='mean'"):
+        m.fold()
+    with pytest.raises(RuntimeError, match="fit"):
+        PClArC().fold()
+
+
+def test_rrclarc_lam_auto_picks_by_held_out_concept_groups():
+    torch.manual_seed(0)
+    train, c = _square_data(256)
+    model = SmallCNN(n_classes=2, in_channels=1).eval()
+    m = RRClArC(lam="auto", lams=(0.0, 100.0), epochs=2, lr=1e-3)
+    fitted = m.fit(model, train, concepts=c)
+    auto = m.report_["lam_auto"]
+    cands = {r["lam"]: r for r in auto["candidates"]}
+    assert set(cands) == {0.0, 100.0} and auto["n_held_out"] == pytest.approx(0.2 * 256, abs=4)
+    # the pick is the candidate with the best worst held-out (class, concept) accuracy, ties to the smaller λ
+    best = max(cands.values(), key=lambda r: (r["worst"], -r["lam"]))
+    assert auto["lam"] == best["lam"] == m.report_["lam"]
+    for r in cands.values():
+        assert r["worst"] == min(r["per_stratum"].values()) and set(r["per_stratum"]) <= {0, 1, 2, 3}
+    # the returned model is the refit on all of train with that λ
+    again = RRClArC(lam=auto["lam"], epochs=2, lr=1e-3).fit(model, train, concepts=c)
+    x = train.tensors[0][:32]
+    torch.testing.assert_close(fitted(x), again(x))
+    with pytest.raises(ValueError, match="concepts"):
+        RRClArC(lam="auto").fit(model, train)
+    with pytest.raises(ValueError, match="holdout"):
+        RRClArC(lam="auto", holdout=1.0).fit(model, train, concepts=c)
+    with pytest.raises(ValueError, match="lams"):
+        RRClArC(lam="auto", lams=()).fit(model, train, concepts=c)

@@ -2,6 +2,7 @@
 (:class:`EmbeddingMethod`, :class:`ModelMethod`), all listed in :data:`REGISTRY`."""
 from .base import EmbeddingMethod, Method, ModelMethod
 from .baselines import AFR, DFR, ERM, JTT, ClassBalanced
+from .blade import BLADE
 from .clarc import AClArC, PClArC, RRClArC
 from .masktune import MaskTune
 from .neurontune import NeuronTune
@@ -9,4 +10,4 @@ from .nsf import NSF
 from .registry import REGISTRY, MethodSpec, methods_markdown
 
 __all__ = ["Method", "EmbeddingMethod", "ModelMethod", "ERM", "DFR", "ClassBalanced", "JTT", "AFR", "NeuronTune",
-           "NSF", "RRClArC", "PClArC", "AClArC", "MaskTune", "REGISTRY", "MethodSpec", "methods_markdown"]
+           "NSF", "RRClArC", "PClArC", "AClArC", "MaskTune", "BLADE", "REGISTRY", "MethodSpec", "methods_markdown"]

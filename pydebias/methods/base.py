@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import Any, Dict, Optional
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -65,6 +66,21 @@ class ModelMethod(Method):
 
     def fit(self, model: nn.Module, train, **kwargs) -> nn.Module:
         raise NotImplementedError
+
+    def _check_fine_tuning(self, min_batch: int = 1) -> None:
+        """Validate the fine-tuning hyper-parameters the model-level methods share:
+        ``epochs``, ``optimizer``, ``lr``, ``batch_size``, ``seed`` and ``frozen`` (if any)."""
+        from ..validation import check_choice, check_number
+
+        check_number(self.epochs, "epochs", 1, integer=True)
+        check_choice(self.optimizer, "optimizer", ("adam", "sgd"))
+        check_number(self.lr, "lr", 0.0, low_open=True)
+        check_number(self.batch_size, "batch_size", min_batch, integer=True)
+        check_number(self.seed, "seed", integer=True)
+        frozen = getattr(self, "frozen", ())
+        if isinstance(frozen, str):
+            raise TypeError(f"frozen: expected a sequence of module names, got the string {frozen!r}; "
+                            f"write frozen=({frozen!r},)")
 
     @staticmethod
     def _check_model(model, name: str = "model") -> nn.Module:
@@ -124,6 +140,53 @@ def model_outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> t
             return torch.cat([model(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
     finally:
         model.train(was)
+
+
+def train_epochs(model: nn.Module, data, loss_fn: Callable, epochs: int, optimizer: str, lr: float,
+                 batch_size: int, frozen: Sequence[str] = (), seed: int = 0, progress: bool = False,
+                 desc: str = "fine-tune", loss_name: str = "loss") -> List[Dict]:
+    """Fine-tune ``model`` in place for ``epochs`` over ``data`` (a dataset of tuples whose
+    second item is the label): ``loss_fn(model, batch) -> (loss, logits)`` per batch,
+    ``optimizer`` ``"adam"`` or ``"sgd"`` (momentum 0.9); the modules named in ``frozen``
+    keep their parameters and stay in eval mode. Epoch ``e`` shuffles with ``seed + e``.
+    Returns one ``{epoch, <loss_name>, train_accuracy, seconds}`` per epoch; ``model`` is
+    left in eval mode and every ``requires_grad`` flag as it was."""
+    from tqdm import tqdm
+
+    from ..models.protocol import find_layer
+
+    fixed_modules = [find_layer(model, n) for n in frozen]
+    fixed = {id(p) for m in fixed_modules for p in m.parameters()}
+    params = [p for p in model.parameters() if id(p) not in fixed]
+    was = [(p, p.requires_grad) for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in fixed)
+    opt = (torch.optim.Adam(params, lr=lr) if optimizer == "adam"
+           else torch.optim.SGD(params, lr=lr, momentum=0.9))
+    log = []
+    try:
+        for epoch in range(epochs):
+            model.train()
+            for m in fixed_modules:
+                m.eval()
+            t0, tot, ok, n = time.perf_counter(), 0.0, 0, 0
+            for batch in tqdm(data_loader(data, batch_size, True, seed + epoch), desc=f"{desc} epoch {epoch}",
+                              disable=not progress, leave=False):
+                loss, out = loss_fn(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                yb = batch[1]
+                tot += float(loss.detach()) * len(yb)
+                ok += int((out.detach().argmax(1) == yb).sum())
+                n += len(yb)
+            log.append({"epoch": epoch, loss_name: tot / n, "train_accuracy": ok / n,
+                        "seconds": time.perf_counter() - t0})
+    finally:
+        for p, flag in was:
+            p.requires_grad_(flag)
+        model.eval()
+    return log
 
 
 def copy_head(head: nn.Module) -> nn.Module:

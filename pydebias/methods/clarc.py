@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -145,9 +145,7 @@ class _ClArC(ModelMethod):
             check_number(self.attacked_class, "attacked_class", 0, integer=True)
 
     def _check_training(self):
-        check_choice(self.optimizer, "optimizer", ("sgd", "adam"))
-        check_number(self.lr, "lr", 0.0, low_open=True)
-        check_number(self.epochs, "epochs", 1, integer=True)
+        self._check_fine_tuning()
         check_number(self.clip, "clip", 0.0, low_open=True)
 
     def _prepare(self, model: nn.Module, train, concepts, label: str, head_inputs: bool = False):
@@ -281,6 +279,10 @@ _COMMON_DOC = """
 """
 
 
+#: the λ candidates of ``RRClArC(lam="auto")`` (the authors sweep 0.05 ... 1e8 without a choice)
+LAMS = (1.0, 10.0, 100.0, 1000.0)
+
+
 class RRClArC(_ClArC):
     __doc__ = """Right-Reason ClArC: fine-tune the ``nn.Linear`` layers after ``layer`` with
     class-weighted cross-entropy + ``lam`` x ``rr_penalty`` so that the output's gradient
@@ -291,20 +293,31 @@ class RRClArC(_ClArC):
     model's ``embedding_layer`` or ``pooled_layer`` (no second backward), else autograd;
     ``True`` demands it, ``False`` forces autograd. Optimiser: ``"sgd"`` (momentum 0.9) or
     ``"adam"``, ``lr``, ``batch_size``, ``epochs``, gradient-norm clipping ``clip``.
+    ``lam="auto"``: picked from the concept labels (:meth:`select_lam`): each of ``lams``
+    is fitted on the training rows less a held-out share ``holdout`` (stratified by class
+    and concept) and scored by the worst (class, concept) accuracy on the held-out rows.
     """
 
-    def __init__(self, layer: Optional[str] = None, lam: float = 100.0, cav: str = "signal", pooling: str = "max",
+    def __init__(self, layer: Optional[str] = None, lam=100.0, lams: Sequence[float] = LAMS, holdout: float = 0.2, cav: str = "signal", pooling: str = "max",
                  target: str = "all_logits_random", aggregation: str = "l2_mean", closed_form="auto",
                  attacked_class: Optional[int] = None, optimizer: str = "sgd", lr: float = 1e-4,
                  batch_size: int = 64, epochs: int = 10, clip: float = 100.0, seed: int = 0):
         self.layer, self.lam, self.cav, self.pooling = layer, lam, cav, pooling
+        self.lams, self.holdout = lams, holdout
         self.target, self.aggregation, self.closed_form = target, aggregation, closed_form
         self.attacked_class, self.optimizer, self.lr = attacked_class, optimizer, lr
         self.batch_size, self.epochs, self.clip, self.seed = batch_size, epochs, clip, seed
 
     def _check(self):
         super()._check()
-        check_number(self.lam, "lam", 0.0)
+        if self.lam == "auto":
+            if isinstance(self.lams, str) or not len(self.lams):
+                raise ValueError(f"lams: expected a sequence of candidate λ values, got {self.lams!r}")
+            for v in self.lams:
+                check_number(v, "lams", 0.0)
+            check_number(self.holdout, "holdout", 0.0, 1.0, low_open=True, high_open=True)
+        else:
+            check_number(self.lam, "lam", 0.0)
         check_choice(self.target, "target", TARGETS)
         check_choice(self.aggregation, "aggregation", AGGREGATIONS)
         self._check_training()
@@ -320,8 +333,53 @@ class RRClArC(_ClArC):
                              f"(it feeds the linear head directly or through a global average pool); got {layer!r}")
         return ok and self.closed_form != False  # noqa: E712 ("auto" or True)
 
+    def select_lam(self, model: nn.Module, train, concepts, progress: bool = False) -> Dict:
+        """Pick λ from ``lams`` with the concept labels: hold out ``holdout`` of each
+        (class, concept) stratum of ``train`` (seeded), fit on the rest with each λ, and
+        score each by its worst held-out (class, concept) accuracy (strata with fewer than
+        5 held-out rows are not scored); the best wins, ties going to the smaller λ.
+        Returns ``{"lam", "candidates": [{lam, worst, per_stratum}]}``."""
+        from .base import model_outputs
+
+        self._check()
+        train = self._check_dataset(train)
+        c = np.asarray(concepts).astype(bool)
+        y = _labels(train, self.batch_size).numpy()
+        if c.shape != y.shape:
+            raise ValueError(f"concepts: expected one artifact flag per training sample ({len(y)}), got shape "
+                             f"{c.shape}")
+        strata = 2 * y + c
+        rng = np.random.default_rng(self.seed)
+        held = np.zeros(len(y), dtype=bool)
+        for s_ in np.unique(strata):
+            rows = np.flatnonzero(strata == s_)
+            held[rng.choice(rows, int(round(self.holdout * rows.size)), replace=False)] = True
+        fit_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
+        xh, yh = zip(*(train[int(i)][:2] for i in held_rows))
+        xh, yh = torch.stack([torch.as_tensor(v) for v in xh]), torch.as_tensor(np.asarray(yh))
+        scored = [s_ for s_ in np.unique(strata[held_rows]) if (strata[held_rows] == s_).sum() >= 5]
+        cands = []
+        for lam in sorted(float(v) for v in self.lams):
+            m = RRClArC(**{**self.get_params(), "lam": lam})
+            fitted = m.fit(model, torch.utils.data.Subset(train, fit_rows), concepts=c[fit_rows], progress=progress)
+            ok = (model_outputs(fitted, xh).argmax(1) == yh).numpy()
+            per = {int(s_): float(ok[strata[held_rows] == s_].mean()) for s_ in scored}
+            cands.append({"lam": lam, "worst": min(per.values()) if per else float("nan"), "per_stratum": per})
+        best = max(cands, key=lambda r: (r["worst"], -r["lam"]))  # ties: the smaller λ
+        return {"lam": best["lam"], "candidates": cands, "n_held_out": int(held.sum())}
+
     def fit(self, model: nn.Module, train, concepts=None, progress: bool = False) -> nn.Module:
         self._check()
+        if self.lam == "auto":
+            if concepts is None:
+                raise ValueError("concepts: lam='auto' picks λ with the concept labels; pass fit(model, train, "
+                                 "concepts=flags)")
+            picked = self.select_lam(model, train, concepts, progress)
+            final = RRClArC(**{**self.get_params(), "lam": picked["lam"]})
+            out = final.fit(model, train, concepts=concepts, progress=progress)
+            self.__dict__.update({k: v for k, v in final.__dict__.items() if k.endswith("_")})
+            self.report_ = {**final.report_, "lam_auto": picked}
+            return out
         layer = _default_layer(self._check_model(model), self.layer)
         closed = self.uses_closed_form(model, layer)
         # closed form: only the head trains and its gradient needs no input, so the head's
@@ -363,10 +421,43 @@ class PClArC(_ClArC):
     def fit(self, model: nn.Module, train, concepts=None, progress: bool = False) -> nn.Module:
         model, train, layer, _ = self._prepare(model, train, concepts, "P-ClArC")
         self.hook_ = find_layer(model, layer).register_forward_hook(self._shift_hook(self.cav_, self.cav_.z_clean))
-        self.model_ = model
+        self.model_, self.layer_ = model, layer
         self.report_ = {"method": "P-ClArC", "layer": layer, "cav": self.cav_.summary(),
                         "cav_samples": self.cav_samples_}
         return model
+
+    def fold(self) -> nn.Module:
+        """A copy of the corrected model without the hook, its projection folded into the
+        linear head: ``v' = (I - h h^T / <h, h>) v + z_clean h / <h, h>`` is affine in the
+        embedding ``v``, so ``W v' + b`` is one ``nn.Linear`` (plain layers for export, no
+        inference cost). Exact when the hook sits at the embedding layer, or at the pooled
+        layer with ``pooling="mean"`` (the head then reads the mean the shift moved); a
+        max-pooled shift depends on the argmax position and keeps its hook."""
+        if not hasattr(self, "model_"):
+            raise RuntimeError("PClArC: call fit(model, train, concepts) first")
+        m = self.model_
+        at_embedding = self.layer_ == getattr(m, "embedding_layer", "")
+        at_pool = self.layer_ == getattr(m, "pooled_layer", "") and self.pooling == "mean"
+        if not isinstance(getattr(m, "head", None), nn.Linear) or not (at_embedding or at_pool):
+            raise ValueError(f"fold: the projection folds into the head only at the embedding layer, or at the "
+                             f"pooled layer with pooling='mean'; this fit has layer={self.layer_!r}, "
+                             f"pooling={self.pooling!r}. Keep the hook (hook_), or fit at one of those")
+        out = copy.deepcopy(m)
+        find_layer(out, self.layer_)._forward_hooks.pop(self.hook_.id, None)
+        if out.head.bias is None:  # the shift adds a constant: the folded head needs a bias
+            head = nn.Linear(out.head.in_features, out.head.out_features).to(out.head.weight.dtype)
+            with torch.no_grad():
+                head.weight.copy_(out.head.weight)
+                head.bias.zero_()
+            out.head = head
+        h = self.cav_.direction.to(torch.float64)
+        hh = float(h @ h)
+        with torch.no_grad():
+            w, b = out.head.weight.to(torch.float64), out.head.bias
+            proj = torch.eye(len(h), dtype=torch.float64) - torch.outer(h, h) / hh
+            out.head.weight.copy_((w @ proj).to(out.head.weight.dtype))
+            b.add_((self.cav_.z_clean / hh * (w @ h)).to(b.dtype))
+        return out.eval()
 
 
 class AClArC(_ClArC):

@@ -21,8 +21,8 @@ from torch import nn
 from ..metrics import COVERAGES, ensemble_confidence, selective_curve, selective_thresholds
 from ..models.protocol import find_layer
 from ..saliency import apply_mask, default_saliency_layer, gradient_x_input, grow_mask, saliency_mask, xgradcam
-from ..validation import check_choice, check_number
-from .base import ModelMethod, data_loader, dataset_tensors, model_outputs
+from ..validation import check_number
+from .base import ModelMethod, dataset_tensors, model_outputs, train_epochs
 
 __all__ = ["MaskTune"]
 
@@ -65,15 +65,8 @@ class MaskTune(ModelMethod):
     def _check(self):
         check_number(self.dilate, "dilate", 0, integer=True)
         check_number(self.sigmas, "sigmas", 0.0, finite=False)
-        check_number(self.epochs, "epochs", 1, integer=True)
         check_number(self.iterations, "iterations", 1, integer=True)
-        check_choice(self.optimizer, "optimizer", ("adam", "sgd"))
-        check_number(self.lr, "lr", 0.0, low_open=True)
-        check_number(self.batch_size, "batch_size", 1, integer=True)
-        check_number(self.seed, "seed", integer=True)
-        if isinstance(self.frozen, str):
-            raise TypeError(f"frozen: expected a sequence of module names, got the string {self.frozen!r}; "
-                            f"write frozen=({self.frozen!r},)")
+        self._check_fine_tuning()
         selective_thresholds([1.0], self.coverages)  # names `coverages` when they are bad
 
     # -- saliency and masks ------------------------------------------------------
@@ -101,44 +94,14 @@ class MaskTune(ModelMethod):
     # -- fine-tuning -------------------------------------------------------------
     def _fine_tune(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, iteration: int,
                    progress: bool) -> List[Dict]:
-        from tqdm import tqdm
+        def loss_fn(m, batch):
+            out = m(batch[0])
+            return nn.functional.cross_entropy(out, batch[1]), out
 
-        frozen = [find_layer(model, n) for n in self.frozen]
-        fixed = {id(p) for m in frozen for p in m.parameters()}
-        params = [p for p in model.parameters() if id(p) not in fixed]
-        was = [(p, p.requires_grad) for p in model.parameters()]
-        for p in model.parameters():
-            p.requires_grad_(id(p) not in fixed)
-        if self.optimizer == "adam":
-            opt = torch.optim.Adam(params, lr=self.lr)
-        else:
-            opt = torch.optim.SGD(params, lr=self.lr, momentum=0.9)
-        data = torch.utils.data.TensorDataset(x, y)
-        log = []
-        try:
-            for epoch in range(self.epochs):
-                model.train()
-                for m in frozen:
-                    m.eval()
-                t0, tot, ok, n = time.perf_counter(), 0.0, 0, 0
-                seed = self.seed + 1000 * iteration + epoch
-                for xb, yb in tqdm(data_loader(data, self.batch_size, True, seed), desc=f"MaskTune epoch {epoch}",
-                                   disable=not progress, leave=False):
-                    out = model(xb)
-                    loss = nn.functional.cross_entropy(out, yb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    tot += float(loss.detach()) * len(yb)
-                    ok += int((out.detach().argmax(1) == yb).sum())
-                    n += len(yb)
-                log.append({"iteration": iteration, "epoch": epoch, "cross_entropy": tot / n,
-                            "train_accuracy": ok / n, "seconds": time.perf_counter() - t0})
-        finally:
-            for p, flag in was:
-                p.requires_grad_(flag)
-            model.eval()
-        return log
+        log = train_epochs(model, torch.utils.data.TensorDataset(x, y), loss_fn, self.epochs, self.optimizer,
+                           self.lr, self.batch_size, self.frozen, self.seed + 1000 * iteration, progress,
+                           "MaskTune", "cross_entropy")
+        return [{"iteration": iteration, **e} for e in log]
 
     def fit(self, model: nn.Module, train, val=None, progress: bool = False) -> nn.Module:
         self._check()

@@ -15,11 +15,12 @@ CLARC_CASES = (("fashion-square", "two-stage CNN", {}, 0),
                ("fashion-on-photos", "EfficientNet-Lite0 (ImageNet)", {"shortcut": "square"}, 1))
 #: (label, method name, constructor parameters); RR-ClArC lam=0 is the control: the same
 #: class-weighted fine-tuning without the penalty; the other lams are the sweep behind the
-#: default (100)
+#: default (100), and lam="auto" picks one from the concept labels
 CLARC_METHODS = (("P-ClArC", "PClArC", {}), ("A-ClArC", "AClArC", {}),
                  ("RR-ClArC, lam=0", "RRClArC", {"lam": 0.0}), ("RR-ClArC, lam=1", "RRClArC", {"lam": 1.0}),
                  ("RR-ClArC, lam=10", "RRClArC", {"lam": 10.0}), ("RR-ClArC", "RRClArC", {}),
-                 ("RR-ClArC, lam=1000", "RRClArC", {"lam": 1000.0}))
+                 ("RR-ClArC, lam=1000", "RRClArC", {"lam": 1000.0}),
+                 ("RR-ClArC, lam=auto", "RRClArC", {"lam": "auto"}))
 #: the CAV at a conv map instead of the embedding, spatially max-pooled (the authors') or
 #: mean-pooled: which pooling to use where the layer is a map (SmallCNN's last conv block
 #: reaches the head through a max-pool and two linears, so RR-ClArC takes autograd's
