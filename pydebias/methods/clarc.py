@@ -298,7 +298,8 @@ class RRClArC(_ClArC):
     and concept) and scored by the worst (class, concept) accuracy on the held-out rows.
     """
 
-    def __init__(self, layer: Optional[str] = None, lam=100.0, lams: Sequence[float] = LAMS, holdout: float = 0.2, cav: str = "signal", pooling: str = "max",
+    def __init__(self, layer: Optional[str] = None, lam=100.0, lams: Sequence[float] = LAMS, holdout: float = 0.2,
+                 cav: str = "signal", pooling: str = "max",
                  target: str = "all_logits_random", aggregation: str = "l2_mean", closed_form="auto",
                  attacked_class: Optional[int] = None, optimizer: str = "sgd", lr: float = 1e-4,
                  batch_size: int = 64, epochs: int = 10, clip: float = 100.0, seed: int = 0):
