@@ -130,14 +130,16 @@ def dataset_tensors(data, batch_size: int = 512):
     return torch.cat(xs), torch.cat(ys)
 
 
-def model_outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """``model``'s outputs for the rows of ``x``, in batches, without grad, in eval mode
-    (its mode is restored)."""
+def model_outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 512,
+                  fn: Optional[Callable] = None) -> torch.Tensor:
+    """``model``'s outputs (or ``fn``'s, e.g. ``model.embed``) for the rows of ``x``, in
+    batches, without grad, in eval mode (its mode is restored)."""
+    fn = model if fn is None else fn
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return torch.cat([model(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
+            return torch.cat([fn(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
     finally:
         model.train(was)
 

@@ -26,7 +26,7 @@ from torch import nn
 from ..losses import contrastive_alignment_loss, gce_loss, self_influence
 from ..translate import Translator, fit_translator, translate
 from ..validation import check_choice, check_number
-from .base import ModelMethod, dataset_tensors, train_epochs
+from .base import ModelMethod, dataset_tensors, model_outputs, train_epochs
 
 __all__ = ["BLADE", "pseudo_domains", "domain_agreement", "reset_trainable"]
 
@@ -35,16 +35,6 @@ def _check_protocol(model: nn.Module) -> None:
     if not callable(getattr(model, "embed", None)) or not isinstance(getattr(model, "head", None), nn.Module):
         raise TypeError(f"model: BLADE aligns embeddings; expected a model with embed(x) and a head module "
                         f"(pydebias.models.EncoderHead), got {type(model).__name__}")
-
-
-def _embeddings(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return torch.cat([model.embed(x[s:s + batch_size]) for s in range(0, len(x), batch_size)])
-    finally:
-        model.train(was)
 
 
 def pseudo_domains(features, labels, k: int = 2, seed: int = 0) -> np.ndarray:
@@ -209,7 +199,7 @@ class BLADE(ModelMethod):
                                     self.optimizer, self.lr, self.batch_size, self.frozen, self.seed + 500,
                                     progress, "BLADE bias model", "gce")
             if domains is None:
-                domains = pseudo_domains(_embeddings(biased, x).numpy(), y.numpy(), k, self.seed)
+                domains = pseudo_domains(model_outputs(biased, x, fn=biased.embed).numpy(), y.numpy(), k, self.seed)
             seconds["bias_model_and_domains"] = time.perf_counter() - t0
             # 2. translator and translations
             t0 = time.perf_counter()
