@@ -5,9 +5,10 @@ Triton on the GPU) with a pure-torch reference for each (:mod:`pydebias.referenc
 """
 from ._version import __version__
 from .data import EmbeddingSet
+from .export import export
 from .metrics import GroupReport, evaluate
 from .stats import NeuronStats, grouped_quantiles, neuron_stats
 from .sweep import mask_sweep
 
 __all__ = ["__version__", "EmbeddingSet", "GroupReport", "evaluate", "NeuronStats", "neuron_stats",
-           "grouped_quantiles", "mask_sweep"]
+           "grouped_quantiles", "mask_sweep", "export"]

@@ -5,8 +5,8 @@ with a concept (an artifact such as a pasted square), learned from concept label
 for conv maps); ``fit_cav`` turns activations and concept labels into a unit direction.
 The ``"signal"`` (pattern) CAV, ``cov(a, t) / var(t)``, is RR-ClArC's default: it
 estimates the direction the concept *adds* to the activations, where a classifier's
-weight vector (``"ridge"``, ``"logistic"``) estimates the direction that best *separates*
-it and can diverge from it under correlated noise. Evidence: docs/methods.md, RR-ClArC.
+weight vector (``"ridge"``, ``"logistic"``, ``"svm"``, ``"lasso"``) estimates the
+direction that best *separates* it and can diverge from it under correlated noise. Evidence: docs/methods.md, RR-ClArC.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .models.protocol import find_layer
 
 __all__ = ["CAV", "CAV_METHODS", "POOLINGS", "pool", "layer_activations", "fit_cav", "tcav"]
 
-CAV_METHODS = ("signal", "ridge", "logistic")
+CAV_METHODS = ("signal", "ridge", "logistic", "svm", "lasso")
 #: how a (N, C, H, W) map becomes one (N, C) vector: "max" (the authors' default for
 #: CAVs and ClArC's projections), "mean" (what a following global average pool sees)
 POOLINGS = ("max", "mean")
@@ -71,7 +71,10 @@ def layer_activations(model: nn.Module, layer: str, batches: Iterable, pooling="
 class CAV:
     """A unit concept direction ``h`` of ``layer`` (under ``pooling``) and the mean
     projection ``<h, pooled a>`` of the samples with (``z_concept``) and without
-    (``z_clean``) the concept: what P- and A-ClArC move activations to."""
+    (``z_clean``) the concept: what P- and A-ClArC move activations to. ``effect``: what
+    the concept adds to the projection (the regression slope of ``<h, a>`` on the concept
+    label, within each ``within`` id when the CAV was fitted with one, so a class that
+    carries the concept more often does not inflate it)."""
 
     direction: torch.Tensor
     layer: str
@@ -81,6 +84,7 @@ class CAV:
     z_concept: float
     n_concept: int
     n_clean: int
+    effect: float = float("nan")
 
     def project(self, a: torch.Tensor) -> torch.Tensor:
         """``<h, pooled a>`` per sample."""
@@ -114,8 +118,10 @@ def _ridge(a: torch.Tensor, t: torch.Tensor, l2: float) -> torch.Tensor:
     return torch.linalg.solve(gram + l2 * torch.eye(a.shape[1], dtype=a.dtype), (a * w[:, None]).T @ y / len(a))
 
 
-def _logistic(a: torch.Tensor, t: torch.Tensor, l2: float, iters: int = 200) -> torch.Tensor:
-    """Class-balanced L2-penalised logistic regression, no intercept (L-BFGS)."""
+def _linear_classifier(a: torch.Tensor, t: torch.Tensor, l2: float, loss: str, iters: int = 200) -> torch.Tensor:
+    """Class-balanced L2-penalised linear classifier without intercept (L-BFGS):
+    ``"logistic"`` (log loss) or ``"svm"`` (squared hinge, smooth, as a linear SVM's
+    default loss)."""
     y, w = _balanced_sign_targets(t)
     a = a.double()
     scale = a.std(0).clamp_min(1e-12)  # conditioning only; the direction is mapped back
@@ -125,21 +131,47 @@ def _logistic(a: torch.Tensor, t: torch.Tensor, l2: float, iters: int = 200) -> 
 
     def closure():
         opt.zero_grad()
-        loss = (w * nn.functional.softplus(-y * (x @ v))).mean() + l2 * (v * v).sum()
-        loss.backward()
-        return loss
+        margin = y * (x @ v)
+        per = nn.functional.softplus(-margin) if loss == "logistic" else nn.functional.relu(1 - margin).square()
+        total = (w * per).mean() + l2 * (v * v).sum()
+        total.backward()
+        return total
 
     opt.step(closure)
     return v.detach() / scale
 
 
+def _lasso(a: torch.Tensor, t: torch.Tensor, l1: float, iters: int = 2000, tol: float = 1e-10) -> torch.Tensor:
+    """Class-balanced lasso of the +-1 concept labels, no intercept:
+    ``min 1/(2N) sum_i w_i (y_i - <a_i, b>)^2 + l1 |b|_1`` by FISTA on the (C, C) Gram
+    matrix (one pass over the rows, then C x C work per iteration)."""
+    y, w = _balanced_sign_targets(t)
+    a = a.double()
+    gram = (a * w[:, None]).T @ a / len(a)
+    rhs = (a * w[:, None]).T @ y / len(a)
+    step = 1.0 / float(torch.linalg.eigvalsh(gram)[-1].clamp_min(1e-12))
+    b = z = torch.zeros(a.shape[1], dtype=a.dtype)
+    k = 1.0
+    for _ in range(iters):
+        g = z - step * (gram @ z - rhs)
+        new = g.sign() * (g.abs() - step * l1).clamp_min(0)  # soft threshold: the L1 prox
+        k_new = (1 + (1 + 4 * k * k) ** 0.5) / 2
+        z = new + ((k - 1) / k_new) * (new - b)
+        done = float((new - b).abs().max()) <= tol * max(1.0, float(new.abs().max()))
+        b, k = new, k_new
+        if done:
+            break
+    return b
+
+
 def fit_cav(activations, concepts, method: str = "signal", l2: float = 1e-3, layer: str = "",
-            pooling: str = "max", within=None) -> CAV:
+            pooling: str = "max", within=None, l1: float = 1e-3) -> CAV:
     """The unit CAV of ``activations`` (N, C) for boolean ``concepts`` (N,).
 
     ``"signal"``: ``w = cov(a, t) / var(t)`` (the pattern the concept adds; no
-    regularisation); ``"ridge"`` / ``"logistic"``: the weight vector of a class-balanced
-    linear model of the concept without intercept, penalty ``l2``. ``within`` (N,) ids,
+    regularisation); ``"ridge"`` / ``"logistic"`` / ``"svm"`` (squared hinge) /
+    ``"lasso"``: the weight vector of a class-balanced linear model of the concept
+    without intercept, penalty ``l2`` (``l1`` for the lasso). ``within`` (N,) ids,
     e.g. the class labels: ``a`` and ``t`` are centred within each id first, so that a
     concept that is more frequent in one class does not give that class's direction.
     ``layer`` and ``pooling`` are recorded on the result (how the activations were taken).
@@ -179,17 +211,20 @@ def fit_cav(activations, concepts, method: str = "signal", l2: float = 1e-3, lay
                              "label some of both in one class")
     if method == "signal":
         w = (ac * tc[:, None]).sum(0) / (tc * tc).sum()
-    elif method == "ridge":
-        w = _ridge(ac if within is not None else a, t, l2)
     else:
-        w = _logistic(ac if within is not None else a, t, l2)
+        x = ac if within is not None else a
+        w = (_ridge(x, t, l2) if method == "ridge" else _lasso(x, t, l1) if method == "lasso"
+             else _linear_classifier(x, t, l2, method))
     norm = w.norm()
     if not torch.isfinite(norm) or norm == 0:
+        if method == "lasso":
+            raise ValueError(f"l1: the lasso zeroed every weight at l1={l1}; lower l1")
         raise ValueError("activations: the concept does not change them (the CAV is zero); pick another layer")
     h = (w / norm).float()
     z = a.float() @ h
+    effect = float((ac @ h.double() * tc).sum() / (tc * tc).sum())
     return CAV(direction=h, layer=layer, pooling=pooling, method=method, z_clean=float(z[~t].mean()),
-               z_concept=float(z[t].mean()), n_concept=n_pos, n_clean=n_neg)
+               z_concept=float(z[t].mean()), n_concept=n_pos, n_clean=n_neg, effect=effect)
 
 
 def tcav(model: nn.Module, cav: CAV, x: torch.Tensor, target: int, batch_size: int = 256) -> Dict[str, float]:

@@ -290,7 +290,7 @@ def _shift_of(x, g: np.ndarray, G: int) -> np.ndarray:
 def neuron_stats(features, labels=None, correct=None, groups=None, *, n_groups: Optional[int] = None,
                  n_classes: Optional[int] = None, backend: str = "auto",
                  chunk_rows: Optional[int] = None, quantiles: Sequence[float] = (0.5,),
-                 quantile_method: str = "lower") -> NeuronStats:
+                 quantile_method: str = "lower", process_group=None) -> NeuronStats:
     """Per-neuron statistics of ``features`` (N, M) split by group, in one pass.
 
     Groups are, in order of precedence: ``groups`` (any integer ids), or
@@ -310,7 +310,17 @@ def neuron_stats(features, labels=None, correct=None, groups=None, *, n_groups: 
     ``quantiles=()`` for moments only. Computing them
     eagerly keeps ``NeuronStats`` free of references to the (possibly huge) features.
     ``quantile_method`` is what ``.median`` / ``.quantile(q)`` return by default.
+
+    ``process_group``: a ``torch.distributed`` group (``dist.group.WORLD`` under
+    ``torchrun``) whose ranks each pass their own rows (the same neurons and arguments):
+    every rank gets the statistics of all the rows, reduced by ``all_reduce`` without
+    gathering them (:mod:`pydebias.distributed`); counts, min, max and exact quantiles
+    equal the single-process ones bit for bit. CPU input; ids need not cover every group
+    on every rank.
     """
+    if process_group is not None:
+        return _neuron_stats_distributed(features, labels, correct, groups, n_groups, n_classes, chunk_rows,
+                                         quantiles, quantile_method, process_group)
     check_features(features)
     n, m = features.shape
     g, G, shape = _group_ids(features, labels, correct, groups, n_groups, n_classes)
@@ -336,22 +346,264 @@ def neuron_stats(features, labels=None, correct=None, groups=None, *, n_groups: 
     return stats
 
 
+def _neuron_stats_distributed(features, labels, correct, groups, n_groups, n_classes, chunk_rows, quantiles,
+                              quantile_method, group, moments: bool = True) -> NeuronStats:
+    """neuron_stats over the ranks of ``group``: local native passes, tables reduced
+    (``moments=False``: counts and quantiles only, one pass fewer on a memmap)."""
+    import torch.distributed as dist
+
+    from . import distributed as D
+
+    D.check_group(group)
+    err = None
+    try:
+        check_features(features)
+        if _arrays.is_tensor(features) and features.device.type != "cpu":
+            raise ValueError("features: process_group takes CPU rows for now; move them with .cpu() or use "
+                             "a memmap")
+        levels = tuple(dict.fromkeys(_check_levels(quantiles)))
+        _check_method(quantile_method)
+        check_chunk_rows(chunk_rows)
+        ids = groups if groups is not None else labels
+        local_max = int(np.max(np.asarray(ids))) if ids is not None and len(ids) else -1
+    except Exception as e:  # noqa: BLE001 - raised on every rank below
+        err, local_max = e, -1
+    D.agree(err, group)
+    m_all = D.all_reduce(np.array([features.shape[1], -features.shape[1]], np.int64), "max", group)
+    if m_all[0] != -m_all[1]:
+        raise ValueError(f"features: the ranks hold different numbers of neurons ({-m_all[1]} to {m_all[0]}); "
+                         "every rank must pass rows of the same layer")
+    if groups is not None:
+        n_groups = D.global_ids(local_max, n_groups, group)
+    else:
+        n_classes = D.global_ids(local_max, n_classes, group)
+    try:
+        g, G, shape = _group_ids(features, labels, correct, groups, n_groups, n_classes)
+        n, m = features.shape
+        local_shift = _shift_of(features, g, G)
+        if chunk_rows is None:
+            chunk_rows = _arrays.default_chunk_rows(m, features.element_size() if _arrays.is_tensor(features)
+                                                    else features.dtype.itemsize)
+        local_count = np.bincount(g, minlength=G)[:G].astype(np.int64)
+    except Exception as e:  # noqa: BLE001
+        err = e
+    D.agree(err, group)
+    # one shift per (group, neuron) on every rank, a row of the lowest rank holding the
+    # group: the shifted sums then add across ranks as in one process (per-rank means
+    # combined instead lose the digits below a large offset)
+    rank = dist.get_rank(group)
+    owner = D.all_reduce(np.where(local_count > 0, rank, np.iinfo(np.int64).max), "min", group)
+    shift = D.all_reduce(np.where((owner == rank)[:, None], local_shift, 0.0), "sum", group)
+    lib = backends.native()
+    acc = {}
+
+    def collect(lo, hi, mass, expect):
+        """One pass: the counts and kept values against the brackets, and (memory-resident
+        rows) the moments in the same read."""
+        wide = _arrays.native_view(features[:0])[1] == _arrays.F64
+        cnt, keep, off, fill = _keep_space(expect, wide, G)
+        if moments and _in_memory_rows(features):
+            acc.update(count=np.zeros(G, np.int64), s1=np.zeros((G, m)), s2=np.zeros((G, m)),
+                       lo=np.full((G, m), np.inf), hi=np.full((G, m), -np.inf))
+            arr, code = _arrays.native_view(features)
+            lib.moments_quantile_collect(arr, code, np.ascontiguousarray(g), G, shift, acc["count"], acc["s1"],
+                                         acc["s2"], acc["lo"], acc["hi"], lo, hi, mass, cnt, keep, off, fill)
+            _raise_on_nan(acc["s1"], acc["lo"], acc["hi"], features, chunk_rows)
+        else:
+            for sl in _arrays.row_chunks(n, chunk_rows):
+                arr, code = _arrays.native_view(_arrays.contiguous_rows(features[sl]))
+                lib.quantile_collect(arr, code, np.ascontiguousarray(g[sl]), G, lo, hi, mass, cnt, keep, off, fill)
+        return cnt, keep, off, fill
+
+    quantile_tables = {}
+    if levels:
+        lower, higher = _quantiles_distributed(lib, features, g, G, levels, group, local_count, collect)
+        quantile_tables = {q: (lower[i], higher[i]) for i, q in enumerate(levels)}
+    if not moments:
+        count = D.all_reduce(local_count, "sum", group)
+        nan = np.full((G, m), np.nan)
+        return NeuronStats(count, nan, nan, nan, nan, shape, quantiles=quantile_tables,
+                           quantile_method=quantile_method)
+    try:
+        sums = [acc[k] for k in ("count", "s1", "s2", "lo", "hi")] if acc \
+            else _moment_sums(features, g, G, shift, chunk_rows)
+    except Exception as e:  # noqa: BLE001
+        err = e
+    D.agree(err, group)
+    total = D.combine_sums(*sums, group)
+    return NeuronStats.from_shifted_sums(*total, shift, shape, quantiles=quantile_tables,
+                                         quantile_method=quantile_method)
+
+
+def _quantiles_distributed(lib, features, g, G, levels, group, local_count, collect):
+    """(lower, higher), each (Q, G, M) float64, of the union of every rank's rows.
+
+    ``collect(lo, hi, mass, expect)`` runs this rank's one counting pass against the
+    brackets and returns ``(cnt, keep, off, fill)`` as the C++ kernels fill them;
+    ``local_count`` (G,) this rank's rows per group."""
+    from . import distributed as D
+
+    n, m = features.shape
+    Q = len(levels)
+    count = D.all_reduce(local_count, "sum", group)
+    ranks = _target_ranks(count, levels)  # (Q, G, 2), global
+    lo, hi, mass, expect, wide = _brackets_distributed(features, g, G, count, ranks, group)
+    error = None
+    try:
+        cnt, keep, off, fill = collect(lo, hi, mass, expect)
+        # this rank's kept values as (cell, value), cell = flat (level, group, neuron)
+        sizes = np.where(fill >= 0, fill, 0)
+        cells = np.repeat(np.arange(Q * G * m), sizes)
+        ends = np.cumsum(sizes)
+        vals = keep[np.arange(ends[-1] if sizes.size else 0) - np.repeat(ends - sizes - off[:-1], sizes)]
+        if np.isnan(vals).any():  # the kernels keep a NaN inside its bracket
+            raise ValueError(_NAN_MESSAGE)
+    except Exception as e:  # noqa: BLE001
+        error = e
+    D.agree(error, group)
+    below = D.all_reduce(cnt[0], "sum", group)
+    at = D.all_reduce(cnt[2], "sum", group)
+    fill_ok = fill.reshape(Q, G, m) >= 0
+    kept = D.all_reduce(np.where(fill_ok, fill.reshape(Q, G, m), 0), "sum", group)
+    over = D.all_reduce((~fill_ok).astype(np.int64), "max", group) > 0
+    bits = 32 if keep.dtype == np.float32 else 64
+    # per cell, the kept values below the point mass (its copies are counted, not kept)
+    under_local = np.bincount(cells[vals < mass.reshape(-1)[cells]], minlength=Q * G * m) if vals.size \
+        else np.zeros(Q * G * m, np.int64)
+    under = D.all_reduce(under_local.astype(np.int64), "sum", group).reshape(Q, G, m)
+    keys, _ = D.keys(vals)
+    out = np.full((2, Q, G, m), np.nan)
+    missed = np.zeros((Q, G, m), bool)
+    for j in range(2):
+        r = np.broadcast_to(ranks[..., j][..., None], (Q, G, m))
+        k = r - below
+        miss = over | (r < below) | (r >= below + at + kept)
+        miss &= (count > 0)[None, :, None]
+        on_mass = ~miss & (k >= under) & (k < under + at)
+        out[j][on_mass] = mass[on_mass]
+        want = ~miss & ~on_mass & (count > 0)[None, :, None]
+        if j == 1:  # the higher rank equals the lower one (odd n at the median): already selected
+            same = np.broadcast_to((ranks[..., 1] == ranks[..., 0])[..., None], (Q, G, m)) & want & ~missed
+            out[1][same] = out[0][same]
+            want &= ~same
+        kk = np.where(k >= under + at, k - at, k)
+        if want.any():
+            sel = np.flatnonzero(want.reshape(-1))
+            index = np.full(Q * G * m, -1, np.int64)
+            index[sel] = np.arange(sel.size)
+            mine = index[cells] >= 0
+            got = D.radix_select(keys[mine], index[cells[mine]], kk.reshape(-1)[sel], bits, group)
+            out[j].reshape(-1)[sel] = D.unkey(got, bits)
+        missed |= miss
+    if missed.any():
+        _fallback_distributed(features, g, G, ranks, missed, out, group)
+    return out[0], out[1]
+
+
+#: rows per group in the global sample that brackets each target across ranks (every
+#: rank samples its share with one stride, so the union is a uniform sample)
+QUANTILE_DIST_SAMPLE_ROWS = 4096
+
+
+def _brackets_distributed(features, g, G, count, ranks, group):
+    """Brackets around each global target rank from a global row sample: every rank
+    takes every step-th row (one step for all ranks; whole groups when small), and the
+    sample's order statistics ``QUANTILE_BRACKET_Z`` standard deviations either side of
+    the target come from a distributed radix select over it (no sample is gathered).
+    Returns (lo, hi, mass, expect, wide): ``expect`` this rank's keep-region sizes, from
+    its share of the sample inside each bracket."""
+    from . import distributed as D
+
+    n, m = features.shape
+    Q = ranks.shape[0]
+    total = int(count.sum())
+    step = max(1, total // max(1, QUANTILE_DIST_SAMPLE_ROWS * G))
+    take = np.zeros(n, dtype=bool)
+    take[::step] = True
+    take |= np.isin(g, np.flatnonzero(count <= QUANTILE_DIST_SAMPLE_ROWS))
+    idx = np.flatnonzero(take)
+    arr, code = _arrays.native_view(features)
+    wide = code == _arrays.F64
+    rows = np.take(arr, idx, axis=0).astype(np.float64 if wide else np.float32)
+    D.agree(ValueError(_NAN_MESSAGE) if np.isnan(rows).any() else None, group)  # every rank, before any other reduction
+    gs = g[idx]
+    c2 = D.all_reduce(np.bincount(gs, minlength=G)[:G].astype(np.int64), "sum", group)
+    a, b = _sample_bracket_ranks(count, c2, ranks, QUANTILE_BRACKET_Z)
+    top = np.maximum(c2 - 1, 0)
+    # one radix select per end over the sample values, cell = (level, group, neuron)
+    keys, bits = D.keys(rows.reshape(-1))
+    cell_gm = (gs[:, None] * m + np.arange(m)[None, :]).reshape(-1)
+    ends = []
+    for r in (a, b):
+        target = np.clip(r, 0, top)[..., None].repeat(m, axis=2)  # (Q, G, M)
+        have = (c2 > 0)[None, :, None] & np.ones((Q, 1, m), bool)
+        got = np.full((Q, G, m), np.nan)
+        for q in range(Q):
+            sel = np.flatnonzero(have[q].reshape(-1))
+            if sel.size:
+                index = np.full(G * m, -1, np.int64)
+                index[sel] = np.arange(sel.size)
+                mine = index[cell_gm] >= 0
+                k = D.radix_select(keys[mine], index[cell_gm[mine]], target[q].reshape(-1)[sel], bits, group)
+                got[q].reshape(-1)[sel] = D.unkey(k, bits)
+        ends.append(got)
+    lo = np.where((a < 0)[..., None], -np.inf, ends[0])
+    hi = np.where((b > top)[..., None], np.inf, ends[1])
+    # a value repeated at a bracket end (ReLU zeros) is counted as the point mass, not kept
+    mass = np.full((Q, G, m), np.nan)
+    expect = np.zeros((Q, G, m), np.int64)
+    local_count = np.bincount(g, minlength=G)[:G]
+    sampled = np.bincount(gs, minlength=G)[:G]
+
+    def per_group(flags):  # (rows, M) booleans -> (G, M) counts
+        out = np.zeros((G, m), np.int64)
+        np.add.at(out, gs, flags.astype(np.int64))
+        return out
+
+    for q in range(Q):
+        lo_r, hi_r = lo[q][gs], hi[q][gs]  # each sample row's bracket ends, gathered by row
+        at_lo, at_hi = per_group(rows == lo_r), per_group(rows == hi_r)
+        heavy_lo = D.all_reduce(at_lo, "sum", group) >= 2
+        heavy_hi = D.all_reduce(at_hi, "sum", group) >= 2
+        mass[q] = np.where(heavy_lo, lo[q], np.where(heavy_hi, hi[q], np.nan))
+        # this rank's share of its sample inside the bracket (shards may differ: not the global share)
+        inside = per_group((rows >= lo_r) & (rows <= hi_r))
+        kept = inside - np.where(heavy_lo, at_lo, np.where(heavy_hi, at_hi, 0))
+        expect[q] = np.ceil(kept / np.maximum(sampled, 1)[:, None] * local_count[:, None])
+    return lo, hi, mass, _with_margin(expect, local_count, sampled), wide
+
+
+def _fallback_distributed(features, g, G, ranks, missed, out, group) -> None:
+    """Cells whose bracket missed: radix select over their columns' rows on every rank."""
+    from . import distributed as D
+
+    Q, _, m = missed.shape
+    cells_q, cells_g, cells_m = np.nonzero(missed)
+    vals, cell = [], []
+    for i, (q, k, c) in enumerate(zip(cells_q, cells_g, cells_m)):
+        rows = np.flatnonzero(g == k)
+        if rows.size:
+            col = features[rows, c] if not _arrays.is_tensor(features) else features[torch.from_numpy(rows), int(c)]
+            v = _arrays.to_numpy(col)
+            vals.append(v.astype(np.float32 if v.dtype != np.float64 else np.float64))
+            cell.append(np.full(rows.size, i, np.int64))
+    wide = features.dtype in (np.float64, torch.float64)
+    v = np.concatenate(vals) if vals else np.zeros(0, np.float64 if wide else np.float32)
+    v = v.astype(np.float64 if wide else np.float32)
+    c = np.concatenate(cell) if cell else np.zeros(0, np.int64)
+    keys, bits = D.keys(v)
+    for j in range(2):
+        got = D.radix_select(keys, c, ranks[cells_q, cells_g, j], bits, group)
+        out[j][cells_q, cells_g, cells_m] = D.unkey(got, bits)
+
+
 def _moments(features, g, G, shift, shape, which, chunk_rows) -> NeuronStats:
     """grouped moments: one pass over the features through the chosen backend."""
     n, m = features.shape
     if which == "triton":
         return _stats_triton(features, g, G, shift, shape)
     if which == "cpp":
-        count = np.zeros(G, dtype=np.int64)
-        s1 = np.zeros((G, m)); s2 = np.zeros((G, m))
-        lo = np.full((G, m), np.inf); hi = np.full((G, m), -np.inf)
-        lib = backends.native()
-        for sl in _arrays.row_chunks(n, chunk_rows):
-            arr, code = _arrays.native_view(_arrays.contiguous_rows(features[sl]))
-            lib.grouped_moments_accumulate(arr, code, np.ascontiguousarray(g[sl]), G, shift,
-                                           count, s1, s2, lo, hi)
-        _raise_on_nan(s1, lo, hi, features, chunk_rows)
-        return NeuronStats.from_shifted_sums(count, s1, s2, lo, hi, shift, shape)
+        return NeuronStats.from_shifted_sums(*_moment_sums(features, g, G, shift, chunk_rows), shift, shape)
     # torch reference, chunk by chunk, merged
     total = NeuronStats(np.zeros(G, np.int64), *(np.full((G, m), np.nan) for _ in range(4)), shape)
     for sl in _arrays.row_chunks(n, chunk_rows):
@@ -361,6 +613,20 @@ def _moments(features, g, G, shift, shape, which, chunk_rows) -> NeuronStats:
         part = reference.grouped_moments(x, torch.from_numpy(g[sl]).to(x.device), G)
         total = total.merge(NeuronStats(*(t.cpu().numpy() for t in part), shape))
     return total
+
+
+def _moment_sums(features, g, G, shift, chunk_rows):
+    """The C++ accumulators (count, s1, s2, min, max) of one pass, sums of ``x - shift[g]``."""
+    n, m = features.shape
+    count = np.zeros(G, dtype=np.int64)
+    s1 = np.zeros((G, m)); s2 = np.zeros((G, m))
+    lo = np.full((G, m), np.inf); hi = np.full((G, m), -np.inf)
+    lib = backends.native()
+    for sl in _arrays.row_chunks(n, chunk_rows):
+        arr, code = _arrays.native_view(_arrays.contiguous_rows(features[sl]))
+        lib.grouped_moments_accumulate(arr, code, np.ascontiguousarray(g[sl]), G, shift, count, s1, s2, lo, hi)
+    _raise_on_nan(s1, lo, hi, features, chunk_rows)
+    return count, s1, s2, lo, hi
 
 
 # -- exact grouped quantiles ----------------------------------------------------
@@ -374,7 +640,7 @@ QUANTILE_BRACKET_Z = 4.0
 
 def grouped_quantiles(features, groups, n_groups: Optional[int] = None, quantiles: Sequence[float] = (0.5,),
                       method: str = "lower", *, backend: str = "auto",
-                      chunk_rows: Optional[int] = None) -> np.ndarray:
+                      chunk_rows: Optional[int] = None, process_group=None) -> np.ndarray:
     """Exact quantiles of each column of ``features`` (N, M) within each group.
 
     Returns float64 of shape ``(len(quantiles), G, M)``. For a group of ``n`` rows and
@@ -396,7 +662,19 @@ def grouped_quantiles(features, groups, n_groups: Optional[int] = None, quantile
     to an exact ``np.partition`` of a column in the rare case (~1e-4 per column) its
     bracket missed. Memory-resident input is read in one call; memmaps and strided input
     stream in chunks of ``chunk_rows`` rows (each phase-2 chunk read once).
+
+    ``process_group``: each rank passes its own rows and gets the quantiles of all of them
+    (as :func:`neuron_stats` does; ``n_groups`` defaults to one more than the largest id
+    on any rank).
     """
+    if process_group is not None:
+        levels = _check_levels(quantiles)
+        _check_method(method)
+        stats = _neuron_stats_distributed(features, None, None, groups, n_groups, None, chunk_rows,
+                                          tuple(dict.fromkeys(levels)), method, process_group, moments=False)
+        G, m = stats.n_groups, stats.n_features
+        return np.stack([stats.quantile(q, method).reshape(G, m) for q in levels]) if levels \
+            else np.zeros((0, G, m))
     check_features(features)
     n, m = features.shape
     g, G, _ = _group_ids(features, None, None, groups, n_groups, None)
@@ -608,6 +886,21 @@ def _with_margin(expect, count, sampled):
     return np.minimum(np.ceil(np.minimum(f + 5 * se, 1.0) * n), count[None, :, None]).astype(np.int64)
 
 
+def _sample_bracket_ranks(count, c2, ranks, z):
+    """(Q, G) ranks ``a``, ``b`` in a sample of ``c2`` rows per group (of ``count``) of the
+    bracket ends around each target: ``z`` standard deviations of the sample rank either
+    side (as the C++ phase 1 places them); exact ranks where the whole group is sampled.
+    ``a < 0`` / ``b >= c2``: the bracket is open on that side."""
+    n1 = np.maximum(count - 1, 1).astype(np.float64)
+    scale = (np.maximum(c2, 1) - 1) / n1
+    p = ranks[..., 0] / n1
+    d = z * np.sqrt(c2 * p * (1 - p) + 1.0) + 2.0
+    a = np.floor(ranks[..., 0] * scale - d).astype(np.int64)
+    b = np.ceil(ranks[..., 1] * scale + d).astype(np.int64)
+    whole = c2 == count
+    return np.where(whole, ranks[..., 0], a), np.where(whole, ranks[..., 1], b)
+
+
 def _refine_brackets(lib, features, g, count, ranks, per2, z, lo1, hi1, mass1, expect1, wide):
     n = features.shape[0]
     # Every step-th row, read in place through a strided view (no copy), plus a copy of
@@ -621,16 +914,7 @@ def _refine_brackets(lib, features, g, count, ranks, per2, z, lo1, hi1, mass1, e
         parts.append((*_sample_rows(features, extra, slot="extra"), np.ascontiguousarray(g[extra])))
     g2 = np.concatenate([p[2] for p in parts])
     c2 = np.bincount(g2, minlength=count.size)[:count.size].astype(np.int64)
-    # sample ranks of the new bracket ends around each target (as the C++ phase 1 does)
-    n1 = np.maximum(count - 1, 1).astype(np.float64)
-    scale = (np.maximum(c2, 1) - 1) / n1
-    p = ranks[..., 0] / n1
-    d = z * np.sqrt(c2 * p * (1 - p) + 1.0) + 2.0
-    a = np.floor(ranks[..., 0] * scale - d).astype(np.int64)
-    b = np.ceil(ranks[..., 1] * scale + d).astype(np.int64)
-    whole = c2 == count  # the group is all in the sample: exact ranks
-    a = np.where(whole, ranks[..., 0], a)
-    b = np.where(whole, ranks[..., 1], b)
+    a, b = _sample_bracket_ranks(count, c2, ranks, z)
     top = np.maximum(c2 - 1, 0)
     r2 = np.stack([np.clip(a, 0, top), np.clip(b, 0, top)], axis=-1)
     exp2 = np.ceil(expect1 * (c2 / np.maximum(count, 1))[None, :, None]).astype(np.int64)

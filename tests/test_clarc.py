@@ -6,17 +6,17 @@ from torch import nn
 
 from pydebias.concepts import fit_cav, layer_activations, pool
 from pydebias.methods import AClArC, PClArC, RRClArC
-from pydebias.methods.clarc import (TARGETS, autograd_gradient, closed_form_gradient, output_coefficients,
-                                    rr_penalty)
+from pydebias.methods.clarc import (TARGETS, SignStream, autograd_gradient, closed_form_gradient,
+                                    closed_form_penalty, output_coefficients, rr_penalty)
 from pydebias.models import EfficientNetLite0, EncoderHead, SmallCNN
 
 
-def _square_data(n=256, seed=0, in_channels=1):
+def _square_data(n=256, seed=0, in_channels=1, core=0.5):
     """Random 28 x 28 images, two classes; a bright 4 x 4 square on most of class 0."""
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, in_channels, 28, 28, generator=g) * 0.5
     y = torch.arange(n) % 2
-    x[y == 1, :, 8:20, 8:20] += 0.5  # the core feature: a brighter centre
+    x[y == 1, :, 8:20, 8:20] += core  # the core feature: a brighter centre
     c = (torch.rand(n, generator=g) < torch.where(y == 0, 0.9, 0.1)).numpy()
     x[torch.from_numpy(c), :, :4, :4] = 1.0
     return torch.utils.data.TensorDataset(x, y), c
@@ -62,6 +62,21 @@ def test_closed_form_gradient_equals_autograd(target, which):
     gw_auto, = torch.autograd.grad(rr_penalty(auto, h), model.head.weight, retain_graph=True)
     gw_closed, = torch.autograd.grad(rr_penalty(closed, h), model.head.weight)
     torch.testing.assert_close(gw_closed, gw_auto, rtol=1e-3, atol=1e-9)
+    if target != "logprobs":  # constant coefficients: value and weight gradient by hand, no graph
+        hw = int(np.prod(a.shape[2:])) if a.dim() > 2 else 1
+        value, coef = closed_form_penalty(model.head, s, h, hw)
+        assert not value.requires_grad and not coef.requires_grad
+        torch.testing.assert_close(value, rr_penalty(auto, h).detach(), rtol=1e-4, atol=1e-9)
+        torch.testing.assert_close(torch.outer(coef, h), gw_auto, rtol=1e-3, atol=1e-9)
+
+
+def test_sign_stream_gives_the_per_batch_draws():
+    sizes = [64] * 70 + [13, 200, 1]  # crosses chunk boundaries, one batch larger than a chunk
+    a = SignStream(torch.Generator().manual_seed(5), 7, chunk=128)
+    g = torch.Generator().manual_seed(5)
+    for b in sizes:
+        want = output_coefficients(torch.zeros(b, 7), None, "all_logits_random", g)
+        assert torch.equal(a.take(b), want)
 
 
 def test_cav_recovers_a_planted_direction():
@@ -78,15 +93,16 @@ def test_cav_recovers_a_planted_direction():
     cav = fit_cav(a.astype(np.float32), t)
     assert cav.cosine(true) >= 0.9
     assert cav.z_concept - cav.z_clean == pytest.approx(1.5, abs=0.2)
+    assert cav.effect == pytest.approx(1.5 * cav.cosine(true), abs=0.15)
     # filter vs pattern: a classifier's weights turn away from the distractor, the pattern
     # does not (why "signal" is the default)
-    for method in ("ridge", "logistic"):
+    for method in ("ridge", "logistic", "svm", "lasso"):
         assert fit_cav(a, t, method=method).cosine(true) < cav.cosine(true) - 0.1
     # a direction orthogonal to the pattern is far below
     assert abs(cav.cosine(v)) < 0.3
 
 
-@pytest.mark.parametrize("method", ["ridge", "logistic"])
+@pytest.mark.parametrize("method", ["ridge", "logistic", "svm", "lasso"])
 def test_classifier_cavs_separate_the_concept(method):
     rng = np.random.default_rng(1)
     t = rng.random(600) < 0.5
@@ -95,6 +111,38 @@ def test_classifier_cavs_separate_the_concept(method):
     cav = fit_cav(a, t, method=method)
     assert abs(float(cav.direction.norm()) - 1) < 1e-6 and int(cav.direction.abs().argmax()) == 2
     assert cav.z_concept > cav.z_clean
+
+
+def test_cav_effect_is_the_concept_shift_within_classes():
+    # the concept adds 2 along e0; class 1 sits 5 further along e0 and carries the concept
+    # 90 % of the time (class 0: 10 %): the raw means mix the class in, the effect does not
+    rng = np.random.default_rng(2)
+    n = 4000
+    y = np.arange(n) % 2
+    t = rng.random(n) < np.where(y == 1, 0.9, 0.1)
+    a = rng.standard_normal((n, 6)) * 0.3
+    a[:, 0] += 2.0 * t + 5.0 * y
+    cav = fit_cav(a, t, within=y)
+    assert cav.cosine(np.eye(6)[0]) > 0.99
+    assert cav.effect == pytest.approx(2.0, abs=0.05)
+    assert cav.z_concept - cav.z_clean > 5.0  # the class difference rides along
+
+
+def test_lasso_cav_matches_scikit_learn_and_is_sparse():
+    linear_model = pytest.importorskip("sklearn.linear_model")
+    rng = np.random.default_rng(3)
+    t = rng.random(500) < 0.3
+    a = rng.standard_normal((500, 12))
+    a[:, [1, 4]] += np.outer(t, [2.0, -1.0])
+    w = np.where(t, 1 / t.sum(), 1 / (~t).sum())
+    ref = linear_model.Lasso(alpha=0.05, fit_intercept=False, tol=1e-12, max_iter=100_000)
+    ref.fit(a, np.where(t, 1.0, -1.0), sample_weight=w / w.mean())
+    cav = fit_cav(a, t, method="lasso", l1=0.05)
+    np.testing.assert_allclose(cav.direction.numpy(), ref.coef_ / np.linalg.norm(ref.coef_), atol=1e-5)
+    assert set(np.flatnonzero(cav.direction.numpy())) <= {1, 4} | set(np.flatnonzero(ref.coef_))
+    assert (cav.direction.numpy() == 0).sum() >= 6
+    with pytest.raises(ValueError, match="l1"):
+        fit_cav(a, t, method="lasso", l1=100.0)
 
 
 @pytest.mark.parametrize("layer, pooling", [("conv.4", "max"), ("conv.4", "mean"), ("fc", "max")])
@@ -125,17 +173,23 @@ def test_pclarc_moves_the_cav_component_to_the_clean_mean_exactly(layer, pooling
     torch.testing.assert_close(fixed(x), model(x))
 
 
-def test_rrclarc_makes_the_output_insensitive_to_the_cav_and_leaves_the_input_model_alone():
+def _erm_on_square(n=512, core=0.5):
+    """A SmallCNN trained by ERM on :func:`_square_data` (with a faint ``core`` feature it
+    leans on the square)."""
     torch.manual_seed(0)
-    train, c = _square_data(512)
+    train, c = _square_data(n, core=core)
     model = SmallCNN(n_classes=2, in_channels=1)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     x, y = train.tensors
-    for _ in range(60):  # an ERM that uses the square
+    for _ in range(60):
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    model.eval()
+    return model.eval(), train, c
+
+
+def test_rrclarc_makes_the_output_insensitive_to_the_cav_and_leaves_the_input_model_alone():
+    model, train, c = _erm_on_square()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     rr = RRClArC(lam=100.0, optimizer="adam", lr=1e-2, epochs=5, batch_size=64, seed=0)
     fixed = rr.fit(model, train, concepts=c)
@@ -156,11 +210,12 @@ def test_rrclarc_makes_the_output_insensitive_to_the_cav_and_leaves_the_input_mo
     assert torch.equal(fixed.fc[0].weight, model.fc[0].weight) and torch.equal(fixed.conv[0].weight, model.conv[0].weight)
 
 
-def test_rrclarc_autograd_path_matches_the_closed_form_run():
+@pytest.mark.parametrize("target", ["all_logits_random", "target", "logprobs"])
+def test_rrclarc_autograd_path_matches_the_closed_form_run(target):
     torch.manual_seed(0)
     train, c = _square_data(128)
     model = SmallCNN(n_classes=2, in_channels=1).eval()
-    kw = dict(lam=10.0, optimizer="adam", lr=1e-2, epochs=2, batch_size=32, seed=3)
+    kw = dict(lam=10.0, target=target, optimizer="adam", lr=1e-2, epochs=2, batch_size=32, seed=3)
     a = RRClArC(closed_form="auto", **kw)
     b = RRClArC(closed_form=False, **kw)
     ma, mb = a.fit(model, train, concepts=c), b.fit(model, train, concepts=c)
@@ -183,7 +238,7 @@ def test_aclarc_trains_and_leaves_no_hook():
     ({"layer": "nope"}, {}, "layer"),
     ({}, {"concepts": None}, "concepts"),
     ({}, {"concepts": np.zeros(3, bool)}, "concepts"),
-    ({"cav": "svm"}, {}, "cav"),
+    ({"cav": "pca"}, {}, "cav"),
     ({"pooling": "sum"}, {}, "pooling"),
     ({"target": "allrand"}, {}, "target"),
     ({"lam": -1.0}, {}, "lam"),
@@ -297,22 +352,26 @@ def test_pclarc_fold_refuses_a_max_pooled_conv_map():
         PClArC().fold()
 
 
-def test_rrclarc_lam_auto_picks_by_held_out_concept_groups():
-    torch.manual_seed(0)
-    train, c = _square_data(256)
-    model = SmallCNN(n_classes=2, in_channels=1).eval()
-    m = RRClArC(lam="auto", lams=(0.0, 100.0), epochs=2, lr=1e-3)
+@pytest.mark.parametrize("lam_score", ["toggle", "groups"])
+def test_rrclarc_lam_auto_picks_by_held_out_rows(lam_score):
+    model, train, c = _erm_on_square(core=0.03)
+    m = RRClArC(lam="auto", lams=(0.0, 100.0), lam_score=lam_score, optimizer="adam", lr=1e-2, epochs=5)
     fitted = m.fit(model, train, concepts=c)
     auto = m.report_["lam_auto"]
     cands = {r["lam"]: r for r in auto["candidates"]}
-    assert set(cands) == {0.0, 100.0} and auto["n_held_out"] == pytest.approx(0.2 * 256, abs=4)
-    # the pick is the candidate with the best worst held-out (class, concept) accuracy, ties to the smaller λ
-    best = max(cands.values(), key=lambda r: (r["worst"], -r["lam"]))
-    assert auto["lam"] == best["lam"] == m.report_["lam"]
+    assert set(cands) == {0.0, 100.0} and auto["n_held_out"] == pytest.approx(0.2 * 512, abs=4)
+    # the pick is the candidate with the best score, ties to the smaller λ
+    best = max(cands.values(), key=lambda r: (r["score"], -r["lam"]))
+    assert auto["lam"] == best["lam"] == m.report_["lam"] and auto["lam_score"] == lam_score
     for r in cands.values():
-        assert r["worst"] == min(r["per_stratum"].values()) and set(r["per_stratum"]) <= {0, 1, 2, 3}
+        assert r["worst_stratum"] == min(r["per_stratum"].values()) and set(r["per_stratum"]) <= {0, 1, 2, 3}
+        assert r["score"] == (min(r["as_is"], r["toggled"]) if lam_score == "toggle" else r["worst_stratum"])
+    # toggling the square in latent space costs the unpenalised fit (it reads the square)
+    # more than the penalised one
+    drop = {lam: r["as_is"] - r["toggled"] for lam, r in cands.items()}
+    assert drop[0.0] > 0.1 and drop[100.0] < drop[0.0] / 2
     # the returned model is the refit on all of train with that λ
-    again = RRClArC(lam=auto["lam"], epochs=2, lr=1e-3).fit(model, train, concepts=c)
+    again = RRClArC(lam=auto["lam"], optimizer="adam", lr=1e-2, epochs=5).fit(model, train, concepts=c)
     x = train.tensors[0][:32]
     torch.testing.assert_close(fitted(x), again(x))
     with pytest.raises(ValueError, match="concepts"):
@@ -321,3 +380,5 @@ def test_rrclarc_lam_auto_picks_by_held_out_concept_groups():
         RRClArC(lam="auto", holdout=1.0).fit(model, train, concepts=c)
     with pytest.raises(ValueError, match="lams"):
         RRClArC(lam="auto", lams=()).fit(model, train, concepts=c)
+    with pytest.raises(ValueError, match="lam_score"):
+        RRClArC(lam="auto", lam_score="best").fit(model, train, concepts=c)

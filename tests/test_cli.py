@@ -46,7 +46,13 @@ def test_bench_quick_json(tmp_path, capsys):
     rows = json.loads(path.read_text())["rows"]
     impls = {r["impl"] for r in rows}
     assert {"cpp (pydebias._C)", "numpy baseline"} <= impls
-    assert all(r["x_one_read"] > 0 for r in rows if r["kernel"] not in ("ClArC epoch", "MaskTune masking"))
+    assert all(r["x_one_read"] > 0 for r in rows if r["kernel"] not in ("ClArC epoch", "MaskTune masking", "export"))
+    # exported debiased modules against the plain ones in the same format, checked outputs
+    ex = {r["impl"]: r for r in rows if r["kernel"] == "export"}
+    assert set(ex) == {f"{case}: debiased, {how}" for case in ("head 1280 -> 10", "SmallCNN, batch 256")
+                       for how in ("unfolded (eager torch)", "torchscript")}
+    assert all(r["x_plain"] > 0 for r in ex.values())
+    assert all(r["max_abs_diff"] <= 1e-5 for k, r in ex.items() if "torchscript" in k)
     # RR-ClArC's epochs as ratios to plain fine-tuning on the same path (no timing asserted)
     clarc = {r["impl"]: r for r in rows if r["kernel"] == "ClArC epoch"}
     assert set(clarc) == {"plain fine-tune (forward every step)", "RR-ClArC, autograd",

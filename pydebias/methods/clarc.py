@@ -27,11 +27,12 @@ from torch import nn
 
 from ..concepts import CAV, CAV_METHODS, POOLINGS, fit_cav, layer_activations
 from ..models.protocol import find_layer
+from ..nn import MaskedLinear
 from ..validation import check_choice, check_number
 from .base import ModelMethod, data_loader as _loader, dataset_labels as _labels
 
 __all__ = ["RRClArC", "PClArC", "AClArC", "TARGETS", "AGGREGATIONS", "output_coefficients", "rr_penalty",
-           "closed_form_gradient", "autograd_gradient", "trainable_linears"]
+           "closed_form_gradient", "closed_form_penalty", "autograd_gradient", "trainable_linears", "SignStream"]
 
 #: the scalar y~ whose gradient the penalty aligns with h: "all_logits_random" (the
 #: published default: sum_k s_k z_k with s_k = +-1 drawn per sample and step),
@@ -61,6 +62,23 @@ def output_coefficients(logits: torch.Tensor, labels: torch.Tensor, target: str,
     raise ValueError(f"target: expected one of {TARGETS}, got {target!r}")
 
 
+class SignStream:
+    """``all_logits_random``'s +-1 coefficients for consecutive batches, drawn ``chunk``
+    rows at a time: one ``randint`` per chunk instead of three small ops per step, and
+    the same values as drawing each batch's (B, K) block from ``generator`` in turn."""
+
+    def __init__(self, generator: torch.Generator, k: int, dtype: torch.dtype = torch.float32, chunk: int = 4096):
+        self.generator, self.k, self.dtype, self.chunk = generator, k, dtype, chunk
+        self.buf, self.at = torch.empty(0, k, dtype=dtype), 0
+
+    def take(self, b: int) -> torch.Tensor:
+        if self.at + b > len(self.buf):
+            new = torch.randint(0, 2, (max(self.chunk, b), self.k), generator=self.generator, dtype=self.dtype)
+            self.buf, self.at = torch.cat([self.buf[self.at:], new.mul_(2).sub_(1)]), 0
+        self.at += b
+        return self.buf[self.at - b:self.at]
+
+
 def _y_tilde(logits: torch.Tensor, s: torch.Tensor, target: str) -> torch.Tensor:
     if target == "logprobs":
         return torch.log_softmax(logits, 1).mean(1)
@@ -79,6 +97,19 @@ def closed_form_gradient(head: nn.Linear, s: torch.Tensor, hw: int = 1) -> torch
     global average pool over ``hw`` positions: ``dy~/dA_{c,i,j} = (s W)_c / HW``,
     constant over positions; no second backward, and no input needed."""
     return (s @ head.weight) / hw
+
+
+def closed_form_penalty(head: nn.Linear, s: torch.Tensor, h: torch.Tensor, hw: int = 1):
+    """The ``l2_mean`` penalty of the closed-form gradient and its gradient w.r.t. the
+    head's weight, by hand, for constant coefficients ``s`` (every target but
+    ``logprobs``): with ``v = W h`` and ``u = s v / HW`` the penalty is ``mean_b u_b^2``
+    and its gradient the rank-one ``outer(coef, h)``, ``coef = 2 s^T u / (B HW)``. Three
+    matrix-vector products and no autograd graph, so a step costs about what a plain
+    fine-tuning step costs. Returns ``(value, coef)``."""
+    u = s.detach() @ (head.weight.detach() @ h.to(head.weight.dtype))
+    if hw != 1:
+        u = u / hw
+    return torch.dot(u, u).div_(len(u)), (s.t() @ u).mul_(2.0 / (len(u) * hw))
 
 
 def rr_penalty(grad: torch.Tensor, h: torch.Tensor, aggregation: str = "l2_mean") -> torch.Tensor:
@@ -192,11 +223,25 @@ class _ClArC(ModelMethod):
 
         return hook
 
+    @staticmethod
+    def _add_hook(cav: CAV, delta: float) -> Callable:
+        """A forward hook adding ``delta`` to every sample's ``<h, pool A>`` (``delta h /
+        <h, h>`` at every position, which moves a max- or mean-pooled projection by
+        ``delta``)."""
+        h = cav.direction
+
+        def hook(_m, _i, out):
+            return out + (delta / float(h @ h)) * h.to(out.dtype).reshape(1, -1, *([1] * (out.dim() - 2)))
+
+        return hook
+
     def _fine_tune(self, model: nn.Module, layer: str, train, penalty: Optional[Callable], progress: bool,
                    activation_hook: Optional[Callable] = None, grad_at_layer: bool = False,
                    head_inputs: Optional[torch.Tensor] = None) -> Dict:
         """Fine-tune the linears after ``layer`` (everything else frozen, eval mode) with
-        class-weighted cross-entropy (+ ``lam * penalty(A, logits, y)``); the layer's output
+        class-weighted cross-entropy (+ ``lam`` x the penalty: ``penalty(A, logits, y)`` gives
+        ``(value, None)`` for autograd, or ``(value, add_grad)`` where ``add_grad(lam)`` adds
+        the penalty's gradient after the backward pass); the layer's output
         A is detached (nothing before it trains) and needs a gradient only for autograd's
         penalty (``grad_at_layer``). ``head_inputs`` (N, D): the head's inputs, computed
         once, when only the head trains (the frozen network then runs once, not per epoch).
@@ -246,11 +291,14 @@ class _ClArC(ModelMethod):
                     ce = nn.functional.cross_entropy(logits, yb, weight=weight[:logits.shape[1]])
                     loss = ce
                     if penalty is not None:
-                        rr = penalty(store["a"], logits, yb)
-                        loss = ce + self.lam * rr
+                        rr, add_grad = penalty(store["a"], logits, yb)
+                        if add_grad is None:
+                            loss = torch.add(ce, rr, alpha=self.lam)
                         tot["rr"] += float(rr.detach()) * len(yb)
                     opt.zero_grad()
                     loss.backward()
+                    if penalty is not None and add_grad is not None:  # the penalty's gradient, by hand
+                        add_grad(self.lam)
                     torch.nn.utils.clip_grad_norm_(params, self.clip)
                     opt.step()
                     tot["ce"] += float(ce.detach()) * len(yb)
@@ -269,7 +317,8 @@ class _ClArC(ModelMethod):
 
 _COMMON_DOC = """
     ``layer``: the module name to take the concept from (default: the model's
-    ``embedding_layer``); ``cav``: ``"signal"`` (default), ``"ridge"`` or ``"logistic"``;
+    ``embedding_layer``); ``cav``: ``"signal"`` (default), or one of the classifiers'
+    weights for comparison: ``"ridge"``, ``"logistic"``, ``"svm"``, ``"lasso"``;
     ``pooling``: ``"max"`` (the authors') or ``"mean"`` (what a following global average
     pool sees; use it when ``layer`` feeds one); ``attacked_class``: the class whose
     correctly predicted training rows give the CAV (default: those of every class, each
@@ -281,6 +330,8 @@ _COMMON_DOC = """
 
 #: the λ candidates of ``RRClArC(lam="auto")`` (the authors sweep 0.05 ... 1e8 without a choice)
 LAMS = (1.0, 10.0, 100.0, 1000.0)
+#: how ``lam="auto"`` scores a candidate on held-out rows (:meth:`RRClArC.select_lam`)
+LAM_SCORES = ("toggle", "groups")
 
 
 class RRClArC(_ClArC):
@@ -295,16 +346,16 @@ class RRClArC(_ClArC):
     ``"adam"``, ``lr``, ``batch_size``, ``epochs``, gradient-norm clipping ``clip``.
     ``lam="auto"``: picked from the concept labels (:meth:`select_lam`): each of ``lams``
     is fitted on the training rows less a held-out share ``holdout`` (stratified by class
-    and concept) and scored by the worst (class, concept) accuracy on the held-out rows.
+    and concept) and scored on the held-out rows by ``lam_score`` (:data:`LAM_SCORES`).
     """
 
     def __init__(self, layer: Optional[str] = None, lam=100.0, lams: Sequence[float] = LAMS, holdout: float = 0.2,
-                 cav: str = "signal", pooling: str = "max",
+                 lam_score: str = "toggle", cav: str = "signal", pooling: str = "max",
                  target: str = "all_logits_random", aggregation: str = "l2_mean", closed_form="auto",
                  attacked_class: Optional[int] = None, optimizer: str = "sgd", lr: float = 1e-4,
                  batch_size: int = 64, epochs: int = 10, clip: float = 100.0, seed: int = 0):
         self.layer, self.lam, self.cav, self.pooling = layer, lam, cav, pooling
-        self.lams, self.holdout = lams, holdout
+        self.lams, self.holdout, self.lam_score = lams, holdout, lam_score
         self.target, self.aggregation, self.closed_form = target, aggregation, closed_form
         self.attacked_class, self.optimizer, self.lr = attacked_class, optimizer, lr
         self.batch_size, self.epochs, self.clip, self.seed = batch_size, epochs, clip, seed
@@ -317,6 +368,7 @@ class RRClArC(_ClArC):
             for v in self.lams:
                 check_number(v, "lams", 0.0)
             check_number(self.holdout, "holdout", 0.0, 1.0, low_open=True, high_open=True)
+            check_choice(self.lam_score, "lam_score", LAM_SCORES)
         else:
             check_number(self.lam, "lam", 0.0)
         check_choice(self.target, "target", TARGETS)
@@ -336,10 +388,19 @@ class RRClArC(_ClArC):
 
     def select_lam(self, model: nn.Module, train, concepts, progress: bool = False) -> Dict:
         """Pick λ from ``lams`` with the concept labels: hold out ``holdout`` of each
-        (class, concept) stratum of ``train`` (seeded), fit on the rest with each λ, and
-        score each by its worst held-out (class, concept) accuracy (strata with fewer than
-        5 held-out rows are not scored); the best wins, ties going to the smaller λ.
-        Returns ``{"lam", "candidates": [{lam, worst, per_stratum}]}``."""
+        (class, concept) stratum of ``train`` (seeded), fit on the rest with each λ and
+        score each fit on the held-out rows by ``lam_score``:
+
+        - ``"toggle"``: the worse of two class-balanced accuracies on the held-out rows,
+          as they are and with the artifact toggled in latent space (at ``layer``, the
+          CAV's ``effect`` along ``h`` added to the rows without it and taken from the
+          rows with it): every held-out row also plays the group it is not in, so the
+          rare (class, concept) pairs are scored on many rows, not on a few;
+        - ``"groups"``: the worst held-out (class, concept) accuracy (strata with fewer
+          than 5 held-out rows are not scored).
+
+        The best wins, ties going to the smaller λ. Returns ``{"lam", "candidates":
+        [{lam, score, ...}], "n_held_out"}``."""
         from .base import model_outputs
 
         self._check()
@@ -357,17 +418,38 @@ class RRClArC(_ClArC):
             held[rng.choice(rows, int(round(self.holdout * rows.size)), replace=False)] = True
         fit_rows, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
         xh, yh = zip(*(train[int(i)][:2] for i in held_rows))
-        xh, yh = torch.stack([torch.as_tensor(v) for v in xh]), torch.as_tensor(np.asarray(yh))
-        scored = [s_ for s_ in np.unique(strata[held_rows]) if (strata[held_rows] == s_).sum() >= 5]
+        xh, yh = torch.stack([torch.as_tensor(v) for v in xh]), torch.as_tensor(np.asarray(yh)).long()
+        sh = strata[held_rows]
+        scored = [s_ for s_ in np.unique(sh) if (sh == s_).sum() >= 5]
+        classes = np.unique(yh.numpy())
+
+        def balanced(pred):
+            ok = (pred == yh).numpy()
+            return float(np.mean([ok[yh.numpy() == k].mean() for k in classes]))
+
         cands = []
         for lam in sorted(float(v) for v in self.lams):
             m = RRClArC(**{**self.get_params(), "lam": lam})
             fitted = m.fit(model, torch.utils.data.Subset(train, fit_rows), concepts=c[fit_rows], progress=progress)
-            ok = (model_outputs(fitted, xh).argmax(1) == yh).numpy()
-            per = {int(s_): float(ok[strata[held_rows] == s_].mean()) for s_ in scored}
-            cands.append({"lam": lam, "worst": min(per.values()) if per else float("nan"), "per_stratum": per})
-        best = max(cands, key=lambda r: (r["worst"], -r["lam"]))  # ties: the smaller λ
-        return {"lam": best["lam"], "candidates": cands, "n_held_out": int(held.sum())}
+            pred = model_outputs(fitted, xh).argmax(1)
+            ok = (pred == yh).numpy()
+            per = {int(s_): float(ok[sh == s_].mean()) for s_ in scored}
+            row = {"lam": lam, "worst_stratum": min(per.values()) if per else float("nan"), "per_stratum": per}
+            toggled = torch.empty_like(yh)
+            layer = find_layer(fitted, m.report_["layer"])
+            for flag, sign in ((False, 1.0), (True, -1.0)):  # add the artifact / take it away
+                rows = torch.from_numpy(c[held_rows] == flag)
+                handle = layer.register_forward_hook(self._add_hook(m.cav_, sign * m.cav_.effect))
+                try:
+                    toggled[rows] = model_outputs(fitted, xh[rows]).argmax(1)
+                finally:
+                    handle.remove()
+            row["as_is"] = balanced(pred)
+            row["toggled"] = balanced(toggled)
+            row["score"] = min(row["as_is"], row["toggled"]) if self.lam_score == "toggle" else row["worst_stratum"]
+            cands.append(row)
+        best = max(cands, key=lambda r: (r["score"], -r["lam"]))  # ties: the smaller λ
+        return {"lam": best["lam"], "lam_score": self.lam_score, "candidates": cands, "n_held_out": int(held.sum())}
 
     def fit(self, model: nn.Module, train, concepts=None, progress: bool = False) -> nn.Module:
         self._check()
@@ -386,17 +468,25 @@ class RRClArC(_ClArC):
         # closed form: only the head trains and its gradient needs no input, so the head's
         # inputs come from the CAV's pass over train and the network never runs again
         model, train, layer, head_inputs = self._prepare(model, train, concepts, "RR-ClArC", head_inputs=closed)
-        h = self.cav_.direction
+        h = self.cav_.direction.to(model.head.weight.dtype) if closed else self.cav_.direction
         hw = _positions(model, layer, train) if closed else 1
         gen = torch.Generator().manual_seed(self.seed)
+        signs = SignStream(gen, model.head.out_features, model.head.weight.dtype) \
+            if self.target == "all_logits_random" and isinstance(getattr(model, "head", None), nn.Linear) else None
 
         def penalty(a, logits, y):
-            s = output_coefficients(logits, y, self.target, gen)
+            if signs is not None and logits.shape[1] == signs.k and logits.dtype == signs.dtype:
+                s = signs.take(len(y))
+            else:
+                s = output_coefficients(logits, y, self.target, gen)
+            if closed and self.aggregation == "l2_mean" and self.target != "logprobs":  # no graph at all
+                value, coef = closed_form_penalty(model.head, s, h, hw)
+                return value, lambda lam: model.head.weight.grad.addr_(coef, h, alpha=lam)
             if closed and self.aggregation != "cosine":  # <g, h> = s (W h) / HW: (B,), no (B, D) gradient
                 proj = s @ (model.head.weight @ h)
-                return _aggregate(proj if hw == 1 else proj / hw, self.aggregation)
+                return _aggregate(proj if hw == 1 else proj / hw, self.aggregation), None
             g = closed_form_gradient(model.head, s, hw) if closed else autograd_gradient(a, logits, s, self.target)
-            return rr_penalty(g, h, self.aggregation)
+            return rr_penalty(g, h, self.aggregation), None
 
         # lam=0 is plain fine-tuning of the same layers on the same path (the bench's baseline)
         run = self._fine_tune(model, layer, train, penalty if self.lam > 0 else None, progress,
@@ -439,12 +529,14 @@ class PClArC(_ClArC):
         m = self.model_
         at_embedding = self.layer_ == getattr(m, "embedding_layer", "")
         at_pool = self.layer_ == getattr(m, "pooled_layer", "") and self.pooling == "mean"
-        if not isinstance(getattr(m, "head", None), nn.Linear) or not (at_embedding or at_pool):
+        if not isinstance(getattr(m, "head", None), (nn.Linear, MaskedLinear)) or not (at_embedding or at_pool):
             raise ValueError(f"fold: the projection folds into the head only at the embedding layer, or at the "
                              f"pooled layer with pooling='mean'; this fit has layer={self.layer_!r}, "
                              f"pooling={self.pooling!r}. Keep the hook (hook_), or fit at one of those")
         out = copy.deepcopy(m)
         find_layer(out, self.layer_)._forward_hooks.pop(self.hook_.id, None)
+        if isinstance(out.head, MaskedLinear):  # the mask acts on W: fold it before the projection
+            out.head = out.head.fold()
         if out.head.bias is None:  # the shift adds a constant: the folded head needs a bias
             head = nn.Linear(out.head.in_features, out.head.out_features).to(out.head.weight.dtype)
             with torch.no_grad():

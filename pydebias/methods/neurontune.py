@@ -25,14 +25,16 @@ __all__ = ["NeuronTune", "neuron_deltas", "spurious_masks"]
 MASK_MODES = ("intersection", "union", "per_class")
 
 
-def neuron_deltas(features, labels, correct, n_classes: int, backend: str = "auto", rows=None):
+def neuron_deltas(features, labels, correct, n_classes: int, backend: str = "auto", rows=None,
+                  process_group=None):
     """δ[y, i] = median(v_i | y, misclassified) − median(v_i | y, correct), shape (C, M).
 
     Medians are the lower median (``np.quantile(method="lower")``, as ``torch.median``).
     Rows of classes without a misclassified or without a correct sample are NaN: they
     carry no evidence. ``rows``: optional boolean (N,) mask of the rows to use (the
     others are passed over in the same read, not copied out). Returns ``(delta,
-    counts)`` with counts of shape (C, 2).
+    counts)`` with counts of shape (C, 2). ``process_group``: each rank passes its own
+    rows; medians and counts are those of all the ranks' rows (exact, not gathered).
     """
     # Only the medians (grouped quantiles) are needed, not the moments: on a memmap that saves the grouped moments
     # pass (measured, 2,000,000 x 1,024 float16: 1.51x -> 0.67x one read of the file).
@@ -45,11 +47,21 @@ def neuron_deltas(features, labels, correct, n_classes: int, backend: str = "aut
             raise ValueError(f"rows: expected a boolean mask of shape ({n},), got {rows.dtype} {rows.shape}")
         g = np.where(rows, g, G)  # the rows left out form one more group, dropped below
     med = grouped_quantiles(features, g, G + (rows is not None), (0.5,), "lower",
-                            backend=backend)[0][:G].reshape(n_classes, 2, m)
+                            backend=backend, process_group=process_group)[0][:G].reshape(n_classes, 2, m)
     delta = med[:, 0, :] - med[:, 1, :]  # [:, 0] misclassified, [:, 1] correct
     counts = np.bincount(g, minlength=G + 1)[:G].reshape(n_classes, 2)
+    if process_group is not None:
+        from ..distributed import all_reduce
+
+        counts = all_reduce(counts, "sum", process_group)
     delta[(counts == 0).any(1)] = np.nan
     return delta, counts
+
+
+def dist_size(group) -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size(group)
 
 
 def candidate_lams(delta: np.ndarray) -> List[float]:
@@ -105,19 +117,25 @@ class NeuronTune(EmbeddingMethod):
         a warning when it calls the new head harmful); ``guard=True`` then returns (a copy
         of) the ERM head, the new one staying in ``debiased_head_``. Off by default: over
         five seeds acting on the check cost more than it saved (docs/methods.md).
+    process_group : a ``torch.distributed`` group whose ranks each pass their own ``val``
+        rows (and the same ``train`` and ``head``): identification reads the medians of
+        all ranks' rows (:mod:`pydebias.distributed`), so every rank selects the same
+        neurons and retrains the same head. Needs ``retrain_on="train"``, a numeric
+        ``lam`` and ``holdout=0`` (the λ choice and the guard score held-out rows, which
+        are not reduced across ranks yet).
     """
 
     def __init__(self, retrain_on: str = "train", lam: Union[float, str] = "auto", mask_mode: str = "union",
                  n_rounds: int = 1, lam_margin: float = 0.05,
                  l2: float = 1e-4, optimizer: str = "lbfgs", epochs: int = 100, holdout: float = 0.2,
                  guard: bool = False, guard_tolerance: float = 0.25, holdout_max_rows: int = 200_000,
-                 seed: int = 0, backend: str = "auto"):
+                 seed: int = 0, backend: str = "auto", process_group=None):
         self.retrain_on = retrain_on
         self.lam, self.mask_mode, self.n_rounds, self.lam_margin = lam, mask_mode, n_rounds, lam_margin
         self.l2, self.optimizer, self.epochs = l2, optimizer, epochs
         self.holdout, self.guard, self.guard_tolerance = holdout, guard, guard_tolerance
         self.holdout_max_rows = holdout_max_rows
-        self.seed, self.backend = seed, backend
+        self.seed, self.backend, self.process_group = seed, backend, process_group
 
     def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
         """Identify on ``val`` with the ERM ``head``; retrain on ``train`` or on ``val``'s
@@ -139,6 +157,10 @@ class NeuronTune(EmbeddingMethod):
             check_number(self.lam, "lam", finite=False)
         if auto and self.holdout <= 0:
             raise ValueError("lam='auto' selects on held-out identification data: pass holdout > 0")
+        if self.process_group is not None and (self.retrain_on != "train" or auto or self.holdout > 0):
+            raise ValueError("process_group: NeuronTune across processes identifies on each rank's val rows and "
+                             "retrains on train (the same on every rank); pass retrain_on='train', a numeric lam "
+                             "(e.g. 0.0) and holdout=0")
         # The identification rows are read in place (a memmap is never copied whole);
         # only the holdout, at most holdout_max_rows, and (retrain_on="val") the tuning rows
         # are taken out.
@@ -160,12 +182,16 @@ class NeuronTune(EmbeddingMethod):
         tune = tune_set if tune_set is not None else (
             id_set if ident_rows is None else id_set.subset(ident_rows))
         C = max(id_set.n_classes, head.out_features)
+        if self.process_group is not None:  # a rank's val rows may lack a class
+            from ..distributed import all_reduce
+
+            C = int(all_reduce(np.array([C], np.int64), "max", self.process_group)[0])
         current = head
         rounds = []
         for r in range(self.n_rounds):
             correct = predict(current, id_set.features) == id_set.labels
             delta, counts = neuron_deltas(id_set.features, id_set.labels, correct, C, backend=self.backend,
-                                          rows=ident_rows)
+                                          rows=ident_rows, process_group=self.process_group)
             weights = balance_weights(tune.labels, C)
 
             def retrain(keep):
@@ -207,7 +233,9 @@ class NeuronTune(EmbeddingMethod):
             self.mask_ = keep
         self.delta_ = np.array([[np.nan if v is None else v for v in row] for row in rounds[-1]["delta"]])
         report: Dict = {"method": "NeuronTune", "retrain_on": self.retrain_on,
-                        "params": self.get_params(), "rounds": rounds, "sfit": rounds[0]["sfit"],
+                        "params": {**self.get_params(), "process_group": None if self.process_group is None
+                                   else f"{dist_size(self.process_group)} ranks"},
+                        "rounds": rounds, "sfit": rounds[0]["sfit"],
                         "n_identification": n_ident, "n_tune": len(tune)}
         result = current
         self.debiased_head_ = current  # kept even when the guard returns the ERM head

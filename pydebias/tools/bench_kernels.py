@@ -278,6 +278,7 @@ def format_table(rows: List[Dict]) -> str:
 
 def run(quick: bool = False) -> List[Dict]:
     from .bench_clarc import bench_clarc_epoch
+    from .bench_export import bench_export
     from .bench_masktune import bench_masking
 
     if quick:
@@ -285,11 +286,11 @@ def run(quick: bool = False) -> List[Dict]:
                 + bench_grouped_quantiles(n=50_000, m=128, repeat=2, baseline_repeat=1)
                 + bench_masked_linear(n=50_000, m=128, repeat=3)
                 + bench_mask_sweep(n=50_000, m=128, repeat=2) + bench_clarc_epoch(n=1024, epochs=2, repeat=1)
-                + bench_masking(repeat=1, quick=True))
+                + bench_masking(repeat=1, quick=True) + bench_export(formats=("torchscript",), repeat=3))
     from .bench_cluster import bench_clustering
 
     return (bench_grouped_moments() + bench_grouped_quantiles() + bench_masked_linear() + bench_mask_sweep()
-            + bench_clustering() + bench_clarc_epoch() + bench_masking())
+            + bench_clustering() + bench_clarc_epoch() + bench_masking() + bench_export())
 
 
 def bench_identification(n: int = 2_000_000, m: int = 1024, path: str = None, seed: int = 0,

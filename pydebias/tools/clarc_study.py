@@ -15,12 +15,15 @@ CLARC_CASES = (("fashion-square", "two-stage CNN", {}, 0),
                ("fashion-on-photos", "EfficientNet-Lite0 (ImageNet)", {"shortcut": "square"}, 1))
 #: (label, method name, constructor parameters); RR-ClArC lam=0 is the control: the same
 #: class-weighted fine-tuning without the penalty; the other lams are the sweep behind the
-#: default (100), and lam="auto" picks one from the concept labels
+#: default (100), lam="auto" picks one from the concept labels, and the classifiers' CAVs
+#: are compared with the default signal CAV
 CLARC_METHODS = (("P-ClArC", "PClArC", {}), ("A-ClArC", "AClArC", {}),
                  ("RR-ClArC, lam=0", "RRClArC", {"lam": 0.0}), ("RR-ClArC, lam=1", "RRClArC", {"lam": 1.0}),
                  ("RR-ClArC, lam=10", "RRClArC", {"lam": 10.0}), ("RR-ClArC", "RRClArC", {}),
                  ("RR-ClArC, lam=1000", "RRClArC", {"lam": 1000.0}),
-                 ("RR-ClArC, lam=auto", "RRClArC", {"lam": "auto"}))
+                 ("RR-ClArC, lam=auto", "RRClArC", {"lam": "auto"}),
+                 ("RR-ClArC, lam=auto, lam_score=groups", "RRClArC", {"lam": "auto", "lam_score": "groups"})) + tuple(
+    (f"RR-ClArC, cav={how}", "RRClArC", {"cav": how}) for how in ("ridge", "logistic", "svm", "lasso"))
 #: the CAV at a conv map instead of the embedding, spatially max-pooled (the authors') or
 #: mean-pooled: which pooling to use where the layer is a map (SmallCNN's last conv block
 #: reaches the head through a max-pool and two linears, so RR-ClArC takes autograd's
@@ -85,16 +88,21 @@ def clarc_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
                 warnings.simplefilter("ignore", UserWarning)
                 fixed = m.fit(erm, train, concepts=concepts)
             secs = time.perf_counter() - t
-            if cav is None:  # every method fits the same CAV on ERM's activations
+            if cav is None:  # the default CAV (the first method's): TCAV and the CAV cosines use it
                 cav = m.cav_
                 row["cav"] = cav.summary()
                 row["ERM"]["tcav"] = tcav(erm, cav, x[on], cls)
+            same_layer = m.cav_.layer == cav.layer
+            common = {**figures(fixed, x, y, xa, ct, gt), "seconds": secs,
+                      "cav_cosine": m.cav_.cosine(cav) if same_layer else None}
             if hasattr(m, "hook_"):
-                row[label] = {**figures(fixed, x, y, xa, ct, gt), "seconds": secs}
+                row[label] = common
                 m.hook_.remove()  # TCAV below is read without the projection
             else:
-                row[label] = {**figures(fixed, x, y, xa, ct, gt), "seconds": secs, "tcav": tcav(fixed, cav, x[on], cls),
-                              "closed_form": m.report_.get("closed_form"), "lam": m.report_.get("lam")}
+                row[label] = {**common, "tcav": tcav(fixed, cav, x[on], cls), "closed_form": m.report_.get("closed_form"),
+                              "lam": m.report_.get("lam")}
+                if "lam_auto" in m.report_:  # every candidate's held-out scores
+                    row[label]["lam_auto"] = m.report_["lam_auto"]
         rows.append(row)
     return rows
 
@@ -108,9 +116,10 @@ def clarc_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
            "inputs (no square), on attacked ones (the square pasted into every test input) and worst group of "
            "the test split; mean over seeds. TCAV: quotient (0.5 = no push) and sensitivity of the square's "
            "class along ERM's CAV, on test rows with the square (P-ClArC's hook is removed for it). Every "
-           "method at its defaults (layer: the embedding; RR-ClArC: lam=100) unless the label says otherwise.",
+           "method at its defaults (layer: the embedding; RR-ClArC: lam=100) unless the label says otherwise. "
+           "CAV cos: cosine of the method's CAV with the default one (signal CAV at the embedding).",
            "", "| benchmark | backbone | method | clean | attacked | worst group | TCAV quotient | TCAV sensitivity "
-           "| fit s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| CAV cos | fit s |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (name, bb), rs in by_case(rows).items():
         for label in labels:
             if any(label not in r for r in rs):
@@ -121,8 +130,10 @@ def clarc_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
                 vals = [v for v in vals if v is not None]
                 return float(np.mean(vals)) if vals else None
             cells = [f"{100 * mean(k):.1f}" for k in ("clean", "attacked", "worst_group")]
-            q, s, sec = mean("quotient", "tcav"), mean("sensitivity", "tcav"), mean("seconds")
+            q, s, cos, sec = mean("quotient", "tcav"), mean("sensitivity", "tcav"), mean("cav_cosine"), mean("seconds")
             cells += [f"{q:.2f}" if q is not None else "–", f"{s:.3g}" if s is not None else "–",
-                      f"{sec:.0f}" if sec is not None else "–"]
-            out.append(f"| {name} | {bb} | {label} | " + " | ".join(cells) + " |")
+                      f"{cos:.2f}" if cos is not None else "–", f"{sec:.0f}" if sec is not None else "–"]
+            picks = [r[label]["lam_auto"]["lam"] for r in rs if "lam_auto" in r[label]]
+            shown = label + (" (picked λ = " + " / ".join(f"{v:g}" for v in picks) + ")" if picks else "")
+            out.append(f"| {name} | {bb} | {shown} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"

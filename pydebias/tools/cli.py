@@ -228,6 +228,10 @@ def _cmd_bench(args) -> int:
         rows = bench_kernels.bench_identification(n=(args.rows or [2_000_000])[0],
                                                path=os.path.join(args.dir, "planted_e2e.npy") if args.dir else None,
                                                keep_file=args.keep_files)
+    elif args.distributed:
+        from .bench_distributed import bench_distributed_medians
+
+        rows = bench_distributed_medians(n=(args.rows or [500_000])[0])
     elif args.large:
         from .bench_cluster import bench_clustering_scale
 
@@ -239,6 +243,39 @@ def _cmd_bench(args) -> int:
     if args.json:
         write_json(args.json, {"rows": rows, **provenance(0, "all")})
         print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    import json
+
+    import torch
+
+    from ..export import export
+
+    if not os.path.isfile(args.source):
+        raise ValueError(f"source: no file {args.source!r}; pass a module saved with torch.save(model, path) or a "
+                         "linear head's state dict")
+    # a whole pickled module runs code on load: only for files you made or trust
+    obj = torch.load(args.source, map_location="cpu", weights_only=False)
+    if isinstance(obj, dict):
+        if obj.get("weight") is None or torch.as_tensor(obj["weight"]).dim() != 2:
+            raise ValueError(f"source: {args.source!r} holds a dict without a 2-d 'weight'; save a linear head's "
+                             "state_dict() or the module itself")
+        w = torch.as_tensor(obj["weight"])
+        head = torch.nn.Linear(w.shape[1], w.shape[0], bias=obj.get("bias") is not None, dtype=w.dtype)
+        head.load_state_dict({k: v for k, v in obj.items() if k in ("weight", "bias")})
+        obj = head
+    example = None
+    if args.example_shape:
+        try:
+            shape = tuple(int(v) for v in args.example_shape.split(","))
+        except ValueError:
+            raise ValueError(f"--example-shape: expected comma-separated sizes, batch first (e.g. 8,3,64,64), got "
+                             f"{args.example_shape!r}") from None
+        example = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    out = export(obj, args.out, format=args.format, example=example, rtol=args.rtol, atol=args.atol)
+    print(json.dumps(out))
     return 0
 
 
@@ -293,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
         study.add_argument("--" + stem.replace("_", "-"), action="store_true",
                            help=f"instead: {what} ({stem}.md/.json)")
     rp.set_defaults(fn=_cmd_report)
+    ex = sub.add_parser("export", help="fold a debiased head or model into plain layers and write it (TorchScript, "
+                                       "torch.export or ONNX), checked against the original first")
+    ex.add_argument("source", help="a module saved with torch.save(model, path), or a linear head's state_dict()")
+    ex.add_argument("out", help="the file to write (atomically, only after the check passes)")
+    ex.add_argument("--format", default="torchscript", choices=("torchscript", "export", "onnx"))
+    ex.add_argument("--example-shape", help="input shape, batch first (e.g. 8,3,64,64); not needed for a linear head")
+    ex.add_argument("--rtol", type=float, default=1e-5)
+    ex.add_argument("--atol", type=float, default=1e-5)
+    ex.set_defaults(fn=_cmd_export)
     b = sub.add_parser("bench", help="kernel speed as ratios to one read of the input and to baselines")
     b.add_argument("--json", help="also write the table as JSON to this path")
     b.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the bar)")
@@ -302,8 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--e2e", action="store_true",
                    help="instead: NeuronTune identification end to end on a float16 memmap of 2,000,000 x 1,024 "
                         "(a 4 GB file, written first) against one read of the file")
+    b.add_argument("--distributed", action="store_true",
+                   help="instead: grouped moments + exact medians across 4 gloo processes of 500,000 x 512 rows each "
+                        "(4 GB in memory) against one process's local pass")
     b.add_argument("--rows", type=int, nargs="+",
-                   help="with --large: row counts (default 100000 1000000 10000000); with --e2e: the row count")
+                   help="with --large: row counts (default 100000 1000000 10000000); with --e2e: the row count; "
+                        "with --distributed: rows per process")
     b.add_argument("--cold", action="store_true", help="with --large: evict the file from the page cache before each pass")
     b.add_argument("--dir", help="with --large/--e2e: where the memmaps go (default: a temporary directory)")
     b.add_argument("--keep-files", action="store_true", help="with --large/--e2e: keep (and reuse) the memmaps")

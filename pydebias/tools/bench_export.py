@@ -1,0 +1,77 @@
+"""What a debiased model costs at inference once exported: the debiased head and model
+(masks and P-ClArC's projection folded by :func:`pydebias.export`) against the plain,
+undebiased ones in the same format, timed alternately in one run."""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _alternate(fns: Sequence, repeat: int, warmup: int = 3) -> List[float]:
+    """Median seconds of each callable, called in turn ``repeat`` times so that drift hits all."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t)
+    return [float(np.median(t)) for t in times]
+
+
+def _cases(seed: int):
+    """(name, plain module, debiased module, input batch): a 1,280-d linear head with a
+    per-class neuron mask (NeuronTune's) and a SmallCNN with that kind of head and a
+    P-ClArC projection at its embedding."""
+    from ..methods import PClArC
+    from ..models import SmallCNN
+    from ..nn import MaskedLinear
+
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head = nn.Linear(1280, 10)
+    masked = MaskedLinear.from_linear(head, mask=(torch.rand(10, 1280, generator=g) > 0.1).float())
+    yield "head 1280 -> 10", head.eval(), masked.eval(), torch.randn(1024, 1280, generator=g)
+    model = SmallCNN(n_classes=10, in_channels=1).eval()
+    x = torch.rand(256, 1, 28, 28, generator=g)
+    c = (torch.rand(256, generator=g) < 0.3).numpy()
+    x[torch.from_numpy(c), :, :4, :4] = 1.0
+    p = PClArC(seed=seed)
+    p.fit(model, torch.utils.data.TensorDataset(x, torch.randint(0, 10, (256,), generator=g)), concepts=c)
+    p.model_.head = MaskedLinear.from_linear(p.model_.head, mask=(torch.rand(10, 64, generator=g) > 0.1).float())
+    yield "SmallCNN, batch 256", model, p, x
+
+
+def bench_export(formats: Sequence[str] = ("torchscript", "onnx"), repeat: int = 30, seed: int = 0) -> List[Dict]:
+    """Per case and format: median latency of the exported plain and debiased modules and
+    their ratio (bar: debiased <= 1.05x plain), the export check's largest output
+    difference, and the unfolded debiased module in eager torch for comparison."""
+    from ..export import export, load_exported
+
+    rows = []
+    with tempfile.TemporaryDirectory() as d:
+        for name, plain, debiased, x in _cases(seed):
+            eager = debiased.model_ if hasattr(debiased, "model_") else debiased  # hooks and masks as fitted
+            with torch.no_grad():
+                t_plain_eager, t_eager = _alternate([lambda: plain(x), lambda: eager(x)], repeat)
+            rows.append({"kernel": "export", "impl": f"{name}: debiased, unfolded (eager torch)", "n": len(x),
+                         "seconds": t_eager, "x_plain": t_eager / t_plain_eager,
+                         "bar": f"{t_eager / t_plain_eager:.2f}x the plain module in eager torch"})
+            for fmt in formats:
+                a = export(plain, Path(d) / f"plain.{fmt}", format=fmt, example=x)
+                b = export(debiased, Path(d) / f"debiased.{fmt}", format=fmt, example=x)
+                run_a, run_b = load_exported(a["path"], fmt), load_exported(b["path"], fmt)
+                ta, tb = _alternate([lambda: run_a(x), lambda: run_b(x)], repeat)
+                rows.append({"kernel": "export", "impl": f"{name}: debiased, {fmt}", "n": len(x), "seconds": tb,
+                             "plain_seconds": ta, "x_plain": tb / ta, "max_abs_diff": b["max_abs_diff"],
+                             "bar": f"{tb / ta:.2f}x the plain module in {fmt} (bar <= 1.05x); outputs within "
+                                    f"{b['max_abs_diff']:.1e}"})
+    return rows
