@@ -120,7 +120,8 @@ def export(module, path: Union[str, os.PathLike], format: str = "torchscript", e
     plain = fold(module)
     source = module if isinstance(module, nn.Module) else module.model_  # a PClArC: its hooked model
     x = _example(plain, example)
-    source.eval()
+    was_training = source.training
+    source.eval()  # compared in eval mode, as exported; the caller's mode is restored below
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = {"torchscript": ".pt", "export": ".pt2", "onnx": ".onnx"}[format]  # what each loader expects
@@ -139,6 +140,7 @@ def export(module, path: Union[str, os.PathLike], format: str = "torchscript", e
             diff = max(diff, float((got.to(ref.dtype) - ref).abs().max()))
         os.replace(tmp, path)
     finally:
+        source.train(was_training)
         if tmp.exists():
             tmp.unlink()
     n_masked = sum(isinstance(m, MaskedLinear) for m in source.modules())

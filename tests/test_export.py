@@ -68,7 +68,10 @@ def test_model_round_trip(tmp_path, fmt):
     model = SmallCNN(n_classes=3, in_channels=1).eval()
     model.head = MaskedLinear.from_linear(model.head, mask=(torch.arange(model.head.in_features) % 4 > 0).float())
     x = torch.rand(6, 1, 28, 28)
+    model.train()
     out = export(model, tmp_path / "model", format=fmt, example=x)
+    assert model.training  # compared in eval mode, the caller's mode restored
+    model.eval()
     run = load_exported(out["path"], fmt)
     x2 = torch.rand(2, 1, 28, 28)
     torch.testing.assert_close(run(x2), model(x2).detach(), rtol=1e-5, atol=1e-5)

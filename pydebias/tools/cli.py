@@ -228,6 +228,10 @@ def _cmd_bench(args) -> int:
         rows = bench_kernels.bench_identification(n=(args.rows or [2_000_000])[0],
                                                path=os.path.join(args.dir, "planted_e2e.npy") if args.dir else None,
                                                keep_file=args.keep_files)
+    elif args.gpu:
+        from .bench_gpu import bench_gpu
+
+        rows = bench_gpu()
     elif args.distributed:
         from .bench_distributed import bench_distributed_medians
 
@@ -348,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--e2e", action="store_true",
                    help="instead: NeuronTune identification end to end on a float16 memmap of 2,000,000 x 1,024 "
                         "(a 4 GB file, written first) against one read of the file")
+    b.add_argument("--gpu", action="store_true",
+                   help="instead: the Triton kernels on a CUDA device as fractions of its copy bandwidth and of cuBLAS "
+                        "(bench/gpu.sh runs it with the GPU tests)")
     b.add_argument("--distributed", action="store_true",
                    help="instead: grouped moments + exact medians across 4 gloo processes of 500,000 x 512 rows each "
                         "(4 GB in memory) against one process's local pass")
@@ -369,7 +376,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     try:
         return args.fn(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as e:
         print(f"pydebias: error: {e}", file=sys.stderr)
         return 2
 
