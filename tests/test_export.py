@@ -165,6 +165,10 @@ def test_top_level_name_and_command_line(tmp_path, capsys):
     xi = torch.rand(3, 1, 28, 28)
     torch.testing.assert_close(load_exported(tmp_path / "m.pt2", "export")(xi), model(xi).detach(), rtol=1e-5,
                                atol=1e-5)
+    torch.save(head.state_dict(), tmp_path / "masked_state.pt")  # a MaskedLinear's: the mask is applied
+    assert main(["export", str(tmp_path / "masked_state.pt"), str(tmp_path / "masked.pt")]) == 0
+    torch.testing.assert_close(load_exported(tmp_path / "masked.pt", "torchscript")(x), head(x).detach(),
+                               rtol=1e-5, atol=1e-5)
     assert main(["export", str(tmp_path / "missing.pt"), str(tmp_path / "x.pt")]) == 2
     assert "source" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "model_full.pt"), str(tmp_path / "x.pt"), "--example-shape", "4x1"]) == 2

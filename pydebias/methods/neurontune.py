@@ -58,7 +58,7 @@ def neuron_deltas(features, labels, correct, n_classes: int, backend: str = "aut
     return delta, counts
 
 
-def dist_size(group) -> int:
+def _world_size(group) -> int:
     import torch.distributed as dist
 
     return dist.get_world_size(group)
@@ -234,7 +234,7 @@ class NeuronTune(EmbeddingMethod):
         self.delta_ = np.array([[np.nan if v is None else v for v in row] for row in rounds[-1]["delta"]])
         report: Dict = {"method": "NeuronTune", "retrain_on": self.retrain_on,
                         "params": {**self.get_params(), "process_group": None if self.process_group is None
-                                   else f"{dist_size(self.process_group)} ranks"},
+                                   else f"{_world_size(self.process_group)} ranks"},
                         "rounds": rounds, "sfit": rounds[0]["sfit"],
                         "n_identification": n_ident, "n_tune": len(tune)}
         result = current

@@ -266,9 +266,12 @@ def _cmd_export(args) -> int:
         if obj.get("weight") is None or torch.as_tensor(obj["weight"]).dim() != 2:
             raise ValueError(f"source: {args.source!r} holds a dict without a 2-d 'weight'; save a linear head's "
                              "state_dict() or the module itself")
+        from ..nn import MaskedLinear
+
         w = torch.as_tensor(obj["weight"])
-        head = torch.nn.Linear(w.shape[1], w.shape[0], bias=obj.get("bias") is not None, dtype=w.dtype)
-        head.load_state_dict({k: v for k, v in obj.items() if k in ("weight", "bias")})
+        kind = MaskedLinear if obj.get("mask") is not None else torch.nn.Linear  # a masked head keeps its mask
+        head = kind(w.shape[1], w.shape[0], bias=obj.get("bias") is not None, dtype=w.dtype)
+        head.load_state_dict({k: v for k, v in obj.items() if k in ("weight", "bias", "mask")})
         obj = head
     example = None
     if args.example_shape:
