@@ -6,7 +6,8 @@ for conv maps); ``fit_cav`` turns activations and concept labels into a unit dir
 The ``"signal"`` (pattern) CAV, ``cov(a, t) / var(t)``, is RR-ClArC's default: it
 estimates the direction the concept *adds* to the activations, where a classifier's
 weight vector (``"ridge"``, ``"logistic"``, ``"svm"``, ``"lasso"``) estimates the
-direction that best *separates* it and can diverge from it under correlated noise. Evidence: docs/methods.md, RR-ClArC.
+direction that best *separates* it and can diverge from it under correlated noise.
+Evidence: docs/methods.md, RR-ClArC.
 """
 from __future__ import annotations
 

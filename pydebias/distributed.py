@@ -40,8 +40,9 @@ def all_reduce(a: np.ndarray, op: str, group) -> np.ndarray:
 
 
 def agree(error: Optional[BaseException], group) -> None:
-    """Raise on every rank if any rank hit an error (the first rank's message): a rank
-    that raised alone would leave the others waiting in their next reduction."""
+    """Raise on every rank if any rank hit an error (the highest such rank raises its own,
+    the others a ``ValueError`` naming it): a rank that raised alone would leave the
+    others waiting in their next reduction."""
     flag = all_reduce(np.array([0 if error is None else 1 + dist.get_rank(group)], np.int64), "max", group)
     if flag[0] == 0:
         return

@@ -382,3 +382,19 @@ def test_rrclarc_lam_auto_picks_by_held_out_rows(lam_score):
         RRClArC(lam="auto", lams=()).fit(model, train, concepts=c)
     with pytest.raises(ValueError, match="lam_score"):
         RRClArC(lam="auto", lam_score="best").fit(model, train, concepts=c)
+
+
+def test_study_table_shows_the_cav_cosine_and_the_picked_lams():
+    from pydebias.tools.clarc_study import clarc_markdown
+
+    def fig(wg, **kw):
+        return {"clean": 0.8, "attacked": 0.7, "worst_group": wg, "mean": 0.8, "seconds": 1.0, **kw}
+
+    rows = [{"benchmark": "fashion-square", "backbone": "cnn", "seed": s, "ERM": fig(0.1),
+             "RR-ClArC, lam=auto": fig(0.4 + s / 10, cav_cosine=1.0, lam_auto={"lam": lam}),
+             "RR-ClArC, cav=svm": fig(0.2, cav_cosine=0.25)} for s, lam in ((0, 1000.0), (1, 10.0))]
+    md = clarc_markdown(rows, [0, 1])
+    assert "| CAV cos |" in md
+    assert "| fashion-square | cnn | RR-ClArC, lam=auto (picked λ = 1000 / 10) | 80.0 | 70.0 | 45.0 |" in md
+    assert "| fashion-square | cnn | RR-ClArC, cav=svm | 80.0 | 70.0 | 20.0 | – | – | 0.25 | 1 |" in md
+    assert "| fashion-square | cnn | ERM | 80.0 | 70.0 | 10.0 | – | – | – | 1 |" in md
