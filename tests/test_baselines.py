@@ -118,3 +118,35 @@ def test_jtt_up_weight_word_is_checked():
     d = planted(n_train=300, n_val=100, n_test=100, seed=0)
     with pytest.raises(ValueError, match="up_weight.*'balanced'"):
         JTT(up_weight="auto").fit(d["train"])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_memmap_head_is_trained_in_chunks_like_the_array(tmp_path, monkeypatch, dtype, optimizer):
+    import pydebias._arrays as arrays
+
+    rng = np.random.default_rng(0)
+    n, m = 3000, 24
+    x = (rng.standard_normal((n, m)) + 3.0).astype(dtype)
+    y = (x[:, 0] + 0.5 * x[:, 1] > 4.5).astype(np.int64)
+    w = rng.random(n) + 0.5
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=dtype, shape=(n, m))
+    mm[:] = x
+    mm.flush()
+    mm = np.load(tmp_path / "x.npy", mmap_mode="r")
+    kw = dict(sample_weight=w, l2=1e-3, optimizer=optimizer, epochs=30, seed=0, feature_mask=(np.arange(m) != 5))
+    ref = train_linear_head(x, y, 2, **kw)
+    monkeypatch.setattr(arrays, "default_chunk_rows", lambda *a, **k: 700)  # several chunks, one short
+    got = train_linear_head(mm, y, 2, **kw)
+    assert torch.all(got.weight[:, 5] == 0)
+    atol = 1e-3 if optimizer == "lbfgs" else 2e-3
+    torch.testing.assert_close(got.weight, ref.weight, rtol=1e-2, atol=atol)
+    torch.testing.assert_close(got.bias, ref.bias, rtol=1e-2, atol=atol)
+
+
+def test_out_of_core_bench_reports_memory(tmp_path):
+    from pydebias.tools.bench_ooc import bench_head_memmap
+
+    row, = bench_head_memmap(n=4000, m=32, epochs=2, directory=str(tmp_path))
+    assert row["file_bytes"] == 4000 * 32 * 2 and row["seconds"] > 0 and row["peak_anonymous_bytes"] > 0
+    assert list(tmp_path.iterdir()) == []  # the memmap is removed

@@ -38,7 +38,9 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
 
     ``optimizer="lbfgs"`` runs full-batch L-BFGS for at most ``epochs`` iterations
     (deterministic, best for up to ~10^6 x 10^3 in memory); ``"adam"`` runs
-    ``epochs`` epochs of minibatches of ``batch_size``. ``feature_mask`` is an input
+    ``epochs`` epochs of minibatches of ``batch_size``. An ``np.memmap`` is streamed:
+    standardised from one native statistics pass, each L-BFGS evaluation summed over
+    64 MB row chunks, so memory stays at a chunk plus the head. ``feature_mask`` is an input
     mask (M,) — the neuron is zeroed for every class — or a per-class weight mask
     (C, M) zeroing ``W[c, i]``; masked weights are exactly 0 in the returned head.
     The penalty is ``l2 * ||W - W_anchor||^2`` in standardised units (``anchor``
@@ -56,7 +58,10 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
         raise ValueError("labels: no training samples")
     if int(y.max()) >= n_classes:
         raise ValueError(f"labels: found class {int(y.max())} >= n_classes={n_classes}")
-    x = _arrays.as_tensor(features).to(torch.float32)
+    # a memmap is read in row chunks at every evaluation, never converted whole (a float32
+    # copy of 2,000,000 x 1,024 is 8 GB); in-memory input is converted once, as before
+    streamed = isinstance(features, np.memmap)
+    x = features if streamed else _arrays.as_tensor(features).to(torch.float32)
     n, m = x.shape
     w = torch.ones(n, dtype=torch.float32) if sample_weight is None else \
         torch.as_tensor(np.asarray(sample_weight), dtype=torch.float32)
@@ -66,13 +71,20 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
     if keep.shape not in ((m,), (n_classes, m)):
         raise ValueError(f"feature_mask: expected shape ({m},) or ({n_classes}, {m}), got {tuple(keep.shape)}")
     keep = keep.expand(n_classes, m)
-    if standardize:
+    if standardize and streamed:  # one native pass over the file (float64 sums)
+        from ..stats import neuron_stats
+
+        st = neuron_stats(x, groups=np.zeros(n, np.int64), n_groups=1, quantiles=())
+        mu = torch.from_numpy(st.mean.reshape(m)).float()
+        sd = torch.from_numpy(st.std.reshape(m)).float().clamp_min(1e-6) if n > 1 else torch.ones(m)
+    elif standardize:
         mu = x.mean(0)
         sd = x.std(0).clamp_min(1e-6) if n > 1 else torch.ones(m)
     else:
         mu, sd = torch.zeros(m), torch.ones(m)
     if not (torch.isfinite(mu).all() and torch.isfinite(sd).all()):
-        raise ValueError(f"features: values up to {float(x.abs().max()):.3g} overflow float32 arithmetic "
+        big = float(np.abs(x).max()) if streamed else float(x.abs().max())
+        raise ValueError(f"features: values up to {big:.3g} overflow float32 arithmetic "
                          "(or are NaN / inf); rescale them before training a head")
     gen = torch.Generator().manual_seed(seed)
     lin = nn.Linear(m, n_classes)
@@ -96,7 +108,26 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
         ce = nn.functional.cross_entropy(logits, yb, reduction="none")
         return (ce * wb).sum() / wb.sum() + l2 * ((lin.weight * keep - center) ** 2).sum()
 
-    if optimizer == "lbfgs":
+    if optimizer == "lbfgs" and streamed:
+        opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=epochs, history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
+        chunk = _arrays.default_chunk_rows(m, x.dtype.itemsize)
+        w_total = w.sum()
+
+        def closure():  # the same loss, summed chunk by chunk (gradients accumulate)
+            opt.zero_grad()
+            total = torch.zeros(())
+            for sl in _arrays.row_chunks(n, chunk):
+                zb = (torch.from_numpy(np.array(x[sl], dtype=np.float32)) - mu) / sd  # a copy: the map is read-only
+                logits = zb @ (lin.weight * keep).T + lin.bias
+                part = (nn.functional.cross_entropy(logits, y[sl], reduction="none") * w[sl]).sum() / w_total
+                part.backward()
+                total += part.detach()
+            pen = l2 * ((lin.weight * keep - center) ** 2).sum()
+            pen.backward()
+            return total + pen.detach()
+        opt.step(closure)
+    elif optimizer == "lbfgs":
         opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=epochs, history_size=20,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
         # Standardised once, not at every evaluation: each made two n x m temporaries and
@@ -116,8 +147,9 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
             perm = torch.randperm(n, generator=gen)
             for s in range(0, n, batch_size):
                 idx = perm[s:s + batch_size]
+                xb = torch.from_numpy(np.asarray(x[idx.numpy()], dtype=np.float32)) if streamed else x[idx]
                 opt.zero_grad()
-                loss_on((x[idx] - mu) / sd, y[idx], w[idx]).backward()
+                loss_on((xb - mu) / sd, y[idx], w[idx]).backward()
                 opt.step()
     # fold: ((x - mu) / sd) @ (W * keep).T + b  ==  x @ W'.T + (b - W' mu),  W' = W * keep / sd
     head = nn.Linear(m, n_classes)
