@@ -397,10 +397,9 @@ def _neuron_stats_distributed(features, labels, correct, groups, n_groups, n_cla
     lib = backends.native()
     acc = {}
 
-    def collect(lo, hi, mass, expect):
+    def collect(lo, hi, mass, expect, wide):
         """One pass: the counts and kept values against the brackets, and (memory-resident
         rows) the moments in the same read."""
-        wide = _arrays.native_view(features[:0])[1] == _arrays.F64
         cnt, keep, off, fill = _keep_space(expect, wide, G)
         if moments and _in_memory_rows(features):
             acc.update(count=np.zeros(G, np.int64), s1=np.zeros((G, m)), s2=np.zeros((G, m)),
@@ -438,7 +437,7 @@ def _neuron_stats_distributed(features, labels, correct, groups, n_groups, n_cla
 def _quantiles_distributed(lib, features, g, G, levels, group, local_count, collect):
     """(lower, higher), each (Q, G, M) float64, of the union of every rank's rows.
 
-    ``collect(lo, hi, mass, expect)`` runs this rank's one counting pass against the
+    ``collect(lo, hi, mass, expect, wide)`` runs this rank's one counting pass against the
     brackets and returns ``(cnt, keep, off, fill)`` as the C++ kernels fill them;
     ``local_count`` (G,) this rank's rows per group."""
     from . import distributed as D
@@ -450,7 +449,7 @@ def _quantiles_distributed(lib, features, g, G, levels, group, local_count, coll
     lo, hi, mass, expect, wide = _brackets_distributed(features, g, G, count, ranks, group)
     error = None
     try:
-        cnt, keep, off, fill = collect(lo, hi, mass, expect)
+        cnt, keep, off, fill = collect(lo, hi, mass, expect, wide)
         # this rank's kept values as (cell, value), cell = flat (level, group, neuron)
         sizes = np.where(fill >= 0, fill, 0)
         cells = np.repeat(np.arange(Q * G * m), sizes)
@@ -524,7 +523,7 @@ def _brackets_distributed(features, g, G, count, ranks, group):
     idx = np.flatnonzero(take)
     arr, code = _arrays.native_view(features)
     wide = code == _arrays.F64
-    rows = np.take(arr, idx, axis=0).astype(np.float64 if wide else np.float32)
+    rows = np.take(arr, idx, axis=0).astype(np.float64 if wide else np.float32, copy=False)
     D.agree(ValueError(_NAN_MESSAGE) if np.isnan(rows).any() else None, group)  # every rank, before any other reduction
     gs = g[idx]
     c2 = D.all_reduce(np.bincount(gs, minlength=G)[:G].astype(np.int64), "sum", group)

@@ -68,3 +68,6 @@ def test_gpu_bench_says_when_there_is_no_cuda(capsys):
     with pytest.raises(RuntimeError, match="no CUDA device"):
         bench_gpu()
     assert main(["bench", "--gpu"]) == 2 and "no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the "instead" modes exclude each other
+        main(["bench", "--gpu", "--distributed"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -4,27 +4,13 @@ undebiased ones in the same format, timed alternately in one run."""
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 
-
-def _alternate(fns: Sequence, repeat: int, warmup: int = 3) -> List[float]:
-    """Median seconds of each callable, called in turn ``repeat`` times so that drift hits all."""
-    for fn in fns:
-        for _ in range(warmup):
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            t = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t)
-    return [float(np.median(t)) for t in times]
+from .timing import alternating_medians
 
 
 def _cases(seed: int):
@@ -61,7 +47,7 @@ def bench_export(formats: Sequence[str] = ("torchscript", "onnx"), repeat: int =
         for name, plain, debiased, x in _cases(seed):
             eager = debiased.model_ if hasattr(debiased, "model_") else debiased  # hooks and masks as fitted
             with torch.no_grad():
-                t_plain_eager, t_eager = _alternate([lambda: plain(x), lambda: eager(x)], repeat)
+                t_plain_eager, t_eager = alternating_medians([lambda: plain(x), lambda: eager(x)], repeat, warmup=3)
             rows.append({"kernel": "export", "impl": f"{name}: debiased, unfolded (eager torch)", "n": len(x),
                          "seconds": t_eager, "x_plain": t_eager / t_plain_eager,
                          "bar": f"{t_eager / t_plain_eager:.2f}x the plain module in eager torch"})
@@ -69,7 +55,7 @@ def bench_export(formats: Sequence[str] = ("torchscript", "onnx"), repeat: int =
                 a = export(plain, Path(d) / f"plain.{fmt}", format=fmt, example=x)
                 b = export(debiased, Path(d) / f"debiased.{fmt}", format=fmt, example=x)
                 run_a, run_b = load_exported(a["path"], fmt), load_exported(b["path"], fmt)
-                ta, tb = _alternate([lambda: run_a(x), lambda: run_b(x)], repeat)
+                ta, tb = alternating_medians([lambda: run_a(x), lambda: run_b(x)], repeat, warmup=3)
                 rows.append({"kernel": "export", "impl": f"{name}: debiased, {fmt}", "n": len(x), "seconds": tb,
                              "plain_seconds": ta, "x_plain": tb / ta, "max_abs_diff": b["max_abs_diff"],
                              "bar": f"{tb / ta:.2f}x the plain module in {fmt} (bar <= 1.05x); outputs within "

@@ -13,25 +13,16 @@ without CUDA it says so. With ``device="cpu"`` and ``TRITON_INTERPRET=1`` the sa
 runs on tiny sizes (how the tests check the harness)."""
 from __future__ import annotations
 
-import time
 from typing import Callable, Dict, List
 
-import numpy as np
 import torch
+
+from .timing import median_time
 
 
 def _timed(fn: Callable, device: str, repeat: int) -> float:
-    """Median seconds of ``repeat`` calls after one warm-up (synchronised on CUDA)."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    """Median seconds of ``repeat`` calls after one warm-up, synchronised on CUDA."""
+    return median_time(fn, repeat, 1, torch.cuda.synchronize if device.startswith("cuda") else None)
 
 
 def bench_gpu(device: str = "cuda", n: int = 4_000_000, m: int = 512, classes: int = 10, k_masks: int = 16,

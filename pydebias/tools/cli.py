@@ -349,16 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="kernel speed as ratios to one read of the input and to baselines")
     b.add_argument("--json", help="also write the table as JSON to this path")
     b.add_argument("--quick", action="store_true", help="small sizes (a smoke run, not the bar)")
-    b.add_argument("--large", action="store_true",
+    mode = b.add_mutually_exclusive_group()  # each runs instead of the kernel table
+    mode.add_argument("--large", action="store_true",
                    help="instead: clustering pipeline on float32 memmaps of 10^5-10^7 x 256 rows, streamed "
                         "(writes files of up to 10 GB; see docs/performance.md)")
-    b.add_argument("--e2e", action="store_true",
+    mode.add_argument("--e2e", action="store_true",
                    help="instead: NeuronTune identification end to end on a float16 memmap of 2,000,000 x 1,024 "
                         "(a 4 GB file, written first) against one read of the file")
-    b.add_argument("--gpu", action="store_true",
+    mode.add_argument("--gpu", action="store_true",
                    help="instead: the Triton kernels on a CUDA device as fractions of its copy bandwidth and of cuBLAS "
                         "(bench/gpu.sh runs it with the GPU tests)")
-    b.add_argument("--distributed", action="store_true",
+    mode.add_argument("--distributed", action="store_true",
                    help="instead: grouped moments + exact medians across 4 gloo processes of 500,000 x 512 rows each "
                         "(4 GB in memory) against one process's local pass")
     b.add_argument("--rows", type=int, nargs="+",
