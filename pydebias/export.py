@@ -74,8 +74,9 @@ def _run(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return module(x)
 
 
-def load_exported(path, format: str):
-    """A callable ``f(x: Tensor) -> Tensor`` running the file ``export`` wrote."""
+def load_exported(path, format: str, onnx_options=None):
+    """A callable ``f(x: Tensor) -> Tensor`` running the file ``export`` wrote;
+    ``onnx_options``: an ``onnxruntime.SessionOptions`` for the ONNX session."""
     check_choice(format, "format", FORMATS)
     path = str(path)
     if format == "torchscript":
@@ -86,7 +87,7 @@ def load_exported(path, format: str):
         return lambda x: _run(m, x)
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(path, sess_options=onnx_options, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return lambda x: torch.from_numpy(sess.run(None, {name: x.detach().cpu().numpy()})[0])
 

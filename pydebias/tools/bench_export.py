@@ -36,6 +36,19 @@ def _cases(seed: int):
     yield "SmallCNN, batch 256", model, p, x
 
 
+def _quiet_onnx():
+    """Session options whose threads sleep between calls: two sessions timed in turn
+    otherwise spin-wait against each other on a small machine (measured: 0.98x and 1.47x
+    for identical graphs in two runs)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def bench_export(formats: Sequence[str] = ("torchscript", "onnx"), repeat: int = 30, seed: int = 0) -> List[Dict]:
     """Per case and format: median latency of the exported plain and debiased modules and
     their ratio (bar: debiased <= 1.05x plain), the export check's largest output
@@ -54,7 +67,7 @@ def bench_export(formats: Sequence[str] = ("torchscript", "onnx"), repeat: int =
             for fmt in formats:
                 a = export(plain, Path(d) / f"plain.{fmt}", format=fmt, example=x)
                 b = export(debiased, Path(d) / f"debiased.{fmt}", format=fmt, example=x)
-                run_a, run_b = load_exported(a["path"], fmt), load_exported(b["path"], fmt)
+                run_a, run_b = load_exported(a["path"], fmt, _quiet_onnx()), load_exported(b["path"], fmt, _quiet_onnx())
                 ta, tb = alternating_medians([lambda: run_a(x), lambda: run_b(x)], repeat, warmup=3)
                 rows.append({"kernel": "export", "impl": f"{name}: debiased, {fmt}", "n": len(x), "seconds": tb,
                              "plain_seconds": ta, "x_plain": tb / ta, "max_abs_diff": b["max_abs_diff"],
