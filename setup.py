@@ -12,6 +12,8 @@ if sys.platform == "darwin":  # Apple clang takes OpenMP only through -Xpreproce
     extra_link = ["-lomp"]
 if os.environ.get("PYDEBIAS_NATIVE_ARCH") == "1":  # opt-in: the wheel must run on any x86-64
     extra_compile.append("-march=native")
+if os.environ.get("PYDEBIAS_NO_AVX512_BUILD") == "1":  # bench/test build: AVX2 at most, as on a CPU without AVX-512
+    extra_compile.append("-DPYDEBIAS_NO_AVX512_BUILD")
 if os.environ.get("PYDEBIAS_SANITIZE") == "1":  # the test suite's ASan + UBSan build (tests/test_sanitizers.py)
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
     extra_compile = [f for f in extra_compile if f != "-O3"] + ["-O1", "-g"] + sanitize

@@ -19,7 +19,11 @@
 
 // Hot loops are compiled for AVX-512, AVX2 and baseline x86-64; the loader picks one at
 // run time, so one wheel runs on any x86-64 and still uses the wide units where present.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(PYDEBIAS_NO_AVX512_BUILD)
+// PYDEBIAS_NO_AVX512_BUILD=1 at build time: no AVX-512 clone, cpu_has_avx512() false; how
+// the end-to-end bench measures a CPU without AVX-512 on one that has it
+#define PYDEBIAS_CLONES __attribute__((target_clones("avx2", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PYDEBIAS_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define PYDEBIAS_CLONES
@@ -32,8 +36,12 @@ namespace pydebias {
 // PYDEBIAS_NO_AVX512=1 hides AVX-512 so the AVX2 and generic paths can be tested on an
 // AVX-512 machine; it is read at each call, so a test may set it in-process.
 inline bool cpu_has_avx512() {
+#ifdef PYDEBIAS_NO_AVX512_BUILD
+    return false;
+#else
     static const bool yes = __builtin_cpu_supports("avx512f");
     return yes && !std::getenv("PYDEBIAS_NO_AVX512");
+#endif
 }
 inline bool cpu_has_avx2() {
     static const bool yes = __builtin_cpu_supports("avx2");

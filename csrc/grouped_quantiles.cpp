@@ -30,8 +30,10 @@ namespace pydebias {
 
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(PYDEBIAS_NO_AVX512_BUILD)
 #define PYDEBIAS_K2_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PYDEBIAS_K2_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define PYDEBIAS_K2_CLONES
 #endif

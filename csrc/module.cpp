@@ -8,6 +8,7 @@
 #include "linear.h"
 #include "dispersion.h"
 #include "grouped_quantiles.h"
+#include "radix.h"
 
 namespace py = pybind11;
 using namespace pydebias;
@@ -239,6 +240,117 @@ void py_widen(py::array in, int elem, py::array out) {
     widen(p, static_cast<Elem>(elem), o, n);
 }
 
+// Cell regions [off[c], off[c] + live[c]) must lie inside an array of `size` elements.
+void check_regions(py::array& off, py::array& live, int64_t size, int64_t n_cells) {
+    const int64_t* o = checked<int64_t>(off, "off", -1, false);
+    const int64_t* l = checked<int64_t>(live, "live", n_cells, false);
+    if (off.size() < n_cells) throw py::value_error("off: expected at least one offset per cell");
+    for (int64_t c = 0; c < n_cells; ++c)
+        if (o[c] < 0 || l[c] < 0 || o[c] + l[c] > size)
+            throw py::value_error("off, live: cell " + std::to_string(c) + " reaches outside the array");
+}
+
+void py_radix_keys(py::array values, py::array keys) {
+    const bool wide = values.itemsize() == 8;
+    if (!(values.flags() & py::array::c_style) || (values.itemsize() != 4 && !wide))
+        throw py::type_error("values: expected a C-contiguous float32 or float64 array");
+    void* k = wide ? static_cast<void*>(checked<uint64_t>(keys, "keys", values.size(), true))
+                   : static_cast<void*>(checked<uint32_t>(keys, "keys", values.size(), true));
+    const void* v = values.data();
+    const int64_t n = values.size();
+    py::gil_scoped_release nogil;
+    radix_keys(v, wide ? Elem::F64 : Elem::F32, n, k);
+}
+
+template <typename K>
+void key_range_typed(py::array& keys, py::array& off, py::array& live, py::array& kmin, py::array& kmax) {
+    const int64_t n_cells = live.size();
+    check_regions(off, live, keys.size(), n_cells);
+    const K* k = checked<K>(keys, "keys", -1, false);
+    const int64_t* o = checked<int64_t>(off, "off", -1, false);
+    const int64_t* l = checked<int64_t>(live, "live", n_cells, false);
+    K* lo = checked<K>(kmin, "kmin", n_cells, true);
+    K* hi = checked<K>(kmax, "kmax", n_cells, true);
+    py::gil_scoped_release nogil;
+    key_range<K>(k, o, l, n_cells, lo, hi);
+}
+
+void py_key_range(py::array keys, py::array off, py::array live, py::array kmin, py::array kmax) {
+    if (keys.itemsize() != 4 && keys.itemsize() != 8) throw py::type_error("keys: expected uint32 or uint64");
+    if (keys.itemsize() == 4)
+        key_range_typed<uint32_t>(keys, off, live, kmin, kmax);
+    else
+        key_range_typed<uint64_t>(keys, off, live, kmin, kmax);
+}
+
+template <typename K>
+void radix_round_typed(py::array& keys, py::array& off, py::array& live, py::array& base, py::array& span,
+                       py::array& prefix, int shift, int digit_bits, py::array& hist) {
+    K* k = checked<K>(keys, "keys", -1, true);
+    const int64_t n_cells = live.size();
+    check_regions(off, live, keys.size(), n_cells);
+    const int64_t* o = checked<int64_t>(off, "off", -1, false);
+    int64_t* l = checked<int64_t>(live, "live", n_cells, true);
+    const K* b = checked<K>(base, "base", n_cells, false);
+    const K* sp = checked<K>(span, "span", n_cells, false);
+    const K* p = checked<K>(prefix, "prefix", n_cells, false);
+    int32_t* h = checked<int32_t>(hist, "hist", n_cells << digit_bits, true);
+    py::gil_scoped_release nogil;
+    radix_round<K>(k, o, l, b, sp, p, n_cells, shift, digit_bits, h);
+}
+
+void py_radix_round(py::array keys, py::array off, py::array live, py::array base, py::array span, py::array prefix,
+                    int shift, int digit_bits, py::array hist) {
+    const int bits = static_cast<int>(keys.itemsize()) * 8;
+    if (bits != 32 && bits != 64) throw py::type_error("keys: expected uint32 or uint64");
+    if (prefix.itemsize() != keys.itemsize() || base.itemsize() != keys.itemsize() ||
+        span.itemsize() != keys.itemsize())
+        throw py::type_error("base, span, prefix: expected the keys' unsigned type");
+    if (digit_bits < 1 || digit_bits > 16) throw py::value_error("digit_bits: expected 1 to 16");
+    if (shift < 0 || shift + digit_bits > bits) throw py::value_error("shift: the digit must lie inside the key");
+    if (bits == 32)
+        radix_round_typed<uint32_t>(keys, off, live, base, span, prefix, shift, digit_bits, hist);
+    else
+        radix_round_typed<uint64_t>(keys, off, live, base, span, prefix, shift, digit_bits, hist);
+}
+
+void py_radix_choose(py::array hist, int digit_bits, int shift, py::array k, py::array prefix) {
+    const int64_t n_cells = k.size();
+    if (digit_bits < 1 || digit_bits > 16) throw py::value_error("digit_bits: expected 1 to 16");
+    const int32_t* h = checked<int32_t>(hist, "hist", n_cells << digit_bits, false);
+    int64_t* kk = checked<int64_t>(k, "k", n_cells, true);
+    const int bits = static_cast<int>(prefix.itemsize()) * 8;
+    if ((bits != 32 && bits != 64) || shift < 0 || shift + digit_bits > bits)
+        throw py::value_error("prefix, shift: expected uint32/uint64 prefixes and a digit inside them");
+    if (bits == 32) {
+        uint32_t* p = checked<uint32_t>(prefix, "prefix", n_cells, true);
+        py::gil_scoped_release nogil;
+        radix_choose<uint32_t>(h, n_cells, digit_bits, shift, kk, p);
+    } else {
+        uint64_t* p = checked<uint64_t>(prefix, "prefix", n_cells, true);
+        py::gil_scoped_release nogil;
+        radix_choose<uint64_t>(h, n_cells, digit_bits, shift, kk, p);
+    }
+}
+
+int64_t py_count_bracket(py::array values, py::array off, py::array live, py::array lo, py::array hi,
+                         py::array out) {
+    const bool wide = values.itemsize() == 8;
+    if (!(values.flags() & py::array::c_style) || (values.itemsize() != 4 && !wide))
+        throw py::type_error("values: expected a C-contiguous float32 or float64 array");
+    const int64_t n_cells = live.size();
+    check_regions(off, live, values.size(), n_cells);
+    const int64_t* o = checked<int64_t>(off, "off", -1, false);
+    const int64_t* l = checked<int64_t>(live, "live", n_cells, false);
+    const double* a = checked<double>(lo, "lo", n_cells, false);
+    const double* b = checked<double>(hi, "hi", n_cells, false);
+    int64_t* c = checked<int64_t>(out, "out", 4 * n_cells, true);
+    const void* v = values.data();
+    py::gil_scoped_release nogil;
+    return count_bracket(v, wide ? Elem::F64 : Elem::F32, o, l, a, b, n_cells, c);
+}
+
+
 void py_linear_argmax(py::array x, int elem, py::array weight, py::array bias, py::array out) {
     const Elem e = checked_elem(x, elem, "x");
     const int64_t n = x.shape(0), m = x.shape(1);
@@ -290,6 +402,22 @@ PYBIND11_MODULE(_C, mod) {
             "clustering: add rows into per-class float64 sums (in place; thread- and chunk-invariant).");
     mod.def("widen", &py_widen, py::arg("x"), py::arg("elem"), py::arg("out"),
             "float16/bfloat16 bits (uint16) -> float32, exactly, into out (in place).");
+    mod.def("radix_keys", &py_radix_keys, py::arg("values"), py::arg("keys"),
+            "order-preserving uint32/uint64 keys of float32/float64 values, into keys (in place).");
+    mod.def("key_range", &py_key_range, py::arg("keys"), py::arg("off"), py::arg("live"), py::arg("kmin"),
+            py::arg("kmax"), "per cell region, the smallest and largest key, into kmin and kmax (in place).");
+    mod.def("radix_round", &py_radix_round, py::arg("keys"), py::arg("off"), py::arg("live"), py::arg("base"),
+            py::arg("span"), py::arg("prefix"), py::arg("shift"), py::arg("digit_bits"), py::arg("hist"),
+            "radix select round: per cell region, count the digit at shift of the keys (less the cell's base, "
+            "at most span) matching the prefix above it into hist and compact them (live updated in place).");
+    mod.def("radix_choose", &py_radix_choose, py::arg("hist"), py::arg("digit_bits"), py::arg("shift"),
+            py::arg("k"), py::arg("prefix"),
+            "radix select: per cell, the digit of the bin holding rank k into prefix at shift; k becomes the "
+            "rank within it (both in place).");
+    mod.def("count_bracket", &py_count_bracket, py::arg("values"), py::arg("off"), py::arg("live"), py::arg("lo"),
+            py::arg("hi"), py::arg("out"),
+            "per cell region, #(v < lo), #(v <= lo), #(v < hi), #(v <= hi) into out (4, cells); returns the "
+            "number of NaN values.");
     mod.def("linear_argmax", &py_linear_argmax, py::arg("x"), py::arg("elem"), py::arg("weight"),
             py::arg("bias"), py::arg("out"),
             "argmax_c(x . weight[c] + bias[c]) per row of float32/16-bit x, into out (in place).");

@@ -1,6 +1,8 @@
 """Zero-copy views between torch tensors, numpy arrays and memmaps, and row chunking."""
 from __future__ import annotations
 
+import os
+import tempfile
 import warnings
 from typing import Iterator, Optional, Tuple
 
@@ -98,3 +100,50 @@ def float32_rows(x, buffer: Optional[np.ndarray] = None) -> torch.Tensor:
             lib.widen(arr, code, out)
             return torch.from_numpy(out)
     return as_tensor(arr if code not in (F16, BF16) else x).to(torch.float32)
+
+
+def scratch_dir() -> str:
+    """Where out-of-core copies go: ``$PYDEBIAS_SCRATCH`` or the system temporary folder."""
+    return os.environ.get("PYDEBIAS_SCRATCH") or tempfile.gettempdir()
+
+
+def scratch_array(shape: Tuple[int, ...], dtype) -> np.memmap:
+    """A zero-filled ``np.memmap`` on a temporary file in :func:`scratch_dir`, for arrays
+    derived from a memmap (a row subset, z-scores) that must not be held in memory. The
+    file is unlinked at once where the OS allows it (POSIX), so it disappears with the
+    mapping, also when the process dies; elsewhere it is removed when the array is freed."""
+    import weakref
+
+    d = scratch_dir()
+    if not os.path.isdir(d):
+        raise ValueError(f"PYDEBIAS_SCRATCH: {d!r} is not a folder; create it or point it at one with free space")
+    fd, path = tempfile.mkstemp(prefix="pydebias-", suffix=".scratch", dir=d)
+    os.close(fd)
+    try:
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if size == 0:  # np.memmap cannot map an empty file
+            os.remove(path)
+            return np.zeros(shape, dtype=dtype)  # type: ignore[return-value]
+        out = np.memmap(path, dtype=dtype, mode="w+", shape=tuple(shape))
+    except BaseException:
+        os.remove(path)
+        raise
+    try:
+        os.remove(path)
+    except OSError:  # Windows: an open mapping keeps the file
+        weakref.finalize(out, os.remove, path)
+    return out
+
+
+def take_rows(x, index: np.ndarray):
+    """Rows ``index`` of x: a tensor or in-memory array copy, or for an ``np.memmap`` a
+    :func:`scratch_array` filled chunk by chunk (memory: one chunk)."""
+    if is_tensor(x):
+        return x[torch.from_numpy(index).to(x.device)]
+    if not isinstance(x, np.memmap):
+        return np.asarray(x[index])
+    out = scratch_array((index.size,) + tuple(x.shape[1:]), x.dtype)
+    step = default_chunk_rows(int(np.prod(x.shape[1:], dtype=np.int64)), x.dtype.itemsize)
+    for sl in row_chunks(index.size, step):
+        out[sl] = x[index[sl]]
+    return out

@@ -232,23 +232,27 @@ def _torch_chunk(chunk, dtype) -> torch.Tensor:
 
 
 def class_means(x, labels, n_classes: Optional[int] = None, chunk_rows: Optional[int] = None,
-                backend: str = "auto"):
+                backend: str = "auto", process_group=None):
     """Per-class means (C, M) float64 and counts (C,), one chunked pass (fp64 sums).
 
     A class with no samples gets a row of NaN (callers decide what that means); NaN or
     inf in ``x`` raises ``ValueError``. CPU input goes through the native class-sum
     kernel (``backend="auto"``/``"cpp"``; the same result for any chunking and thread
-    count), CUDA input through a one-hot fp64 GEMM in torch.
+    count), CUDA input through a one-hot fp64 GEMM in torch. ``process_group``: each rank
+    passes its rows (and the same ``n_classes``); sums and counts are summed over the
+    ranks by ``all_reduce``, so every rank gets the means of all the rows.
     """
     check_features(x, "x")
     y, C = _check_labels(x, labels, n_classes)
     which = backends.resolve(backend, x)
     counts = np.bincount(y, minlength=C)[:C]
+    sums = _class_sums_cpp(x, y, C, chunk_rows) if which == "cpp" else _class_sums_torch(x, y, C, chunk_rows)
+    if process_group is not None:
+        from .distributed import all_reduce
+
+        sums, counts = all_reduce(sums, "sum", process_group), all_reduce(counts, "sum", process_group)
     with np.errstate(invalid="ignore", divide="ignore"):
-        if which == "cpp":
-            means = _class_sums_cpp(x, y, C, chunk_rows) / counts[:, None]
-        else:
-            means = _class_sums_torch(x, y, C, chunk_rows) / counts[:, None]
+        means = sums / counts[:, None]
     bad = (counts > 0) & ~np.isfinite(means).all(1)
     if bad.any():
         raise ValueError(f"x: class {int(np.flatnonzero(bad)[0])} has rows with NaN or inf; "
@@ -335,7 +339,7 @@ class Dispersion:
 
 
 def dispersion(x, labels, n_classes: Optional[int] = None, means=None,
-               chunk_rows: Optional[int] = None, backend: str = "auto") -> Dispersion:
+               chunk_rows: Optional[int] = None, backend: str = "auto", process_group=None) -> Dispersion:
     """Per-class dispersion figures (see :class:`Dispersion`), one chunked pass over x
     (two when ``means`` is not given: the class means are computed first).
 
@@ -345,12 +349,14 @@ def dispersion(x, labels, n_classes: Optional[int] = None, means=None,
     and CUDA input through the torch GEMM expansion; ``"cpp"`` / ``"torch"`` force one.
     Both agree to float32 rounding; exact ties between class means go to the lower class
     id in both. NaN or inf in ``x`` raises ``ValueError`` naming the row.
+    ``process_group``: each rank passes its rows (and the same ``n_classes``); the means
+    and the per-class sums are over all ranks' rows, ``nearest`` is this rank's rows.
     """
     check_features(x, "x")
     y, C = _check_labels(x, labels, n_classes)
     which = backends.resolve(backend, x)
     if means is None:
-        means, _ = class_means(x, y, C, chunk_rows, backend=backend)
+        means, _ = class_means(x, y, C, chunk_rows, backend=backend, process_group=process_group)
     means = np.asarray(_arrays.to_numpy(means), dtype=np.float64)
     if means.shape != (C, x.shape[1]):
         raise ValueError(f"means: expected shape ({C}, {x.shape[1]}), got {means.shape}")
@@ -364,7 +370,12 @@ def dispersion(x, labels, n_classes: Optional[int] = None, means=None,
         sa, ss, no, nearest = _dispersion_cpp(x, y, C, means, present, chunk_rows)
     else:  # no Triton kernel: on CUDA, torch's GEMM is the fast path
         sa, ss, no, nearest = _dispersion_torch(x, y, C, means, present, chunk_rows)
-    return _dispersion_report(y, C, means, present, sa, ss, no, nearest)
+    count = np.bincount(y, minlength=C)[:C]
+    if process_group is not None:
+        from .distributed import all_reduce
+
+        count, sa, ss, no = (all_reduce(a, "sum", process_group) for a in (count, sa, ss, no))
+    return _dispersion_report(count, C, means, present, sa, ss, no, nearest)
 
 
 def _dispersion_cpp(x, y, C, means, present, chunk_rows):
@@ -425,8 +436,7 @@ def _dispersion_torch(x, y, C, means, present, chunk_rows):
     return (*(t.cpu().numpy() for t in (sum_a, sum_s, n_out)), nearest)
 
 
-def _dispersion_report(y, C, means, present, sa, ss, no, nearest) -> Dispersion:
-    count = np.bincount(y, minlength=C)[:C]
+def _dispersion_report(count, C, means, present, sa, ss, no, nearest) -> Dispersion:
     nan = np.full(C, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_d = np.where(count > 0, sa / count, np.nan)

@@ -450,29 +450,25 @@ def _quantiles_distributed(lib, features, g, G, levels, group, local_count, coll
     error = None
     try:
         cnt, keep, off, fill = collect(lo, hi, mass, expect, wide)
-        # this rank's kept values as (cell, value), cell = flat (level, group, neuron)
-        sizes = np.where(fill >= 0, fill, 0)
-        cells = np.repeat(np.arange(Q * G * m), sizes)
-        ends = np.cumsum(sizes)
-        vals = keep[np.arange(ends[-1] if sizes.size else 0) - np.repeat(ends - sizes - off[:-1], sizes)]
-        if np.isnan(vals).any():  # the kernels keep a NaN inside its bracket
-            raise ValueError(_NAN_MESSAGE)
+        # this rank's kept values: cell c = flat (level, group, neuron) holds keep[off[c]:][:sizes[c]]
+        sizes = np.where(fill >= 0, fill, 0).astype(np.int64)
+        # per cell, the kept values below the point mass (its copies are counted, not kept)
+        flat_mass = np.ascontiguousarray(mass.reshape(-1), np.float64)
+        counts = np.zeros((4, Q * G * m), np.int64)
+        if lib.count_bracket(keep, off, sizes, flat_mass, flat_mass, counts):
+            raise ValueError(_NAN_MESSAGE)  # the kernels keep a NaN inside its bracket
+        under_local = counts[0]
     except Exception as e:  # noqa: BLE001
         error = e
     D.agree(error, group)
-    below = D.all_reduce(cnt[0], "sum", group)
-    at = D.all_reduce(cnt[2], "sum", group)
     fill_ok = fill.reshape(Q, G, m) >= 0
-    kept = D.all_reduce(np.where(fill_ok, fill.reshape(Q, G, m), 0), "sum", group)
-    over = D.all_reduce((~fill_ok).astype(np.int64), "max", group) > 0
-    bits = 32 if keep.dtype == np.float32 else 64
-    # per cell, the kept values below the point mass (its copies are counted, not kept)
-    under_local = np.bincount(cells[vals < mass.reshape(-1)[cells]], minlength=Q * G * m) if vals.size \
-        else np.zeros(Q * G * m, np.int64)
-    under = D.all_reduce(under_local.astype(np.int64), "sum", group).reshape(Q, G, m)
-    keys, _ = D.keys(vals)
+    below, at, kept, over, under = D.all_reduce_many(
+        [cnt[0], cnt[2], np.where(fill_ok, fill.reshape(Q, G, m), 0), (~fill_ok).astype(np.int64),
+         under_local.reshape(Q, G, m)], "sum", group)
+    over = over > 0  # a rank's keep region overflowed
     out = np.full((2, Q, G, m), np.nan)
     missed = np.zeros((Q, G, m), bool)
+    targets = np.full((2, Q * G * m), -1, np.int64)  # both ranks' selections run together below
     for j in range(2):
         r = np.broadcast_to(ranks[..., j][..., None], (Q, G, m))
         k = r - below
@@ -481,19 +477,14 @@ def _quantiles_distributed(lib, features, g, G, levels, group, local_count, coll
         on_mass = ~miss & (k >= under) & (k < under + at)
         out[j][on_mass] = mass[on_mass]
         want = ~miss & ~on_mass & (count > 0)[None, :, None]
-        if j == 1:  # the higher rank equals the lower one (odd n at the median): already selected
-            same = np.broadcast_to((ranks[..., 1] == ranks[..., 0])[..., None], (Q, G, m)) & want & ~missed
-            out[1][same] = out[0][same]
-            want &= ~same
         kk = np.where(k >= under + at, k - at, k)
-        if want.any():
-            sel = np.flatnonzero(want.reshape(-1))
-            index = np.full(Q * G * m, -1, np.int64)
-            index[sel] = np.arange(sel.size)
-            mine = index[cells] >= 0
-            got = D.radix_select(keys[mine], index[cells[mine]], kk.reshape(-1)[sel], bits, group)
-            out[j].reshape(-1)[sel] = D.unkey(got, bits)
+        targets[j] = np.where(want.reshape(-1), kk.reshape(-1), -1)
         missed |= miss
+    if (targets >= 0).any():
+        got = D.radix_select_csr(keep, off, sizes, targets, group, bounds=(lo.reshape(-1), hi.reshape(-1)))
+        for j in range(2):
+            sel = targets[j] >= 0
+            out[j].reshape(-1)[sel] = got[j][sel]
     if missed.any():
         _fallback_distributed(features, g, G, ranks, missed, out, group)
     return out[0], out[1]
@@ -526,47 +517,41 @@ def _brackets_distributed(features, g, G, count, ranks, group):
     rows = np.take(arr, idx, axis=0).astype(np.float64 if wide else np.float32, copy=False)
     D.agree(ValueError(_NAN_MESSAGE) if np.isnan(rows).any() else None, group)  # every rank, before any other reduction
     gs = g[idx]
-    c2 = D.all_reduce(np.bincount(gs, minlength=G)[:G].astype(np.int64), "sum", group)
+    sampled = np.bincount(gs, minlength=G)[:G].astype(np.int64)
+    c2 = D.all_reduce(sampled, "sum", group)
     a, b = _sample_bracket_ranks(count, c2, ranks, QUANTILE_BRACKET_Z)
     top = np.maximum(c2 - 1, 0)
-    # one radix select per end over the sample values, cell = (level, group, neuron)
-    keys, bits = D.keys(rows.reshape(-1))
-    cell_gm = (gs[:, None] * m + np.arange(m)[None, :]).reshape(-1)
-    ends = []
-    for r in (a, b):
-        target = np.clip(r, 0, top)[..., None].repeat(m, axis=2)  # (Q, G, M)
-        have = (c2 > 0)[None, :, None] & np.ones((Q, 1, m), bool)
-        got = np.full((Q, G, m), np.nan)
-        for q in range(Q):
-            sel = np.flatnonzero(have[q].reshape(-1))
-            if sel.size:
-                index = np.full(G * m, -1, np.int64)
-                index[sel] = np.arange(sel.size)
-                mine = index[cell_gm] >= 0
-                k = D.radix_select(keys[mine], index[cell_gm[mine]], target[q].reshape(-1)[sel], bits, group)
-                got[q].reshape(-1)[sel] = D.unkey(k, bits)
-        ends.append(got)
+    # the sample by cell (group, neuron): group blocks in order, each transposed, so a cell's
+    # values are contiguous (what the native rounds and counts read)
+    order = np.argsort(gs, kind="stable")
+    first = np.concatenate([[0], np.cumsum(sampled)])
+    vals = np.concatenate([rows[order[first[k]:first[k + 1]]].T.reshape(-1) for k in range(G)]) if len(gs) \
+        else rows.reshape(-1)
+    off = (first[:-1, None] * m + np.arange(m)[None, :] * sampled[:, None]).reshape(-1)
+    live = np.repeat(sampled, m)
+    lib = backends.native()
+
+
+    # one radix select over the sample values, cell = (group, neuron), for every level and end
+    target = np.stack([np.where((c2 > 0)[None, :], np.clip(r, 0, top), -1)[..., None].repeat(m, axis=2)
+                       for r in (a, b)])  # (2, Q, G, M)
+    ends = D.radix_select_csr(vals, off, live, target.reshape(2 * Q, G * m), group).reshape(2, Q, G, m)
     lo = np.where((a < 0)[..., None], -np.inf, ends[0])
     hi = np.where((b > top)[..., None], np.inf, ends[1])
     # a value repeated at a bracket end (ReLU zeros) is counted as the point mass, not kept
     mass = np.full((Q, G, m), np.nan)
     expect = np.zeros((Q, G, m), np.int64)
     local_count = np.bincount(g, minlength=G)[:G]
-    sampled = np.bincount(gs, minlength=G)[:G]
-
-    def per_group(flags):  # (rows, M) booleans -> (G, M) counts
-        out = np.zeros((G, m), np.int64)
-        np.add.at(out, gs, flags.astype(np.int64))
-        return out
-
     for q in range(Q):
-        lo_r, hi_r = lo[q][gs], hi[q][gs]  # each sample row's bracket ends, gathered by row
-        at_lo, at_hi = per_group(rows == lo_r), per_group(rows == hi_r)
-        heavy_lo = D.all_reduce(at_lo, "sum", group) >= 2
-        heavy_hi = D.all_reduce(at_hi, "sum", group) >= 2
+        counts = np.zeros((4, G, m), np.int64)  # per cell: < lo, <= lo, < hi, <= hi
+        lib.count_bracket(vals, off, live, np.ascontiguousarray(lo[q], np.float64),
+                          np.ascontiguousarray(hi[q], np.float64), counts)
+        below_lo, upto_lo, below_hi, upto_hi = counts
+        at_lo, at_hi = upto_lo - below_lo, upto_hi - below_hi
+        heavy_lo, heavy_hi = (c >= 2 for c in D.all_reduce_many([at_lo, at_hi], "sum", group))
         mass[q] = np.where(heavy_lo, lo[q], np.where(heavy_hi, hi[q], np.nan))
         # this rank's share of its sample inside the bracket (shards may differ: not the global share)
-        inside = per_group((rows >= lo_r) & (rows <= hi_r))
+        inside = upto_hi - below_lo
         kept = inside - np.where(heavy_lo, at_lo, np.where(heavy_hi, at_hi, 0))
         expect[q] = np.ceil(kept / np.maximum(sampled, 1)[:, None] * local_count[:, None])
     return lo, hi, mass, _with_margin(expect, local_count, sampled), wide
@@ -589,11 +574,11 @@ def _fallback_distributed(features, g, G, ranks, missed, out, group) -> None:
     wide = features.dtype in (np.float64, torch.float64)
     v = np.concatenate(vals) if vals else np.zeros(0, np.float64 if wide else np.float32)
     v = v.astype(np.float64 if wide else np.float32)
-    c = np.concatenate(cell) if cell else np.zeros(0, np.int64)
-    keys, bits = D.keys(v)
+    sizes = np.bincount(np.concatenate(cell) if cell else np.zeros(0, np.int64), minlength=cells_q.size)
+    off = np.concatenate([[0], np.cumsum(sizes)])[:-1]
+    got = D.radix_select_csr(v, off, sizes, ranks[cells_q, cells_g, :].T.astype(np.int64), group)
     for j in range(2):
-        got = D.radix_select(keys, c, ranks[cells_q, cells_g, j], bits, group)
-        out[j][cells_q, cells_g, cells_m] = D.unkey(got, bits)
+        out[j][cells_q, cells_g, cells_m] = got[j]
 
 
 def _moments(features, g, G, shift, shape, which, chunk_rows) -> NeuronStats:

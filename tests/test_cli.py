@@ -83,6 +83,19 @@ def test_bench_e2e_small_file_finds_the_planted_neurons_and_cleans_up(tmp_path):
     assert sorted(f.name for f in tmp_path.iterdir()) == ["e.json"]  # the memmap it wrote is removed
 
 
+def test_bench_out_of_core_reports_each_method_and_cleans_up(tmp_path):
+    import warnings
+
+    path = tmp_path / "o.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        assert main(["bench", "--out-of-core", "--rows", "3000", "--dir", str(tmp_path), "--json", str(path)]) == 0
+    rows = json.loads(path.read_text())["rows"]
+    assert [r["impl"].split(",")[0] for r in rows] == ["DFR", "NSF", "AFR"]
+    assert all(r["n"] == 3000 and r["peak_anonymous_bytes"] > 0 for r in rows)
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["o.json"]  # the memmap and scratch files are removed
+
+
 def test_run_matches_the_report_for_the_same_seed(tmp_path):
     from pydebias.tools import report
 

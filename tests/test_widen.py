@@ -102,19 +102,26 @@ def test_native_predict_equals_torch_argmax(dtype, C, m):
 
 
 @needs_native
-def test_native_predict_generic_kernel_equals_torch_argmax():
-    """The generic native predict (no AVX-512, or more than four classes) for two classes,
-    in a process that turns the AVX-512 kernels off."""
+def test_native_predict_without_avx512_equals_torch_argmax():
+    """Without AVX-512 (turned off in a fresh process): one to four classes take the AVX2 +
+    F16C kernel where the CPU has it (32-column steps, then 8-column steps, the last one
+    partial), seven classes the generic one; float16 and bfloat16 rows with +-inf and NaN."""
     code = (
         "import numpy as np, torch\n"
         "from pydebias.metrics import _native_linear_argmax\n"
         "rng = np.random.default_rng(5)\n"
-        "head = torch.nn.Linear(200, 2)\n"
-        "x = rng.standard_normal((4001, 200)).astype(np.float16)\n"
-        "with torch.no_grad():\n"
-        "    ref = head(torch.from_numpy(x.astype(np.float32))).argmax(1).numpy()\n"
-        "out = np.empty(len(ref), dtype=np.int64)\n"
-        "assert _native_linear_argmax(head, x, out, None)\n"
-        "assert (out == ref).all()\n"
+        "for C in (1, 2, 3, 4, 7):\n"
+        "    for m in (200, 37, 1024):\n"
+        "        for dtype in ('f16', 'bf16'):\n"
+        "            head = torch.nn.Linear(m, C)\n"
+        "            x32 = rng.standard_normal((1001, m)).astype(np.float32)\n"
+        "            x32[5, 3], x32[6, 4], x32[7, 0] = np.inf, -np.inf, np.nan\n"
+        "            x = torch.from_numpy(x32).to(torch.bfloat16) if dtype == 'bf16' else x32.astype(np.float16)\n"
+        "            wide = x.float() if dtype == 'bf16' else torch.from_numpy(x.astype(np.float32))\n"
+        "            with torch.no_grad():\n"
+        "                ref = head(wide).argmax(1).numpy()\n"
+        "            out = np.empty(len(ref), dtype=np.int64)\n"
+        "            assert _native_linear_argmax(head, x, out, None)\n"
+        "            assert (out == ref).all(), (C, m, dtype, np.flatnonzero(out != ref)[:5])\n"
         "print('ok')\n")
     _run_without_avx512(code)

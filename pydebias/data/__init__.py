@@ -2,11 +2,13 @@
 from .embedding_set import EmbeddingSet
 from .extract import extract_embeddings
 from .planted import planted, planted_memmap
+from .shards import open_shards, read_manifest, shard_rows
 from .standard import (StandardSplit, load_celeba, load_civilcomments, load_multinli,
                        load_waterbirds, to_embedding_set)
 
-__all__ = ["EmbeddingSet", "extract_embeddings", "planted", "planted_memmap", "StandardSplit", "load_celeba",
-           "load_civilcomments", "load_multinli", "load_waterbirds", "to_embedding_set", "BUILTINS", "load", "availability"]
+__all__ = ["EmbeddingSet", "extract_embeddings", "open_shards", "read_manifest", "shard_rows", "planted",
+           "planted_memmap", "StandardSplit", "load_celeba", "load_civilcomments", "load_multinli", "load_waterbirds",
+           "to_embedding_set", "BUILTINS", "load", "availability"]
 
 # name -> (description, loader module, loader function); loaders import lazily so that
 # `import pydebias` needs none of the optional data packages.  SIZES: default

@@ -85,12 +85,12 @@ class EmbeddingSet:
         return _arrays.as_tensor(self.features).to(dtype=dtype, device=device)
 
     def subset(self, index, split: Optional[str] = None) -> "EmbeddingSet":
-        """Rows ``index`` (indices or boolean mask) as a new set (features copied)."""
+        """Rows ``index`` (indices or boolean mask) as a new set (features copied; from an
+        ``np.memmap``, into a temporary memmap in ``$PYDEBIAS_SCRATCH``, not into memory)."""
         index = np.asarray(index)
         if index.dtype == np.bool_:
             index = np.flatnonzero(index)
-        feats = self.features[torch.from_numpy(index)] if _arrays.is_tensor(self.features) \
-            else np.asarray(self.features[index])
+        feats = _arrays.take_rows(self.features, index.astype(np.int64, copy=False))
         # rows of a checked set: copy the set, not the checks (ids, counts, finiteness)
         out = copy.copy(self)
         out.features, out.labels = feats, self.labels[index]

@@ -206,7 +206,7 @@ def _diff(meta: dict, want: dict) -> str:
 def extract_embeddings(model: torch.nn.Module, data, layer: Union[str, torch.nn.Module],
                        out: Optional[Union[str, os.PathLike]] = None, batch_size: int = 256,
                        pool: str = "avg", device=None, progress: bool = True,
-                       dtype=np.float32) -> Union[np.ndarray, np.memmap]:
+                       dtype=np.float32, process_group=None) -> Union[np.ndarray, np.memmap]:
     """Outputs of ``layer`` for every sample of ``data``, one row per sample, in order.
 
     Parameters
@@ -230,11 +230,21 @@ def extract_embeddings(model: torch.nn.Module, data, layer: Union[str, torch.nn.
         given here moves the model too (``model.to(device)``).
     progress : show a tqdm progress bar.
     dtype : numpy dtype of the result (float32 by default).
+    process_group : a ``torch.distributed`` group (data-parallel extraction; ``out``
+        required): rank r of w extracts its contiguous block of rows into its own
+        ``.npy`` shard beside ``out``, rank 0 writes a manifest
+        (:mod:`pydebias.data.shards`), and each rank gets its own rows back;
+        :func:`pydebias.data.open_shards` reads them as one set.
 
     Returns
     -------
     (N, D) numpy array, or a read-only ``np.memmap`` of ``out`` when ``out`` is given.
     """
+    if process_group is not None:
+        from .shards import extract_sharded
+
+        return extract_sharded(model, data, layer, out, process_group, batch_size=batch_size, pool=pool,
+                               device=device, progress=progress, dtype=dtype)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if pool not in POOLS:

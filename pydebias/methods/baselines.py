@@ -8,7 +8,8 @@ from typing import Optional, Sequence
 import numpy as np
 from torch import nn
 
-from ..metrics import evaluate, predict
+from .. import _arrays
+from ..metrics import predict
 from ..nn.last_layer import balance_weights, train_linear_head
 from ..validation import check_choice, check_embedding_set, check_fraction, check_linear_head, check_number
 from .base import EmbeddingMethod
@@ -48,16 +49,36 @@ class DFR(EmbeddingMethod):
 
     ``l2`` is chosen from ``l2_grid`` by worst-group accuracy on a random half of ``val``,
     then the head is refit on all of it (the DFR paper's protocol).
+
+    ``process_group`` (``torch.distributed``; L-BFGS): each rank passes its own ``val``
+    rows; group weights, the fit (loss and gradient summed over ranks) and the selection
+    half's worst-group accuracy cover all ranks' rows, and every rank returns the same
+    head. Each rank halves its own rows, so the selection half differs from one process's.
     """
 
     def __init__(self, l2_grid: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1), optimizer: str = "lbfgs",
-                 epochs: int = 100, seed: int = 0):
+                 epochs: int = 100, seed: int = 0, process_group=None):
         self.l2_grid, self.optimizer, self.epochs, self.seed = tuple(l2_grid), optimizer, epochs, seed
+        self.process_group = process_group
 
-    def _fit_on(self, s, l2):
-        w = balance_weights(s.groups, s.n_groups)
-        return train_linear_head(s.features, s.labels, s.n_classes, sample_weight=w, l2=l2,
-                                 optimizer=self.optimizer, epochs=self.epochs, seed=self.seed)
+    def _fit_on(self, s, l2, C, G):
+        pg = self.process_group
+        w = balance_weights(s.groups, G, process_group=pg)
+        return train_linear_head(s.features, s.labels, C, sample_weight=w, l2=l2, optimizer=self.optimizer,
+                                 epochs=self.epochs, seed=self.seed, process_group=pg)
+
+    def _worst_group(self, head, s, G) -> float:
+        """Worst-group accuracy of ``head`` on ``s`` (over all ranks' rows); -1 if no group
+        has a row."""
+        ok = predict(head, s.features) == s.labels
+        right = np.bincount(s.groups, weights=ok, minlength=G)[:G]
+        total = np.bincount(s.groups, minlength=G)[:G].astype(np.float64)
+        if self.process_group is not None:
+            from ..distributed import global_sum
+
+            right, total = global_sum(right, self.process_group), global_sum(total, self.process_group)
+        seen = total > 0
+        return float((right[seen] / total[seen]).min()) if seen.any() else -1.0
 
     def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
         val = self._need_val(val, "DFR", need_groups=True)
@@ -65,18 +86,32 @@ class DFR(EmbeddingMethod):
             raise ValueError("l2_grid: give at least one value")
         for v in self.l2_grid:
             check_number(v, "l2_grid", 0.0)
+        C, G = val.n_classes, val.n_groups
+        if self.process_group is not None:  # a rank's rows may lack a class or group
+            from ..distributed import check_group, global_max
+
+            check_group(self.process_group)
+            if self.optimizer != "lbfgs":
+                raise ValueError(f"optimizer: DFR across processes needs 'lbfgs', got {self.optimizer!r}")
+            C, G = global_max(C, self.process_group), global_max(G, self.process_group)
         scores = {}
         if len(self.l2_grid) > 1:
             fit_half, sel_half = val.split_holdout(0.5, seed=self.seed)
             for l2 in self.l2_grid:
-                rep = evaluate(self._fit_on(fit_half, l2), sel_half)
-                scores[l2] = rep.worst_group_accuracy if rep.worst_group_accuracy is not None else -1.0
+                scores[l2] = self._worst_group(self._fit_on(fit_half, l2, C, G), sel_half, G)
             best = max(self.l2_grid, key=lambda v: (scores[v], -v))
         else:
             best = self.l2_grid[0]
-        self.head_ = self._fit_on(val, best)
+        self.head_ = self._fit_on(val, best, C, G)
+        counts = np.bincount(val.groups, minlength=G)[:G]
+        if self.process_group is not None:
+            from ..distributed import global_sum
+
+            counts = global_sum(counts, self.process_group).astype(np.int64)
+        from ..distributed import describe
+
         self.report_ = {"method": "DFR", "l2": best, "selection_worst_group": scores,
-                        "group_counts": np.bincount(val.groups, minlength=val.n_groups).tolist()}
+                        "group_counts": counts.tolist(), "process_group": describe(self.process_group)}
         return self.head_
 
 
@@ -172,10 +207,13 @@ class AFR(EmbeddingMethod):
         """(the head retrained on ``s`` with weights for ``gamma``, the largest weight / mean)."""
         import torch
 
-        with torch.no_grad():
-            logits = head(s.tensor().to(head.weight.dtype))
-            p = torch.softmax(logits, 1)[torch.arange(len(s)), torch.from_numpy(s.labels)].numpy()
-        w = np.exp(-gamma * p.astype(np.float64))
+        p = np.empty(len(s), dtype=np.float64)
+        x = s.features
+        with torch.no_grad():  # in row chunks: a memmap is never read whole
+            for sl in _arrays.row_chunks(len(s), _arrays.default_chunk_rows(s.n_features, 4)):
+                logits = head(_arrays.float32_rows(x[sl]).to(head.weight.dtype))
+                p[sl] = torch.softmax(logits, 1)[torch.arange(logits.shape[0]), torch.from_numpy(s.labels[sl])].numpy()
+        w = np.exp(-gamma * p)
         totals = np.bincount(s.labels, weights=w, minlength=s.n_classes)
         w = w / totals[s.labels]
         w *= len(s) / w.sum()

@@ -10,7 +10,6 @@ from typing import Dict, List, Optional, Union
 import numpy as np
 from torch import nn
 
-from .. import _arrays
 from ..metrics import predict
 from ..nn.last_layer import balance_weights, train_linear_head
 from ..stats import _group_ids, grouped_quantiles
@@ -56,12 +55,6 @@ def neuron_deltas(features, labels, correct, n_classes: int, backend: str = "aut
         counts = all_reduce(counts, "sum", process_group)
     delta[(counts == 0).any(1)] = np.nan
     return delta, counts
-
-
-def _world_size(group) -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size(group)
 
 
 def candidate_lams(delta: np.ndarray) -> List[float]:
@@ -232,9 +225,10 @@ class NeuronTune(EmbeddingMethod):
             })
             self.mask_ = keep
         self.delta_ = np.array([[np.nan if v is None else v for v in row] for row in rounds[-1]["delta"]])
+        from ..distributed import describe
+
         report: Dict = {"method": "NeuronTune", "retrain_on": self.retrain_on,
-                        "params": {**self.get_params(), "process_group": None if self.process_group is None
-                                   else f"{_world_size(self.process_group)} ranks"},
+                        "params": {**self.get_params(), "process_group": describe(self.process_group)},
                         "rounds": rounds, "sfit": rounds[0]["sfit"],
                         "n_identification": n_ident, "n_tune": len(tune)}
         result = current

@@ -30,12 +30,17 @@ import torch
 from torch import nn
 
 from .. import _arrays, cluster
+from ..distributed import describe
 from ..validation import check_chunk_rows, check_fraction, check_number
 from .base import EmbeddingMethod, copy_head
 from .baselines import erm_head
 from .guard import guard_check
 
 __all__ = ["NSF", "fold_affine", "fold_transform"]
+
+#: the update step keeps a group's transformed float32 rows in memory up to this size and
+#: reads larger ones in chunks at every step (a memmap's outliers can exceed memory)
+UPDATE_CACHE_BYTES = 256 << 20
 
 
 def fold_affine(head: nn.Linear, scale: torch.Tensor, offset: torch.Tensor) -> nn.Linear:
@@ -84,16 +89,22 @@ class NSF(EmbeddingMethod):
         folded into the returned head. Default on, a choice made by measurement
         (docs/methods.md); ``False`` is the authors' raw-feature setting.
     chunk_rows : rows per chunk for the streaming passes (default: ~16 MB of float32).
+    process_group : a ``torch.distributed`` group whose ranks each pass their own ``val``
+        rows (``holdout=0``, ``k_clusters=1``): z-scores, class means, targets, both
+        stages' losses and gradients and the update's resampling cover all ranks' rows
+        (``all_reduce``), so every rank returns the head one process would fit on the
+        ranks' rows concatenated in rank order (within float tolerance).
     """
 
     def __init__(self, alpha: float = 10.0, n_eliminate_steps: int = 10, n_update_steps: int = 500,
                  lr: float = 1e-3, k_clusters: int = 1, seed: int = 0, holdout: float = 0.25,
                  guard: bool = False, guard_tolerance: float = 0.25, kmeans_iter: int = 20,
-                 standardize: bool = True, chunk_rows: Optional[int] = None):
+                 standardize: bool = True, chunk_rows: Optional[int] = None, process_group=None):
         self.alpha, self.n_eliminate_steps, self.n_update_steps = alpha, n_eliminate_steps, n_update_steps
         self.lr, self.k_clusters, self.seed, self.holdout = lr, k_clusters, seed, holdout
         self.guard, self.guard_tolerance = guard, guard_tolerance
         self.kmeans_iter, self.chunk_rows, self.standardize = kmeans_iter, chunk_rows, standardize
+        self.process_group = process_group
 
     # ------------------------------------------------------------------ checks
     def _check_params(self):
@@ -109,6 +120,22 @@ class NSF(EmbeddingMethod):
         check_number(self.guard_tolerance, "guard_tolerance", 0.0)
         check_number(self.kmeans_iter, "kmeans_iter", 1, integer=True)
         check_chunk_rows(self.chunk_rows)
+        if self.process_group is not None:
+            from ..distributed import check_group
+
+            check_group(self.process_group)
+            if self.holdout > 0 or self.k_clusters > 1:
+                raise ValueError("process_group: NSF across processes fits on every rank's val rows without a "
+                                 f"holdout or k-means targets; pass holdout=0 and k_clusters=1 (got holdout="
+                                 f"{self.holdout}, k_clusters={self.k_clusters})")
+
+    def _sum(self, a):
+        """``a`` summed over the process group's ranks (as is without one)."""
+        if self.process_group is None:
+            return np.asarray(a)
+        from ..distributed import global_sum
+
+        return global_sum(a, self.process_group)
 
     # ------------------------------------------------------------------ helpers
     def _rows(self, x, idx: np.ndarray, device) -> torch.Tensor:
@@ -118,21 +145,26 @@ class NSF(EmbeddingMethod):
         return torch.from_numpy(np.asarray(x[idx], dtype=np.float32)).to(device)
 
     def _zscores(self, x, device):
-        """In-memory float32 z-scores of ``x`` (streamed twice: moments, then the copy)
-        and the per-neuron center and scale used."""
+        """float32 z-scores of ``x`` (streamed twice: moments, then the copy; in memory,
+        or for an ``np.memmap`` in a scratch memmap) and the per-neuron center and scale."""
         from .. import stats
 
         st = stats.neuron_stats(x, groups=np.zeros(x.shape[0], dtype=np.int64), n_groups=1, quantiles=(),
-                                chunk_rows=self.chunk_rows)
+                                chunk_rows=self.chunk_rows, process_group=self.process_group)
         center = torch.from_numpy(st.mean[0]).to(device, torch.float64)
-        sd = np.sqrt(st.m2[0] / x.shape[0])  # population sd; N >= 1 here
+        sd = np.sqrt(st.m2[0] / int(st.count[0]))  # population sd; N >= 1 here
         scale = torch.from_numpy(np.where(sd > 1e-12, sd, 1.0)).to(device, torch.float64)
-        out = torch.empty(x.shape, dtype=torch.float32, device=device)
+        if isinstance(x, np.memmap):
+            out = _arrays.scratch_array(x.shape, np.float32)
+            view = torch.from_numpy(out) if out.size else torch.empty(x.shape)
+        else:
+            view = torch.empty(x.shape, dtype=torch.float32, device=device)
+            out = view if _arrays.is_tensor(x) else view.numpy()
         rows = _arrays.default_chunk_rows(x.shape[1], 4, 16 << 20) if self.chunk_rows is None else self.chunk_rows
         for sl in _arrays.row_chunks(x.shape[0], rows):
             f = _arrays.as_tensor(x[sl]).to(device=device, dtype=torch.float64)
-            out[sl] = ((f - center) / scale).to(torch.float32)
-        return (out if _arrays.is_tensor(x) else out.numpy()), center.float(), scale.float()
+            view[sl] = ((f - center) / scale).to(torch.float32)
+        return out, center.float(), scale.float()
 
     def transform(self, features) -> torch.Tensor:
         """The learned element-wise map of fitted NSF on raw ``features``: z-scores (when
@@ -153,6 +185,11 @@ class NSF(EmbeddingMethod):
         self._check_params()
         id_set = self._need_val(val, "NSF")
         C, M = id_set.n_classes, id_set.n_features
+        pg = self.process_group
+        if pg is not None:  # a rank's rows may lack a class
+            from ..distributed import global_max, sum_grads
+
+            C = global_max(C, pg)
         notes: List[str] = []
         hold = None
         if self.holdout > 0:
@@ -166,19 +203,21 @@ class NSF(EmbeddingMethod):
             notes.append("holdout=0: do-no-harm check off (NSF fitted on all of val)")
         x, y = fit_set.features, fit_set.labels
         device = x.device if _arrays.is_tensor(x) else torch.device("cpu")
-        N = len(fit_set)
+        N = len(fit_set)  # this rank's rows
+        N_all = int(self._sum(N))  # every rank's
         center = scale = None
         if self.standardize:
             x, center, scale = self._zscores(x, device)
         gen = torch.Generator().manual_seed(int(self.seed))
 
         # 1. identify
-        disp = cluster.dispersion(x, y, C, chunk_rows=self.chunk_rows)
+        disp = cluster.dispersion(x, y, C, chunk_rows=self.chunk_rows, process_group=pg)
         outlier = disp.nearest != y
-        present = np.bincount(y, minlength=C)[:C] > 0
+        present = disp.count > 0
 
         # 2. neutralize
-        split_means, split_counts = cluster.class_means(x, y + C * outlier, 2 * C, self.chunk_rows)
+        split_means, split_counts = cluster.class_means(x, y + C * outlier, 2 * C, self.chunk_rows,
+                                                        process_group=pg)
         mu_in, mu_out = split_means[:C], split_means[C:]
         n_in, n_out = split_counts[:C], split_counts[C:]
         targets = np.zeros((C, M), dtype=np.float64)
@@ -217,9 +256,11 @@ class NSF(EmbeddingMethod):
             for sl in _arrays.row_chunks(N, rows):
                 f = _arrays.as_tensor(x[sl]).to(device=device, dtype=torch.float32)
                 d = torch.linalg.vector_norm((f + shift) * beta - shift - U[yt[sl]], dim=1)
-                part = d.sum() / N
+                part = d.sum() / N_all
                 part.backward()
                 total += float(part.detach())
+            if pg is not None:
+                total = sum_grads([beta, shift], total, pg)
             reg = self.alpha * beta.mean()
             reg.backward()
             elim_loss.append(total + float(reg.detach()))
@@ -240,11 +281,12 @@ class NSF(EmbeddingMethod):
             rescued[s:s + part.size] = tgt_ids[near] == y[part]
         g1 = out_idx[rescued]
         g2 = np.flatnonzero(~outlier)
-        dropped = int(out_idx.size - g1.size)
+        n1, n2, n_out_all = (int(v) for v in self._sum([g1.size, g2.size, out_idx.size]))
+        dropped = n_out_all - n1
+        learnt = self._sum(np.bincount(y[g1], minlength=C)[:C] + np.bincount(y[g2], minlength=C)[:C]) > 0
 
-        unlearnt = [int(c) for c in np.flatnonzero(present)
-                    if not np.isin(c, y[g1]) and not np.isin(c, y[g2])]
-        if unlearnt and (g1.size or g2.size):
+        unlearnt = [int(c) for c in np.flatnonzero(present & ~learnt)]
+        if unlearnt and (n1 or n2):
             msg = (f"NSF: class(es) {unlearnt} have no sample in G1 (rescued) or G2 (inliers): "
                    "the updated head never sees them")
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
@@ -256,41 +298,87 @@ class NSF(EmbeddingMethod):
             lin.bias.copy_((torch.rand(C, generator=gen) * 2 - 1) * bound)
         hopt = torch.optim.AdamW(lin.parameters(), lr=self.lr, weight_decay=0.0)
         ce = nn.functional.cross_entropy
-        upd_loss: List[float] = []
-        if g1.size and g2.size:
-            mode = "balanced: CE_mean(G1) + CE_mean(G2), smaller group whole, larger resampled"
-            small, large = (g1, g2) if g1.size <= g2.size else (g2, g1)
-            fs, ys = T(self._rows(x, small, device)), yt[torch.from_numpy(small).to(device)]
-            for _ in range(self.n_update_steps):
-                pick = np.sort(large[torch.randint(0, large.size, (small.size,), generator=gen).numpy()])
-                fl, yl = T(self._rows(x, pick, device)), yt[torch.from_numpy(pick).to(device)]
-                hopt.zero_grad()
-                loss = ce(lin(fs), ys) + ce(lin(fl), yl)
+
+        def cached(idx):
+            """T(rows idx) and their labels, held while they fit UPDATE_CACHE_BYTES."""
+            if idx.size * M * 4 > UPDATE_CACHE_BYTES:
+                return None
+            return T(self._rows(x, idx, device)), yt[torch.from_numpy(idx).to(device)]
+
+        def mean_ce_backward(idx, held, n_rows) -> float:
+            """Backward of CE over rows ``idx`` (``held``: their cached rows) summed and
+            divided by ``n_rows`` (the group's rows on all ranks: a mean over the union),
+            read in row chunks so that a group larger than the cache costs one chunk."""
+            if held is not None and idx.size == n_rows:
+                loss = ce(lin(held[0]), held[1])
                 loss.backward()
-                hopt.step()
-                upd_loss.append(float(loss.detach()))
+                return float(loss.detach())
+            total = 0.0
+            for s in range(0, idx.size, rows):
+                part = idx[s:s + rows]
+                f, yy = (held[0][s:s + rows], held[1][s:s + rows]) if held is not None else \
+                    (T(self._rows(x, part, device)), yt[torch.from_numpy(part).to(device)])
+                pl = ce(lin(f), yy, reduction="sum") / n_rows
+                pl.backward()
+                total += float(pl.detach())
+            return total
+
+        def step_done(loss: float) -> None:
+            if pg is not None:  # the union's gradient and loss on every rank
+                loss = sum_grads(lin.parameters(), loss, pg)
+            hopt.step()
+            upd_loss.append(loss)
+
+        def first_row(part: np.ndarray) -> int:
+            """The global number of this rank's first row of ``part`` (ranks in order)."""
+            if pg is None:
+                return 0
+            import torch.distributed as dist
+
+            from ..distributed import all_reduce
+
+            sizes = np.zeros(dist.get_world_size(pg), np.int64)
+            sizes[dist.get_rank(pg)] = part.size
+            return int(all_reduce(sizes, "sum", pg)[:dist.get_rank(pg)].sum())
+
+        def resample(large, start: int, n_large: int, n_pick: int) -> np.ndarray:
+            """Sorted rows of this rank among ``n_pick`` draws with replacement from the
+            ``n_large`` rows of the larger group on all ranks (this rank's numbered from
+            ``start``): every rank draws the same global indices with the shared generator."""
+            draws = torch.randint(0, n_large, (n_pick,), generator=gen).numpy()
+            mine = draws[(draws >= start) & (draws < start + large.size)] - start
+            return np.sort(large[mine])
+
+        upd_loss: List[float] = []
+        if n1 and n2:
+            mode = "balanced: CE_mean(G1) + CE_mean(G2), smaller group whole, larger resampled"
+            (small, n_small), (large, n_large) = ((g1, n1), (g2, n2)) if n1 <= n2 else ((g2, n2), (g1, n1))
+            held_small, start = cached(small), first_row(large)
+            for _ in range(self.n_update_steps):
+                pick = resample(large, start, n_large, n_small)
+                hopt.zero_grad()
+                step_done(mean_ce_backward(small, held_small, n_small)
+                          + mean_ce_backward(pick, cached(pick), n_small))
         else:
-            if g2.size:
-                only, mode = g2, "G2 only: no outlier was rescued (G1 empty); plain training on the inliers"
-            elif g1.size:
-                only, mode = g1, "G1 only: no inlier (G2 empty); plain training on the rescued outliers"
+            if n2:
+                only, n_only, mode = g2, n2, "G2 only: no outlier was rescued (G1 empty); plain training on the inliers"
+            elif n1:
+                only, n_only, mode = g1, n1, "G1 only: no inlier (G2 empty); plain training on the rescued outliers"
             else:
-                only, mode = np.arange(N), "all rows: G1 and G2 both empty; plain training on every sample"
+                only, n_only = np.arange(N), N_all
+                mode = "all rows: G1 and G2 both empty; plain training on every sample"
             notes.append(mode)
             warnings.warn(f"NSF: {mode}", RuntimeWarning, stacklevel=2)
-            fo, yo = T(self._rows(x, only, device)), yt[torch.from_numpy(only).to(device)]
+            held_only = cached(only)
             for _ in range(self.n_update_steps):
                 hopt.zero_grad()
-                loss = ce(lin(fo), yo)
-                loss.backward()
-                hopt.step()
-                upd_loss.append(float(loss.detach()))
+                step_done(mean_ce_backward(only, held_only, n_only))
         if not all(np.isfinite(elim_loss)) or not all(np.isfinite(upd_loss)):
             raise FloatingPointError("NSF: a loss became NaN/inf; check the features' scale or lower lr")
 
         self.beta_, self.shift_ = beta_.cpu(), shift_.cpu()
         self.targets_ = targets
-        self.outlier_ = outlier  # over the rows NSF was fitted on (id_set minus the holdout)
+        self.outlier_ = outlier  # over the rows NSF was fitted on (id_set minus the holdout; this rank's)
         self.transformed_head_ = lin  # the fresh head on T(f), before folding
         folded = fold_transform(lin, beta_, shift_)
         if self.standardize:  # the head read z = (f - center) / scale
@@ -300,12 +388,12 @@ class NSF(EmbeddingMethod):
         self.scale_ = scale.cpu() if scale is not None else None
         self.debiased_head_ = self.head_ = folded
 
-        counts = {"n_fit": int(N), "outliers": int(out_idx.size), "rescued": int(g1.size), "dropped": dropped,
-                  "inliers": int(g2.size),
-                  "outliers_per_class": np.bincount(y[out_idx], minlength=C)[:C].tolist(),
-                  "rescued_per_class": np.bincount(y[g1], minlength=C)[:C].tolist()}
+        counts = {"n_fit": N_all, "outliers": n_out_all, "rescued": n1, "dropped": dropped, "inliers": n2,
+                  "outliers_per_class": self._sum(np.bincount(y[out_idx], minlength=C)[:C]).astype(int).tolist(),
+                  "rescued_per_class": self._sum(np.bincount(y[g1], minlength=C)[:C]).astype(int).tolist()}
         self.report_ = {
-            "method": "NSF", "params": self.get_params(), "dispersion": disp.to_dict(), "counts": counts,
+            "method": "NSF", "params": {**self.get_params(), "process_group": describe(pg)},
+            "dispersion": disp.to_dict(), "counts": counts,
             "targets": target_kind, "no_inlier_classes": no_inlier, "eliminate_loss": elim_loss,
             "update_loss": upd_loss, "update_mode": mode,
             "beta": {"min": float(beta_.min()), "mean": float(beta_.mean()), "max": float(beta_.max())},

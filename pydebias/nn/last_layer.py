@@ -19,21 +19,33 @@ from ..validation import check_number
 __all__ = ["train_linear_head", "balance_weights"]
 
 
-def balance_weights(ids: np.ndarray, n: Optional[int] = None) -> np.ndarray:
-    """Per-sample weights that give every id the same total weight (mean weight 1)."""
+def balance_weights(ids: np.ndarray, n: Optional[int] = None, process_group=None) -> np.ndarray:
+    """Per-sample weights that give every id the same total weight (mean weight 1).
+    ``process_group``: each rank passes its rows' ids (and the same ``n``); counts and
+    totals are over all ranks, so the weights are those of the union."""
     count = np.bincount(ids, minlength=n or 0).astype(np.float64)
+    size = float(ids.size)
+    if process_group is not None:
+        from ..distributed import all_reduce
+
+        count = all_reduce(count, "sum", process_group)
+        size = float(all_reduce(np.array([size]), "sum", process_group)[0])
     present = count > 0
     w = np.zeros_like(count)
     w[present] = 1.0 / count[present]
     sw = w[ids]
-    return sw * (ids.size / sw.sum())
+    total = float(sw.sum())
+    if process_group is not None:
+        total = float(all_reduce(np.array([total]), "sum", process_group)[0])
+    return sw * (size / total)
 
 
 def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[np.ndarray] = None,
                       l2: float = 1e-4, optimizer: str = "lbfgs", epochs: int = 100,
                       batch_size: int = 1024, lr: float = 1e-2, standardize: bool = True,
                       feature_mask: Optional[np.ndarray] = None, seed: int = 0,
-                      init: Optional[nn.Linear] = None, anchor: Optional[nn.Linear] = None) -> nn.Linear:
+                      init: Optional[nn.Linear] = None, anchor: Optional[nn.Linear] = None,
+                      process_group=None) -> nn.Linear:
     """Fit ``logits = (W * mask) x + b`` by weighted cross-entropy + an L2 penalty.
 
     ``optimizer="lbfgs"`` runs full-batch L-BFGS for at most ``epochs`` iterations
@@ -45,6 +57,12 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
     (C, M) zeroing ``W[c, i]``; masked weights are exactly 0 in the returned head.
     The penalty is ``l2 * ||W - W_anchor||^2`` in standardised units (``anchor``
     defaults to zero); ``init`` starts the optimiser from an existing head.
+
+    ``process_group`` (a ``torch.distributed`` group; L-BFGS only): each rank passes its
+    own rows, weights and the same other arguments; the standardisation comes from
+    statistics of all ranks' rows and every evaluation's loss and gradient are summed
+    over the ranks by ``all_reduce``, so each rank runs the same L-BFGS iterations as one
+    process on the union and returns the same head.
     """
     if optimizer not in ("lbfgs", "adam"):
         raise ValueError(f"optimizer: expected 'lbfgs' or 'adam', got {optimizer!r}")
@@ -53,14 +71,23 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
     if optimizer == "adam":
         lr = check_number(lr, "lr", 0.0, low_open=True)
         batch_size = check_number(batch_size, "batch_size", 1, integer=True)
+    if process_group is not None and optimizer != "lbfgs":
+        raise ValueError("optimizer: across processes only 'lbfgs' (full batch) is supported, got "
+                         f"{optimizer!r}")
     y = torch.from_numpy(_arrays.to_numpy(labels).astype(np.int64))
-    if y.numel() == 0:
+    n_total = y.numel()
+    if process_group is not None:
+        from ..distributed import all_reduce, sum_grads
+
+        n_total = int(all_reduce(np.array([n_total], np.int64), "sum", process_group)[0])
+    if n_total == 0:
         raise ValueError("labels: no training samples")
-    if int(y.max()) >= n_classes:
+    if y.numel() and int(y.max()) >= n_classes:
         raise ValueError(f"labels: found class {int(y.max())} >= n_classes={n_classes}")
     # a memmap is read in row chunks at every evaluation, never converted whole (a float32
-    # copy of 2,000,000 x 1,024 is 8 GB); in-memory input is converted once, as before
-    streamed = isinstance(features, np.memmap)
+    # copy of 2,000,000 x 1,024 is 8 GB); in-memory input is converted once, as before.
+    # Across processes every evaluation is summed chunk by chunk and over the ranks.
+    streamed = isinstance(features, np.memmap) or process_group is not None
     x = features if streamed else _arrays.as_tensor(features).to(torch.float32)
     n, m = x.shape
     w = torch.ones(n, dtype=torch.float32) if sample_weight is None else \
@@ -74,9 +101,9 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
     if standardize and streamed:  # one native pass over the file (float64 sums)
         from ..stats import neuron_stats
 
-        st = neuron_stats(x, groups=np.zeros(n, np.int64), n_groups=1, quantiles=())
+        st = neuron_stats(x, groups=np.zeros(n, np.int64), n_groups=1, quantiles=(), process_group=process_group)
         mu = torch.from_numpy(st.mean.reshape(m)).float()
-        sd = torch.from_numpy(st.std.reshape(m)).float().clamp_min(1e-6) if n > 1 else torch.ones(m)
+        sd = torch.from_numpy(st.std.reshape(m)).float().clamp_min(1e-6) if n_total > 1 else torch.ones(m)
     elif standardize:
         mu = x.mean(0)
         sd = x.std(0).clamp_min(1e-6) if n > 1 else torch.ones(m)
@@ -111,18 +138,24 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
     if optimizer == "lbfgs" and streamed:
         opt = torch.optim.LBFGS(lin.parameters(), lr=1.0, max_iter=epochs, history_size=20,
                                 line_search_fn="strong_wolfe", tolerance_grad=1e-7, tolerance_change=1e-10)
-        chunk = _arrays.default_chunk_rows(m, x.dtype.itemsize)
+        chunk = _arrays.default_chunk_rows(m, x.element_size() if _arrays.is_tensor(x) else x.dtype.itemsize)
         w_total = w.sum()
+        if process_group is not None:
+            w_total = torch.from_numpy(all_reduce(w_total.double().numpy().reshape(1), "sum", process_group))[0].float()
 
         def closure():  # the same loss, summed chunk by chunk (gradients accumulate)
             opt.zero_grad()
             total = torch.zeros(())
             for sl in _arrays.row_chunks(n, chunk):
-                zb = (torch.from_numpy(np.array(x[sl], dtype=np.float32)) - mu) / sd  # a copy: the map is read-only
+                # np.array copies: a map is read-only
+                xb = x[sl].float() if _arrays.is_tensor(x) else torch.from_numpy(np.array(x[sl], dtype=np.float32))
+                zb = (xb - mu) / sd
                 logits = zb @ (lin.weight * keep).T + lin.bias
                 part = (nn.functional.cross_entropy(logits, y[sl], reduction="none") * w[sl]).sum() / w_total
                 part.backward()
                 total += part.detach()
+            if process_group is not None:  # the union's loss and gradient, on every rank
+                total = torch.tensor(sum_grads(lin.parameters(), float(total), process_group), dtype=torch.float32)
             pen = l2 * ((lin.weight * keep - center) ** 2).sum()
             pen.backward()
             return total + pen.detach()

@@ -236,6 +236,10 @@ def _cmd_bench(args) -> int:
         from .bench_distributed import bench_distributed_medians
 
         rows = bench_distributed_medians(n=(args.rows or [500_000])[0])
+    elif args.out_of_core:
+        from .bench_ooc import bench_methods_memmap
+
+        rows = bench_methods_memmap(n=(args.rows or [2_000_000])[0], directory=args.dir)
     elif args.large:
         from .bench_cluster import bench_clustering_scale
 
@@ -362,11 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--distributed", action="store_true",
                    help="instead: grouped moments + exact medians across 4 gloo processes of 500,000 x 512 rows each "
                         "(4 GB in memory) against one process's local pass")
+    mode.add_argument("--out-of-core", action="store_true",
+                   help="instead: DFR, NSF and AFR fitted from a float16 memmap of 2,000,000 x 1,024 (a 4 GB file "
+                        "plus scratch copies on disk), peak anonymous memory per fit")
     b.add_argument("--rows", type=int, nargs="+",
-                   help="with --large: row counts (default 100000 1000000 10000000); with --e2e: the row count; "
-                        "with --distributed: rows per process")
+                   help="with --large: row counts (default 100000 1000000 10000000); with --e2e / --out-of-core: the "
+                        "row count; with --distributed: rows per process")
     b.add_argument("--cold", action="store_true", help="with --large: evict the file from the page cache before each pass")
-    b.add_argument("--dir", help="with --large/--e2e: where the memmaps go (default: a temporary directory)")
+    b.add_argument("--dir", help="with --large/--e2e/--out-of-core: where the memmaps go (default: a temporary "
+                                "directory)")
     b.add_argument("--keep-files", action="store_true", help="with --large/--e2e: keep (and reuse) the memmaps")
     b.add_argument("--threads", type=int, default=1, help="with --large: threads for FAISS, torch and the kernels")
     b.set_defaults(fn=_cmd_bench)
