@@ -241,10 +241,8 @@ def extract_embeddings(model: torch.nn.Module, data, layer: Union[str, torch.nn.
     (N, D) numpy array, or a read-only ``np.memmap`` of ``out`` when ``out`` is given.
     """
     if process_group is not None:
-        from .shards import extract_sharded
-
-        return extract_sharded(model, data, layer, out, process_group, batch_size=batch_size, pool=pool,
-                               device=device, progress=progress, dtype=dtype)
+        return _extract_sharded(model, data, layer, out, process_group, batch_size=batch_size, pool=pool,
+                                device=device, progress=progress, dtype=dtype)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if pool not in POOLS:
@@ -408,3 +406,41 @@ def extract_embeddings(model: torch.nn.Module, data, layer: Union[str, torch.nn.
     os.replace(part, final)
     os.replace(part_meta_path, final_meta_path)
     return np.load(final, mmap_mode="r")
+
+
+def _extract_sharded(model, data, layer, out, process_group, **kwargs) -> np.memmap:
+    """Rank's share of :func:`extract_embeddings` across processes (:mod:`pydebias.data.shards`);
+    returns this rank's rows as a read-only memmap."""
+    import torch.distributed as dist
+
+    from ..distributed import agree, all_reduce, check_group
+    from .shards import local_part, shard_path, shard_rows, write_manifest
+
+    check_group(process_group)
+    if out is None:
+        raise ValueError("out: extraction across processes writes shards; pass out='name.npy'")
+    rank, world = dist.get_rank(process_group), dist.get_world_size(process_group)
+    kwargs["progress"] = kwargs.get("progress", True) and rank == 0  # one bar, not one per rank
+    error, arr, n = None, None, 0
+    try:
+        n = _plan(data, kwargs.get("batch_size", 256))[0]
+        rows = shard_rows(n, rank, world)
+        if rows.stop == rows.start:
+            raise ValueError(f"data: {n} samples cannot give each of {world} ranks a row; use fewer ranks")
+        arr = extract_embeddings(model, local_part(data, rows), layer, out=shard_path(out, rank, world),
+                                 **kwargs)
+    except Exception as e:  # noqa: BLE001 - raised on every rank by agree
+        error = e
+    agree(error, process_group)
+    # every rank's shape, then rank 0 writes the manifest; the final reduction is the barrier
+    shapes = np.zeros((world, 2), np.int64)
+    shapes[rank] = arr.shape
+    shapes = all_reduce(shapes, "sum", process_group)
+    error = None
+    if rank == 0:
+        try:
+            write_manifest(out, shapes, str(arr.dtype))
+        except Exception as e:  # noqa: BLE001
+            error = e
+    agree(error, process_group)
+    return arr

@@ -46,7 +46,7 @@ def manifest_path(out: str) -> str:
     return f"{_stem(out)}.manifest.json"
 
 
-def _local_part(data, rows: slice):
+def local_part(data, rows: slice):
     """``data`` restricted to ``rows``, keeping its kind (a DataLoader keeps its batch size)."""
     import torch
     from torch.utils.data import DataLoader, Subset
@@ -60,45 +60,8 @@ def _local_part(data, rows: slice):
     return Subset(data, range(rows.start, rows.stop))
 
 
-def extract_sharded(model, data, layer, out, process_group, **kwargs) -> np.memmap:
-    """Rank's share of :func:`pydebias.data.extract_embeddings` (see the module docstring);
-    returns this rank's rows as a read-only memmap."""
-    import torch.distributed as dist
-
-    from ..distributed import agree, all_reduce, check_group
-    from .extract import _plan, extract_embeddings
-
-    check_group(process_group)
-    if out is None:
-        raise ValueError("out: extraction across processes writes shards; pass out='name.npy'")
-    rank, world = dist.get_rank(process_group), dist.get_world_size(process_group)
-    kwargs["progress"] = kwargs.get("progress", True) and rank == 0  # one bar, not one per rank
-    error, arr, n = None, None, 0
-    try:
-        n = _plan(data, kwargs.get("batch_size", 256))[0]
-        rows = shard_rows(n, rank, world)
-        if rows.stop == rows.start:
-            raise ValueError(f"data: {n} samples cannot give each of {world} ranks a row; use fewer ranks")
-        arr = extract_embeddings(model, _local_part(data, rows), layer, out=shard_path(out, rank, world),
-                                 **kwargs)
-    except Exception as e:  # noqa: BLE001 - raised on every rank by agree
-        error = e
-    agree(error, process_group)
-    # every rank's shape, then rank 0 writes the manifest; the final reduction is the barrier
-    shapes = np.zeros((world, 3), np.int64)
-    shapes[rank] = (arr.shape[0], arr.shape[1], n)
-    shapes = all_reduce(shapes, "sum", process_group)
-    error = None
-    if rank == 0:
-        try:
-            _write_manifest(out, shapes, str(arr.dtype))
-        except Exception as e:  # noqa: BLE001
-            error = e
-    agree(error, process_group)
-    return arr
-
-
-def _write_manifest(out, shapes: np.ndarray, dtype: str) -> None:
+def write_manifest(out, shapes: np.ndarray, dtype: str) -> None:
+    """Rank 0's manifest for ``out``: ``shapes`` (ranks, 2) rows and columns per shard."""
     world = shapes.shape[0]
     if len(set(shapes[:, 1].tolist())) != 1:
         raise ValueError(f"layer: the ranks' rows have different widths {shapes[:, 1].tolist()}")
@@ -106,9 +69,9 @@ def _write_manifest(out, shapes: np.ndarray, dtype: str) -> None:
     meta = {"format": _FORMAT, "shape": [int(starts[-1]), int(shapes[0, 1])], "dtype": dtype,
             "shards": [{"path": os.path.basename(shard_path(out, r, world)), "start": int(starts[r]),
                         "stop": int(starts[r + 1])} for r in range(world)]}
-    from .extract import _write_json
+    from ..results import write_atomic
 
-    _write_json(manifest_path(out), meta)
+    write_atomic(manifest_path(out), json.dumps(meta, indent=1).encode())
 
 
 def read_manifest(path) -> Dict:
