@@ -135,14 +135,28 @@ def scratch_array(shape: Tuple[int, ...], dtype) -> np.memmap:
     return out
 
 
+#: arrays derived from a memmap go to a scratch file above this size (smaller ones, e.g.
+#: a capped holdout, are cheaper in memory)
+SCRATCH_MIN_BYTES = 64 << 20
+
+
+def empty_like_source(source, shape: Tuple[int, ...], dtype) -> np.ndarray:
+    """An array for data derived from ``source``: a :func:`scratch_array` when ``source``
+    is an ``np.memmap`` and the result exceeds ``SCRATCH_MIN_BYTES``, else in memory."""
+    if isinstance(source, np.memmap) and int(np.prod(shape)) * np.dtype(dtype).itemsize > SCRATCH_MIN_BYTES:
+        return scratch_array(shape, dtype)
+    return np.empty(shape, dtype=dtype)
+
+
 def take_rows(x, index: np.ndarray):
-    """Rows ``index`` of x: a tensor or in-memory array copy, or for an ``np.memmap`` a
-    :func:`scratch_array` filled chunk by chunk (memory: one chunk)."""
+    """Rows ``index`` of x: a tensor or in-memory array copy, or for an ``np.memmap``
+    (above ``SCRATCH_MIN_BYTES`` of rows) a :func:`scratch_array` filled chunk by chunk
+    (memory: one chunk)."""
     if is_tensor(x):
         return x[torch.from_numpy(index).to(x.device)]
     if not isinstance(x, np.memmap):
         return np.asarray(x[index])
-    out = scratch_array((index.size,) + tuple(x.shape[1:]), x.dtype)
+    out = empty_like_source(x, (index.size,) + tuple(x.shape[1:]), x.dtype)
     step = default_chunk_rows(int(np.prod(x.shape[1:], dtype=np.int64)), x.dtype.itemsize)
     for sl in row_chunks(index.size, step):
         out[sl] = x[index[sl]]

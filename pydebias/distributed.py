@@ -244,8 +244,8 @@ def sum_grads(params, loss: float, group) -> float:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.detach().reshape(-1).double() for p in params] + [torch.tensor([float(loss)],
-                                                                                             dtype=torch.float64)])
+    parts = [p.grad.detach().reshape(-1).double() for p in params]
+    flat = torch.cat(parts + [torch.tensor([float(loss)], dtype=torch.float64)])
     flat = torch.from_numpy(all_reduce(flat.numpy(), "sum", group))
     at = 0
     for p in params:
@@ -277,8 +277,8 @@ def run_local(fn, world_size: int, *args, backend: str = "gloo", timeout: float 
     starts the ranks). ``fn`` must be importable (a module-level function). Returns the
     ranks' results in rank order; raises ``RuntimeError`` with a rank's error if one failed.
     ``threads``: OpenMP threads per rank (``OMP_NUM_THREADS`` of the children; default the
-    cores shared out, at least 1, as ``torchrun`` does; more ranks than cores otherwise spin
-    in each other's way)."""
+    cores shared out, at least 1, where ``torchrun`` sets 1): more threads than cores spin
+    in each other's way."""
     import multiprocessing as mp
     import os
     import queue as queue_mod

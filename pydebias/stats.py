@@ -468,7 +468,7 @@ def _quantiles_distributed(lib, features, g, G, levels, group, local_count, coll
     over = over > 0  # a rank's keep region overflowed
     out = np.full((2, Q, G, m), np.nan)
     missed = np.zeros((Q, G, m), bool)
-    targets = np.full((2, Q * G * m), -1, np.int64)  # both ranks' selections run together below
+    targets = np.full((2, Q * G * m), -1, np.int64)  # lower and higher order statistics, selected together
     for j in range(2):
         r = np.broadcast_to(ranks[..., j][..., None], (Q, G, m))
         k = r - below
@@ -530,8 +530,6 @@ def _brackets_distributed(features, g, G, count, ranks, group):
     off = (first[:-1, None] * m + np.arange(m)[None, :] * sampled[:, None]).reshape(-1)
     live = np.repeat(sampled, m)
     lib = backends.native()
-
-
     # one radix select over the sample values, cell = (group, neuron), for every level and end
     target = np.stack([np.where((c2 > 0)[None, :], np.clip(r, 0, top), -1)[..., None].repeat(m, axis=2)
                        for r in (a, b)])  # (2, Q, G, M)

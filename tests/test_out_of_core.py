@@ -22,14 +22,16 @@ def _as_memmap(s: EmbeddingSet, path) -> EmbeddingSet:
 
 @pytest.fixture()
 def scratch(tmp_path, monkeypatch):
+    """A scratch folder, and every array derived from a memmap sent there (however small)."""
     d = tmp_path / "scratch"
     d.mkdir()
     monkeypatch.setenv("PYDEBIAS_SCRATCH", str(d))
+    monkeypatch.setattr(arrays, "SCRATCH_MIN_BYTES", 0)
     return d
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_subset_of_a_memmap_is_a_scratch_memmap_with_the_same_rows(tmp_path, scratch, dtype):
+def test_subset_of_a_memmap_is_a_scratch_memmap_with_the_same_rows(tmp_path, scratch, monkeypatch, dtype):
     rng = np.random.default_rng(0)
     s = EmbeddingSet(rng.standard_normal((500, 7)).astype(dtype), rng.integers(0, 3, 500))
     mm = _as_memmap(s, tmp_path / "x.npy")
@@ -41,14 +43,18 @@ def test_subset_of_a_memmap_is_a_scratch_memmap_with_the_same_rows(tmp_path, scr
     assert list(scratch.iterdir()) == []  # unlinked at once; the mapping keeps the data
     empty = mm.subset(np.zeros(500, dtype=bool))
     assert empty.features.shape == (0, 7)
-    # an in-memory set still copies into memory
+    # an in-memory set still copies into memory, and so do small subsets of a memmap
     assert not isinstance(s.subset(idx).features, np.memmap)
+    monkeypatch.setattr(arrays, "SCRATCH_MIN_BYTES", 122 * 7 * np.dtype(dtype).itemsize)  # 122 rows fit
+    assert isinstance(mm.subset(idx).features, np.memmap)
+    assert not isinstance(mm.subset(idx[:-1]).features, np.memmap)
 
 
 def test_a_missing_scratch_folder_is_named(tmp_path, monkeypatch):
     s = EmbeddingSet(np.ones((10, 3), np.float32), np.arange(10) % 2)
     mm = _as_memmap(s, tmp_path / "x.npy")
     monkeypatch.setenv("PYDEBIAS_SCRATCH", str(tmp_path / "nope"))
+    monkeypatch.setattr(arrays, "SCRATCH_MIN_BYTES", 0)
     with pytest.raises(ValueError, match="PYDEBIAS_SCRATCH"):
         mm.subset(np.arange(5))
 

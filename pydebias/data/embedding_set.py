@@ -86,7 +86,8 @@ class EmbeddingSet:
 
     def subset(self, index, split: Optional[str] = None) -> "EmbeddingSet":
         """Rows ``index`` (indices or boolean mask) as a new set (features copied; from an
-        ``np.memmap``, into a temporary memmap in ``$PYDEBIAS_SCRATCH``, not into memory)."""
+        ``np.memmap``, above 64 MB into a temporary memmap in ``$PYDEBIAS_SCRATCH``, not
+        into memory)."""
         index = np.asarray(index)
         if index.dtype == np.bool_:
             index = np.flatnonzero(index)

@@ -146,7 +146,7 @@ class NSF(EmbeddingMethod):
 
     def _zscores(self, x, device):
         """float32 z-scores of ``x`` (streamed twice: moments, then the copy; in memory,
-        or for an ``np.memmap`` in a scratch memmap) and the per-neuron center and scale."""
+        or for a large ``np.memmap`` in a scratch memmap) and the per-neuron center and scale."""
         from .. import stats
 
         st = stats.neuron_stats(x, groups=np.zeros(x.shape[0], dtype=np.int64), n_groups=1, quantiles=(),
@@ -155,7 +155,7 @@ class NSF(EmbeddingMethod):
         sd = np.sqrt(st.m2[0] / int(st.count[0]))  # population sd; N >= 1 here
         scale = torch.from_numpy(np.where(sd > 1e-12, sd, 1.0)).to(device, torch.float64)
         if isinstance(x, np.memmap):
-            out = _arrays.scratch_array(x.shape, np.float32)
+            out = _arrays.empty_like_source(x, x.shape, np.float32)
             view = torch.from_numpy(out) if out.size else torch.empty(x.shape)
         else:
             view = torch.empty(x.shape, dtype=torch.float32, device=device)
