@@ -2,9 +2,6 @@
 // passes over a (key, cell) list; here one pass per cell region, and no cell ids at all.
 #include "radix.h"
 
-#include <cmath>
-#include <cstring>
-
 namespace pydebias {
 
 void radix_keys(const void* values, Elem elem, int64_t n, void* keys) {

@@ -27,7 +27,7 @@ void radix_round(K* keys, const int64_t* off, int64_t* live, const K* base, cons
 
 // After a round's counts are summed over the ranks: per cell, the digit whose bin holds
 // the cell's remaining rank k[c] goes into prefix[c] at `shift`, and k[c] becomes the rank
-// within that bin. A cell whose k[c] is not below its total keeps digit 255...; callers
+// within that bin. A cell whose k[c] is not below its total gets the last digit; callers
 // only ask for ranks that exist.
 template <typename K>
 void radix_choose(const int32_t* hist, int64_t n_cells, int digit_bits, int shift, int64_t* k, K* prefix);
