@@ -96,12 +96,38 @@ inline void row_count(const double* v, const double* lo, const double* hi, const
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define PYDEBIAS_QUANTILE_AVX2 1
+// Eight columns of a row as floats: float rows (SRC 0), or raw float16 (1, F16C) /
+// bfloat16 (2, a shift) rows converted in registers, exactly.
+template <int SRC>
+__attribute__((target("avx2,f16c"))) inline __m256 load8(const float* row, int64_t c) {
+    if constexpr (SRC == 0) {
+        return _mm256_loadu_ps(row + c);
+    } else {
+        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(row) + c));
+        if constexpr (SRC == 1) return _mm256_cvtph_ps(h);
+        else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    }
+}
+
+// Column c of a row as a float (see load8).
+template <int SRC>
+inline float load1(const float* row, int64_t c) {
+    if constexpr (SRC == 0) {
+        return row[c];
+    } else {
+        float v;
+        widen_row(reinterpret_cast<const uint16_t*>(row) + c, SRC == 1 ? Elem::F16 : Elem::BF16, &v, 1);
+        return v;
+    }
+}
+
 // NR (1..4) rows of one group against one bracket row with AVX2: the counters are
 // loaded and stored once per NR rows, and the keep test becomes one bit per column
 // (movemask) in `bits` (row j at bits + j * mb), so the append loop scans 64 columns
-// per word. Same semantics as row_count_impl.
-template <int NR, bool MASS>
-__attribute__((target("avx2"))) void rows_avx2(const float* const* x, const float* __restrict lo,
+// per word. Same semantics as row_count_impl. SRC: as load8 (16-bit rows read raw, not
+// widened into a block first: one read of the rows instead of two).
+template <int NR, bool MASS, int SRC = 0>
+__attribute__((target("avx2,f16c"))) void rows_avx2(const float* const* x, const float* __restrict lo,
                                                const float* __restrict hi,
                                                const float* __restrict mass,
                                                int32_t* __restrict a,
@@ -123,7 +149,7 @@ __attribute__((target("avx2"))) void rows_avx2(const float* const* x, const floa
         __m256i ce = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(e + c));
 #pragma GCC unroll 4
         for (int j = 0; j < NR; ++j) {
-            const __m256 v = _mm256_loadu_ps(xs[j] + c);
+            const __m256 v = load8<SRC>(xs[j], c);
             const __m256 below = _mm256_cmp_ps(v, l, _CMP_LT_OQ);
             const __m256 upto = _mm256_cmp_ps(v, h, _CMP_NGT_UQ);  // v <= hi, or NaN
             ca = _mm256_sub_epi32(ca, _mm256_castps_si256(below));
@@ -143,7 +169,7 @@ __attribute__((target("avx2"))) void rows_avx2(const float* const* x, const floa
         for (int j = 0; j < NR; ++j) bits[j * mb + (c >> 3)] = 0;
         for (; c < m; ++c)
             for (int j = 0; j < NR; ++j) {
-                const float v = xs[j][c];
+                const float v = load1<SRC>(xs[j], c);
                 const bool below = v < lo[c], upto = !(v > hi[c]), at = v == mass[c];
                 a[c] += below;
                 e[c] += at;
@@ -294,15 +320,15 @@ __attribute__((target("avx512f"))) int64_t rows_avx512(
 }
 
 // NR rows against one bracket row with AVX2 (flag bits in bb, row j at bb + j * mb).
-template <bool MASS>
+template <bool MASS, int SRC = 0>
 inline void rows_simd(int nr, const float* const* fr, const float* fl, const float* fh,
                       const float* fw, int32_t* ca, int32_t* ce, uint8_t* bb,
                       int64_t mb, int64_t m, const float* const* pf) {
     switch (nr) {
-        case 4: rows_avx2<4, MASS>(fr, fl, fh, fw, ca, ce, bb, mb, m, pf); break;
-        case 3: rows_avx2<3, MASS>(fr, fl, fh, fw, ca, ce, bb, mb, m, pf); break;
-        case 2: rows_avx2<2, MASS>(fr, fl, fh, fw, ca, ce, bb, mb, m, pf); break;
-        default: rows_avx2<1, MASS>(fr, fl, fh, fw, ca, ce, bb, mb, m, pf); break;
+        case 4: rows_avx2<4, MASS, SRC>(fr, fl, fh, fw, ca, ce, bb, mb, m, pf); break;
+        case 3: rows_avx2<3, MASS, SRC>(fr, fl, fh, fw, ca, ce, bb, mb, m, pf); break;
+        case 2: rows_avx2<2, MASS, SRC>(fr, fl, fh, fw, ca, ce, bb, mb, m, pf); break;
+        default: rows_avx2<1, MASS, SRC>(fr, fl, fh, fw, ca, ce, bb, mb, m, pf); break;
     }
 }
 
@@ -348,7 +374,7 @@ struct Sink {
 
 // Appends the flagged columns of one row: 64 flag bits per word, most words zero.
 template <typename T>
-inline void append_bits(const uint8_t* bits, int64_t m, const T* row, int64_t i0, Sink<T>& out) {
+inline void append_bits(const uint8_t* bits, int64_t m, const T* row, int64_t i0, Sink<T>& out, int src = 0) {
     for (int64_t b0 = 0; b0 * 8 < m; b0 += 8) {
         uint64_t w;
         std::memcpy(&w, bits + b0, 8);
@@ -357,6 +383,13 @@ inline void append_bits(const uint8_t* bits, int64_t m, const T* row, int64_t i0
         while (w) {
             const int64_t c = b0 * 8 + __builtin_ctzll(w);
             w &= w - 1;
+#ifdef PYDEBIAS_QUANTILE_AVX2
+            if (src) {  // a raw 16-bit row (only with T = float)
+                out.put(i0 + c, static_cast<T>(src == 1 ? load1<1>(reinterpret_cast<const float*>(row), c)
+                                                        : load1<2>(reinterpret_cast<const float*>(row), c)));
+                continue;
+            }
+#endif
             out.put(i0 + c, row[c]);
         }
     }
@@ -393,16 +426,16 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
     std::vector<int32_t> lcol(4 * m + 16);  // the AVX-512 kernel's list of kept values
     std::vector<float> lval(4 * m + 16);
 #ifdef PYDEBIAS_QUANTILE_AVX2
-    simd = sizeof(T) == 4 && cpu_has_avx2();
+    simd = sizeof(T) == 4 && cpu_has_f16c();  // F16C: every AVX2 CPU has it, the raw 16-bit path needs it
     simd512 = simd && cpu_has_avx512();
 #endif
     const bool fuse_moments = simd512 && Q > 0 && !std::getenv("PYDEBIAS_NO_FUSE4");
-    // 16-bit rows without grouped moments on the AVX-512 path are counted straight from their raw
-    // rows, converted in registers (measured, 2,000,000 x 1,024 float16 memmap, grouped quantiles alone
-    // with the prefetch below: 0.44-0.48 -> 0.33-0.37 s); elsewhere each block is widened
-    // to floats first.
+    // 16-bit rows without grouped moments on the AVX-512 and AVX2 paths are counted straight from
+    // their raw rows, converted in registers (measured, 2,000,000 x 1,024 float16 memmap, grouped
+    // quantiles alone with the prefetch below: AVX-512 0.44-0.48 -> 0.33-0.37 s; AVX2: see
+    // docs/performance.md); elsewhere each block is widened to floats first.
     // PYDEBIAS_NO_DIRECT16=1 widens on every path (for A/B and tests).
-    const bool direct16 = half && simd512 && !(mo && mo->shift) && !std::getenv("PYDEBIAS_NO_DIRECT16");
+    const bool direct16 = half && simd && !(mo && mo->shift) && !std::getenv("PYDEBIAS_NO_DIRECT16");
     const int src = !direct16 ? 0 : elem == Elem::F16 ? 1 : 2;
     std::vector<T> scratch(half && !direct16 ? block * m : 0);
     for (int64_t b0 = r0; b0 < r1; b0 += block) {
@@ -508,11 +541,17 @@ void collect_rows(const void* x, Elem elem, int64_t r0, int64_t r1, int64_t m, i
                             for (int64_t k = 0; k < len; ++k) out.put(i0 + lcol[k], static_cast<T>(lval[k]));
                             continue;
                         }
-                        if (has_mass[q * G + g])
-                            rows_simd<true>(nr, fr, fl, fh, fw, ca, ce, bb, mb, m, fp);
+                        const bool ms = has_mass[q * G + g];
+                        if (src == 1)
+                            ms ? rows_simd<true, 1>(nr, fr, fl, fh, fw, ca, ce, bb, mb, m, fp)
+                               : rows_simd<false, 1>(nr, fr, fl, fh, fw, ca, ce, bb, mb, m, fp);
+                        else if (src == 2)
+                            ms ? rows_simd<true, 2>(nr, fr, fl, fh, fw, ca, ce, bb, mb, m, fp)
+                               : rows_simd<false, 2>(nr, fr, fl, fh, fw, ca, ce, bb, mb, m, fp);
                         else
-                            rows_simd<false>(nr, fr, fl, fh, fw, ca, ce, bb, mb, m, fp);
-                        for (int j = 0; j < nr; ++j) append_bits(bits.data() + j * mb, m, rows[j], i0, out);
+                            ms ? rows_simd<true>(nr, fr, fl, fh, fw, ca, ce, bb, mb, m, fp)
+                               : rows_simd<false>(nr, fr, fl, fh, fw, ca, ce, bb, mb, m, fp);
+                        for (int j = 0; j < nr; ++j) append_bits(bits.data() + j * mb, m, rows[j], i0, out, src);
                         continue;
                     }
 #endif

@@ -25,7 +25,8 @@ def predict(head_or_model, features, batch_size: Optional[int] = None, device=No
     rows of about 8 MB of float32 (2,048 at M = 1,024), so a widened float16 batch stays
     in cache for the GEMM (measured on a 2,000,000 x 1,024 float16 memmap through the
     torch path: 0.63 s in batches of 16,384 rows, 0.44 s in 2,048; natively 0.09-0.14 s
-    with AVX-512 and at most four classes, 0.26 s otherwise). ``n_classes``: the model
+    with AVX-512 and at most four classes, AVX2 + F16C close behind, 0.26 s otherwise;
+    docs/performance.md). ``n_classes``: the model
     must give at least that many logits (a 1-logit head would predict class 0 always)."""
     if batch_size is None:
         batch_size = max(256, (8 << 20) // (4 * max(1, features.shape[1])))

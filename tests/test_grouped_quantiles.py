@@ -324,8 +324,8 @@ def test_cpp_collect_counters_against_numpy(monkeypatch, kernel):
     at the point mass, the derived count not above hi, and the multiset of kept values
     (NaN included) per cell, against numpy -- with bounds and masses that sit on data
     values, infinite bounds, an empty bracket, and a region too small (overflow).
-    16-bit rows are counted from the raw rows with AVX-512 (converted in registers), and
-    widened to float blocks first with PYDEBIAS_NO_DIRECT16=1 or on the AVX2 kernel."""
+    16-bit rows are counted from the raw rows with AVX-512 and with AVX2 (converted in
+    registers), and widened to float blocks first with PYDEBIAS_NO_DIRECT16=1."""
     if kernel.endswith("avx2"):
         monkeypatch.setenv("PYDEBIAS_NO_AVX512", "1")
     if kernel.endswith("widened"):
