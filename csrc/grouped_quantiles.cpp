@@ -103,9 +103,8 @@ __attribute__((target("avx2,f16c"))) inline __m256 load8(const float* row, int64
     if constexpr (SRC == 0) {
         return _mm256_loadu_ps(row + c);
     } else {
-        const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(row) + c));
-        if constexpr (SRC == 1) return _mm256_cvtph_ps(h);
-        else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+        return widen8_regs<SRC>(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(reinterpret_cast<const uint16_t*>(row) + c)));
     }
 }
 
@@ -247,8 +246,7 @@ __attribute__((target("avx512f"))) inline __m512 load16(const float* row, int64_
             std::memcpy(tail, h, sizeof(uint16_t) * __builtin_popcount(lanes));
             v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
         }
-        if constexpr (SRC == 1) return _mm512_cvtph_ps(v);
-        else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
+        return widen16_regs<SRC>(v);
     }
 }
 

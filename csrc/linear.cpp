@@ -48,12 +48,6 @@ inline int64_t argmax_logits(const float* z, int64_t C) {
 // registers (exact; float16 by the hardware, bfloat16 by a shift) and goes straight into
 // two FMA chains per class, so a row is read once and never stored widened (measured,
 // 2,000,000 x 1,024 float16 memmap, 2 classes: 0.26-0.29 s -> 0.09-0.14 s).
-template <int SRC>
-__attribute__((target("avx512f"))) inline __m512 widen16(__m256i h) {
-    if constexpr (SRC == 1) return _mm512_cvtph_ps(h);
-    else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
 template <int C, int SRC>
 __attribute__((target("avx512f"))) void argmax16_avx512(const uint16_t* x, int64_t n, int64_t m,
                                                          const float* w, const float* b, int64_t* out) {
@@ -64,8 +58,8 @@ __attribute__((target("avx512f"))) void argmax16_avx512(const uint16_t* x, int64
         for (int c = 0; c < C; ++c) acc[c][0] = acc[c][1] = _mm512_setzero_ps();
         int64_t k = 0;
         for (; k + 32 <= m; k += 32) {
-            const __m512 v0 = widen16<SRC>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k)));
-            const __m512 v1 = widen16<SRC>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k + 16)));
+            const __m512 v0 = widen16_regs<SRC>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k)));
+            const __m512 v1 = widen16_regs<SRC>(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + k + 16)));
             for (int c = 0; c < C; ++c) {
                 acc[c][0] = _mm512_fmadd_ps(v0, _mm512_loadu_ps(w + c * m + k), acc[c][0]);
                 acc[c][1] = _mm512_fmadd_ps(v1, _mm512_loadu_ps(w + c * m + k + 16), acc[c][1]);
@@ -76,7 +70,7 @@ __attribute__((target("avx512f"))) void argmax16_avx512(const uint16_t* x, int64
             const __mmask16 lanes = static_cast<__mmask16>(left == 16 ? 0xffff : (1u << left) - 1);
             alignas(32) uint16_t tail[16] = {0};
             std::memcpy(tail, row + k, sizeof(uint16_t) * left);  // no read past the row
-            const __m512 v = widen16<SRC>(_mm256_load_si256(reinterpret_cast<const __m256i*>(tail)));
+            const __m512 v = widen16_regs<SRC>(_mm256_load_si256(reinterpret_cast<const __m256i*>(tail)));
             for (int c = 0; c < C; ++c)
                 acc[c][0] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(lanes, w + c * m + k), acc[c][0]);
         }
@@ -89,12 +83,6 @@ __attribute__((target("avx512f"))) void argmax16_avx512(const uint16_t* x, int64
 // The same with AVX2 + F16C + FMA (CPUs without AVX-512): eight lanes, four FMA chains
 // per class; the generic path widened each row into L1 and read it back (measured, the
 // 2,000,000 x 1,024 float16 memmap with AVX-512 hidden: see docs/performance.md).
-template <int SRC>
-__attribute__((target("avx2,f16c,fma"))) inline __m256 widen8(__m128i h) {
-    if constexpr (SRC == 1) return _mm256_cvtph_ps(h);
-    else return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
 __attribute__((target("avx2,f16c,fma"))) inline float hsum8(__m256 v) {
     const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -113,7 +101,7 @@ __attribute__((target("avx2,f16c,fma"))) void argmax16_avx2(const uint16_t* x, i
         for (; k + 32 <= m; k += 32) {
             __m256 v[4];
             for (int u = 0; u < 4; ++u)
-                v[u] = widen8<SRC>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 8 * u)));
+                v[u] = widen8_regs<SRC>(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k + 8 * u)));
             for (int c = 0; c < C; ++c)
                 for (int u = 0; u < 4; ++u)
                     acc[c][u] = _mm256_fmadd_ps(v[u], _mm256_loadu_ps(w + c * m + k + 8 * u), acc[c][u]);
@@ -123,7 +111,7 @@ __attribute__((target("avx2,f16c,fma"))) void argmax16_avx2(const uint16_t* x, i
             alignas(16) uint16_t tail[8] = {0};
             alignas(32) float wt[8] = {0.0f};
             std::memcpy(tail, row + k, sizeof(uint16_t) * left);  // no read past the row
-            const __m256 vt = widen8<SRC>(_mm_load_si128(reinterpret_cast<const __m128i*>(tail)));
+            const __m256 vt = widen8_regs<SRC>(_mm_load_si128(reinterpret_cast<const __m128i*>(tail)));
             for (int c = 0; c < C; ++c) {
                 std::memcpy(wt, w + c * m + k, sizeof(float) * left);  // nor past the weights
                 acc[c][0] = _mm256_fmadd_ps(vt, _mm256_load_ps(wt), acc[c][0]);
