@@ -65,6 +65,18 @@ def agree(error: Optional[BaseException], group) -> None:
                      "every rank stops")
 
 
+def checked(group, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` on every rank, a ``ValueError`` / ``TypeError`` it raises on
+    any rank raised on every rank (:func:`agree`): for the checks of a rank's own rows at a
+    boundary, before the first reduction."""
+    try:
+        out, error = fn(*args, **kwargs), None
+    except (ValueError, TypeError) as e:
+        out, error = None, e
+    agree(error, group)
+    return out
+
+
 def combine_sums(count, s1, s2, lo, hi, group):
     """Per-rank moment accumulators (counts, sums of ``x - shift`` and of their squares
     with one shift shared by all ranks, minima, maxima; +-inf for a group the rank has no

@@ -221,6 +221,50 @@ def test_dfr_and_nsf_across_ranks_fit_what_one_process_fits(world):
         np.testing.assert_array_equal(out["dfr_grid"][0], outs[0]["dfr_grid"][0])
 
 
+def _bad_rank_worker(rank, world):
+    """Each case breaks rank 1's input only; returns what every rank raised."""
+    import torch
+
+    from pydebias.methods import DFR, NSF
+    from pydebias.nn import train_linear_head
+
+    g = dist.group.WORLD
+    v = _planted_shard(rank, world, groups=True)
+    bad = rank == 1
+    empty = v.subset(np.zeros(0, np.int64))
+    cases = {
+        "dfr_empty": lambda: DFR(l2_grid=(1e-3,), epochs=5, process_group=g).fit(None, empty if bad else v),
+        "dfr_no_groups": lambda: DFR(l2_grid=(1e-3,), epochs=5, process_group=g).fit(
+            None, EmbeddingSet(np.asarray(v.features), v.labels) if bad else v),
+        "nsf_empty": lambda: NSF(holdout=0.0, n_update_steps=5, process_group=g).fit(
+            None, empty if bad else v, head=torch.nn.Linear(v.n_features, 2)),
+        "head_labels": lambda: train_linear_head(np.asarray(v.features), v.labels + (5 if bad else 0), 2,
+                                                 epochs=5, process_group=g),
+        "head_weights": lambda: train_linear_head(np.asarray(v.features), v.labels, 2, epochs=5, process_group=g,
+                                                  sample_weight=np.ones(len(v) + (3 if bad else 0))),
+    }
+    out = {}
+    for name, fn in cases.items():
+        try:
+            fn()
+            out[name] = None
+        except ValueError as e:
+            out[name] = str(e)
+    return out
+
+
+def test_a_bad_input_on_one_rank_raises_on_every_rank():
+    """A check that fails on one rank's rows alone must not leave the other ranks waiting
+    in a reduction: every rank raises, the bad rank its own error, the others naming it."""
+    outs = run_local(_bad_rank_worker, 2, timeout=120)
+    own = {"dfr_empty": "val: the set is empty", "dfr_no_groups": "needs group labels",
+           "nsf_empty": "val: the set is empty", "head_labels": "labels: found class",
+           "head_weights": "sample_weight: expected shape"}
+    for name, msg in own.items():
+        assert msg in outs[1][name], (name, outs[1][name])
+        assert outs[0][name] is not None and "rank 1" in outs[0][name], (name, outs[0][name])
+
+
 def _tiny_model():
     import torch
 

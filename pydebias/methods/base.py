@@ -50,10 +50,19 @@ class EmbeddingMethod(Method):
 
     # -- helpers for subclasses --------------------------------------------------
     @staticmethod
-    def _need_val(val, method: str, need_groups: bool = False):
-        if val is None:
-            raise ValueError(f"val: {method} reads a held-out split; pass fit(train, val)")
-        return check_embedding_set(val, "val", need_groups=need_groups)
+    def _need_val(val, method: str, need_groups: bool = False, process_group=None):
+        """``val``, checked; across processes an error of one rank's ``val`` is raised on every rank."""
+        def check():
+            if val is None:
+                raise ValueError(f"val: {method} reads a held-out split; pass fit(train, val)")
+            return check_embedding_set(val, "val", need_groups=need_groups)
+
+        if process_group is None:
+            return check()
+        from ..distributed import check_group, checked
+
+        check_group(process_group)
+        return checked(process_group, check)
 
 
 class ModelMethod(Method):

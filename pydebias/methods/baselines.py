@@ -81,7 +81,7 @@ class DFR(EmbeddingMethod):
         return float((right[seen] / total[seen]).min()) if seen.any() else -1.0
 
     def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
-        val = self._need_val(val, "DFR", need_groups=True)
+        val = self._need_val(val, "DFR", need_groups=True, process_group=self.process_group)
         if not self.l2_grid:
             raise ValueError("l2_grid: give at least one value")
         for v in self.l2_grid:

@@ -134,9 +134,6 @@ class NeuronTune(EmbeddingMethod):
         """Identify on ``val`` with the ERM ``head``; retrain on ``train`` or on ``val``'s
         identification rows (``retrain_on``)."""
         check_choice(self.retrain_on, "retrain_on", RETRAIN_ON)
-        id_set = self._need_val(val, "NeuronTune")
-        tune_set = check_embedding_set(train, "train") if self.retrain_on == "train" else None
-        head = erm_head(train, head, id_set.n_features, id_set.n_classes, self.seed)
         check_choice(self.mask_mode, "mask_mode", MASK_MODES)
         check_number(self.n_rounds, "n_rounds", 1, integer=True)
         check_number(self.holdout_max_rows, "holdout_max_rows", 1, integer=True)
@@ -154,6 +151,9 @@ class NeuronTune(EmbeddingMethod):
             raise ValueError("process_group: NeuronTune across processes identifies on each rank's val rows and "
                              "retrains on train (the same on every rank); pass retrain_on='train', a numeric lam "
                              "(e.g. 0.0) and holdout=0")
+        id_set = self._need_val(val, "NeuronTune", process_group=self.process_group)
+        tune_set = check_embedding_set(train, "train") if self.retrain_on == "train" else None
+        head = erm_head(train, head, id_set.n_features, id_set.n_classes, self.seed)
         # The identification rows are read in place (a memmap is never copied whole);
         # only the holdout, at most holdout_max_rows, and (retrain_on="val") the tuning rows
         # are taken out.

@@ -183,7 +183,7 @@ class NSF(EmbeddingMethod):
         ``head`` (the ERM head) is used only by the do-no-harm check and as its fallback.
         """
         self._check_params()
-        id_set = self._need_val(val, "NSF")
+        id_set = self._need_val(val, "NSF", process_group=self.process_group)
         C, M = id_set.n_classes, id_set.n_features
         pg = self.process_group
         if pg is not None:  # a rank's rows may lack a class

@@ -74,29 +74,38 @@ def train_linear_head(features, labels, n_classes: int, sample_weight: Optional[
     if process_group is not None and optimizer != "lbfgs":
         raise ValueError("optimizer: across processes only 'lbfgs' (full batch) is supported, got "
                          f"{optimizer!r}")
-    y = torch.from_numpy(_arrays.to_numpy(labels).astype(np.int64))
-    n_total = y.numel()
-    if process_group is not None:
-        from ..distributed import all_reduce, sum_grads
-
-        n_total = int(all_reduce(np.array([n_total], np.int64), "sum", process_group)[0])
-    if n_total == 0:
-        raise ValueError("labels: no training samples")
-    if y.numel() and int(y.max()) >= n_classes:
-        raise ValueError(f"labels: found class {int(y.max())} >= n_classes={n_classes}")
     # a memmap is read in row chunks at every evaluation, never converted whole (a float32
     # copy of 2,000,000 x 1,024 is 8 GB); in-memory input is converted once, as before.
     # Across processes every evaluation is summed chunk by chunk and over the ranks.
     streamed = isinstance(features, np.memmap) or process_group is not None
-    x = features if streamed else _arrays.as_tensor(features).to(torch.float32)
+
+    def rows():  # checks of this rank's rows
+        y = torch.from_numpy(_arrays.to_numpy(labels).astype(np.int64))
+        if y.numel() and int(y.max()) >= n_classes:
+            raise ValueError(f"labels: found class {int(y.max())} >= n_classes={n_classes}")
+        x = features if streamed else _arrays.as_tensor(features).to(torch.float32)
+        n, m = x.shape
+        w = torch.ones(n, dtype=torch.float32) if sample_weight is None else \
+            torch.as_tensor(np.asarray(sample_weight), dtype=torch.float32)
+        if w.shape != (n,):
+            raise ValueError(f"sample_weight: expected shape ({n},), got {tuple(w.shape)}")
+        keep = torch.ones(m) if feature_mask is None else \
+            torch.as_tensor(np.asarray(feature_mask), dtype=torch.float32)
+        if keep.shape not in ((m,), (n_classes, m)):
+            raise ValueError(f"feature_mask: expected shape ({m},) or ({n_classes}, {m}), got {tuple(keep.shape)}")
+        return y, x, w, keep
+
+    if process_group is None:
+        y, x, w, keep = rows()
+        n_total = y.numel()
+    else:  # one rank's bad rows raise on every rank, before the first reduction could leave others waiting
+        from ..distributed import all_reduce, checked, sum_grads
+
+        y, x, w, keep = checked(process_group, rows)
+        n_total = int(all_reduce(np.array([y.numel()], np.int64), "sum", process_group)[0])
+    if n_total == 0:
+        raise ValueError("labels: no training samples")
     n, m = x.shape
-    w = torch.ones(n, dtype=torch.float32) if sample_weight is None else \
-        torch.as_tensor(np.asarray(sample_weight), dtype=torch.float32)
-    if w.shape != (n,):
-        raise ValueError(f"sample_weight: expected shape ({n},), got {tuple(w.shape)}")
-    keep = torch.ones(m) if feature_mask is None else torch.as_tensor(np.asarray(feature_mask), dtype=torch.float32)
-    if keep.shape not in ((m,), (n_classes, m)):
-        raise ValueError(f"feature_mask: expected shape ({m},) or ({n_classes}, {m}), got {tuple(keep.shape)}")
     keep = keep.expand(n_classes, m)
     if standardize and streamed:  # one native pass over the file (float64 sums)
         from ..stats import neuron_stats
