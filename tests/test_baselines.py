@@ -77,6 +77,24 @@ def test_afr_picks_gamma_label_free_and_a_balanced_val_does_not_flip_it():
             assert auto.gamma_ > 0.0
 
 
+def test_afr_l2_pulls_the_head_towards_erms():
+    """A larger ``l2`` leaves AFR's weights closer to the ERM head's it starts from (the bias
+    is not pulled: a very large ``l2`` leaves a reweighted bias on ERM's weights)."""
+    from pydebias.data import planted
+    from pydebias.methods import AFR, ERM
+    from pydebias.metrics import predict
+
+    d = planted(n_train=3000, n_val=1500, n_test=1000, seed=0)
+    erm = ERM().fit(d["train"])
+    dist, agree = [], []
+    for l2 in (1e-3, 1e-1, 1e3):
+        h = AFR(gamma=4.0, l2=l2).fit(d["train"], d["val"], head=erm)
+        dist.append(float((h.weight - erm.weight).norm() / erm.weight.norm()))
+        agree.append(float((predict(h, d["test"].features) == predict(erm, d["test"].features)).mean()))
+    assert dist[0] > dist[1] > dist[2] and dist[2] < 0.01
+    assert agree[0] < agree[1] < agree[2]
+
+
 @pytest.mark.parametrize("kw, match", [({"gamma": "best"}, "gamma"), ({"gammas": ()}, "gammas"),
                                        ({"gammas": (1.0, -2.0)}, "gammas"), ({"holdout": 0.0}, "holdout")])
 def test_afr_auto_parameters_are_checked(kw, match):

@@ -299,3 +299,23 @@ def test_jtt_weights_study_on_planted(tmp_path):
     assert len(r["error_weight_per_class"]) == 2 and min(r["error_weight_per_class"]) > 1
     md = (tmp_path / "jtt_weights.md").read_text()
     assert "| planted (planted) |" in md and "up_weight=balanced" in md and "mean over settings" in md
+
+
+def test_afr_anchors_study_on_planted(tmp_path, monkeypatch):
+    """AFR's anchor study: both identification splits of planted, a worst group and a
+    label-free γ per l2 (two of them here, for time), and the default among those studied."""
+    from pydebias.methods import AFR
+    from pydebias.tools import report
+
+    assert AFR().l2 in report.AFR_ANCHORS
+    monkeypatch.setattr(report, "AFR_ANCHORS", (1e-3, 1.0))
+    assert main(["report", "--afr-anchors", "--benchmarks", "planted", "--seed", "0", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    rows = json.loads((tmp_path / "afr_anchors.json").read_text())["rows"]
+    assert [r["id_split"] for r in rows] == ["biased", "balanced"]
+    for r in rows:
+        assert r["0.001"] > r["ERM"] + 0.1 and r["1.0"] > r["ERM"] + 0.1
+        assert r["gamma 0.001"] in (0.0, 1.0, 2.0, 4.0, 8.0) and r["gamma 1.0"] in (0.0, 1.0, 2.0, 4.0, 8.0)
+    md = (tmp_path / "afr_anchors.md").read_text()
+    assert "| planted (planted), biased split |" in md and "| planted (planted), balanced split |" in md
+    assert "l2=0.001" in md and "l2=1.0" in md and "l2=0.01" not in md.split("\n", 2)[2]

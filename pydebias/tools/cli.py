@@ -27,6 +27,8 @@ REPORT_STUDIES = {
                 "report", "balance_study", "balance_markdown"),
     "jtt_weights": ("JTT with each up-weight on every setting that is not a balanced identification split",
                     "report", "jtt_weights", "jtt_weights_markdown"),
+    "afr_anchors": ("AFR with each pull towards the ERM head (l2) on every setting", "report", "afr_anchors",
+                    "afr_anchors_markdown"),
     "clarc": ("ERM, P-, A- and RR-ClArC (and RR-ClArC's λ sweep) on fashion-square and fashion-on-photos with a "
               "pasted square: clean / attacked / worst-group accuracy, TCAV", "clarc_study", "clarc_study",
               "clarc_markdown"),

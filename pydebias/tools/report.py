@@ -177,61 +177,107 @@ def balance_study(settings: Sequence[Setting], seed: int = 0, progress: bool = T
 
 #: JTT's up-weights compared by :func:`jtt_weights` ("balanced" is the default)
 JTT_WEIGHTS = ("balanced", 2.0, 5.0, 10.0, 20.0, 50.0)
+#: AFR's pulls towards the ERM head (``l2``) compared by :func:`afr_anchors` (1e-3 is the default)
+AFR_ANCHORS = (1e-3, 1e-2, 1e-1, 1.0)
+
+
+def _baseline_sweep(settings: Sequence[Setting], seed: int, progress: bool, desc: str, fit_one,
+                    values: Sequence, skip_balanced: bool) -> List[Dict]:
+    """Worst-group test accuracy of ERM and of ``fit_one(value, data, erm_head, seed)``
+    (-> (head, extra row entries)) for each of ``values`` on each setting (those with a
+    balanced identification split skipped when ``skip_balanced``)."""
+    from tqdm import tqdm
+
+    from ..data import availability, load
+    from ..metrics import evaluate
+
+    rows = []
+    for name, bb, split, params in tqdm(settings, desc=desc, disable=not progress):
+        if skip_balanced and split == "balanced":
+            continue
+        ok, why = availability(name)
+        if not ok:
+            rows.append({"benchmark": name, "backbone": bb, "id_split": split, "skipped": why})
+            continue
+        data = load(name, seed=seed, **params)
+        erm = _erm_head(data, seed)
+        row = {"benchmark": name, "backbone": bb, "id_split": split,
+               "ERM": evaluate(erm, data["test"]).worst_group_accuracy}
+        for v in values:
+            head, extra = fit_one(v, data, erm, seed)
+            row[str(v)] = evaluate(head, data["test"]).worst_group_accuracy
+            row.update(extra)
+        rows.append(row)
+    return rows
+
+
+def _sweep_markdown(rows: List[Dict], values: Sequence, param: str, title: str, case_keys: Sequence[str]) -> str:
+    """Mean (lowest–highest) worst-group accuracy over seeds per setting and value, the mean
+    over settings and each value's largest loss of a setting's mean against ERM's."""
+    import numpy as np
+
+    keys = ["ERM"] + [str(v) for v in values]
+    out = [title, "", "| benchmark | ERM | " + " | ".join(f"{param}={k}" for k in keys[1:]) + " |",
+           "| --- | --- | " + " | ".join("---" for _ in keys[1:]) + " |"]
+    keyed = by_case(rows, *case_keys)
+    means = {k: [] for k in keys}
+    for case, rs in keyed.items():
+        cells = []
+        for k in keys:
+            v = 100 * np.array([r[k] for r in rs])
+            means[k].append(v.mean())
+            cells.append(_mean_range(v))
+        label = f"{case[0]} ({case[1]})" + (f", {case[2]} split" if len(case) > 2 else "")
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    if keyed:
+        out.append("| **mean over settings** | " + " | ".join(f"{np.mean(means[k]):.1f}" for k in keys) + " |")
+        out += ["", "Largest loss of a setting's mean against ERM's: " + "; ".join(
+            f"{param}={k} {min(a - b for a, b in zip(means[k], means['ERM'])):+.1f}" for k in keys[1:]) + "."]
+    return "\n".join(out) + "\n"
 
 
 def jtt_weights(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
     """Worst-group test accuracy of JTT with each of :data:`JTT_WEIGHTS` beside ERM, on
     every setting whose identification split is not the balanced one (JTT reads train
     only): the measurements behind ``up_weight="balanced"``."""
-    from tqdm import tqdm
-
-    from ..data import availability, load
     from ..methods import JTT
-    from ..metrics import evaluate
 
-    rows = []
-    for name, bb, split, params in tqdm(settings, desc="JTT up-weights", disable=not progress):
-        if split == "balanced":
-            continue
-        ok, why = availability(name)
-        if not ok:
-            rows.append({"benchmark": name, "backbone": bb, "skipped": why})
-            continue
-        data = load(name, seed=seed, **params)
-        erm = _erm_head(data, seed)
-        row = {"benchmark": name, "backbone": bb, "ERM": evaluate(erm, data["test"]).worst_group_accuracy}
-        for u in JTT_WEIGHTS:
-            m = JTT(up_weight=u, seed=seed)
-            row[str(u)] = evaluate(m.fit(data["train"]), data["test"]).worst_group_accuracy
-            if u == "balanced":
-                row["error_weight_per_class"] = m.report_["error_weight_per_class"]
-        rows.append(row)
-    return rows
+    def fit_one(u, data, erm, seed):
+        m = JTT(up_weight=u, seed=seed)
+        head = m.fit(data["train"])
+        return head, ({"error_weight_per_class": m.report_["error_weight_per_class"]} if u == "balanced" else {})
+
+    return _baseline_sweep(settings, seed, progress, "JTT up-weights", fit_one, JTT_WEIGHTS, skip_balanced=True)
 
 
 def jtt_weights_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
-    """Mean (lowest–highest) worst-group accuracy over seeds per setting and up-weight."""
-    import numpy as np
+    """The :func:`jtt_weights` table: one line per setting, one column per up-weight."""
+    return _sweep_markdown(rows, JTT_WEIGHTS, "up_weight", (
+        f"JTT's up-weight, {seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
+        "(lowest–highest); \"balanced\" weighs every class × error cell of train the same (the default)."),
+        ("benchmark", "backbone"))
 
-    keys = ["ERM"] + [str(u) for u in JTT_WEIGHTS]
-    out = [f"JTT's up-weight, {seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
-           "(lowest–highest); \"balanced\" weighs every class × error cell of train the same (the default).", "",
-           "| benchmark | ERM | " + " | ".join(f"up_weight={k}" for k in keys[1:]) + " |",
-           "| --- | --- | " + " | ".join("---" for _ in keys[1:]) + " |"]
-    keyed = by_case(rows)
-    means = {k: [] for k in keys}
-    for (name, bb), rs in keyed.items():
-        cells = []
-        for k in keys:
-            v = 100 * np.array([r[k] for r in rs])
-            means[k].append(v.mean())
-            cells.append(_mean_range(v))
-        out.append(f"| {name} ({bb}) | " + " | ".join(cells) + " |")
-    if keyed:
-        out.append("| **mean over settings** | " + " | ".join(f"{np.mean(means[k]):.1f}" for k in keys) + " |")
-        out += ["", "Largest loss of a setting's mean against ERM's: " + "; ".join(
-            f"up_weight={k} {min(a - b for a, b in zip(means[k], means['ERM'])):+.1f}" for k in keys[1:]) + "."]
-    return "\n".join(out) + "\n"
+
+def afr_anchors(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
+    """Worst-group test accuracy of AFR (``gamma="auto"``) with each pull towards the ERM
+    head of :data:`AFR_ANCHORS` beside ERM, on every setting: the measurements behind
+    AFR's ``l2``."""
+    from ..methods import AFR
+
+    def fit_one(a, data, erm, seed):
+        m = AFR(l2=a, seed=seed)
+        head = m.fit(data["train"], data["val"], head=erm)
+        return head, {f"gamma {a}": m.gamma_}
+
+    return _baseline_sweep(settings, seed, progress, "AFR anchors", fit_one, AFR_ANCHORS, skip_balanced=False)
+
+
+def afr_anchors_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
+    """The :func:`afr_anchors` table: one line per setting and split, one column per ``l2``."""
+    return _sweep_markdown(rows, AFR_ANCHORS, "l2", (
+        f"AFR's pull towards the ERM head, {seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
+        "(lowest–highest); γ chosen label-free (`gamma=\"auto\"`) at every `l2`; `l2=0.001` is the default."),
+        ("benchmark", "backbone", "id_split"))
 
 
 def _mean_range(v) -> str:
