@@ -1,12 +1,10 @@
 """Regression tests for the bad-input probe's findings, most severe first: a wrong
 variance, a process abort, unbounded allocations, lost results, silent nonsense and raw
 tracebacks. Each test fails on the code before its fix."""
-import json
 import os
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import pytest

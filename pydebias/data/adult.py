@@ -47,7 +47,6 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..models import TabularMLP, train_tabular_mlp
 from . import cache

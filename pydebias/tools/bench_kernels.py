@@ -6,8 +6,7 @@ seconds apart, so the ratios hold on a shared, noisy machine where bare times do
 """
 from __future__ import annotations
 
-import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import numpy as np
 import torch
