@@ -61,7 +61,7 @@ def agree(error: Optional[BaseException], group) -> None:
         return
     if error is not None and flag[0] == 1 + dist.get_rank(group):
         raise error
-    raise ValueError(f"features: rank {int(flag[0]) - 1} of the process group failed (see its error); "
+    raise ValueError(f"process_group: rank {int(flag[0]) - 1} of the group failed (see its error); "
                      "every rank stops")
 
 
