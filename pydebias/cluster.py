@@ -248,9 +248,11 @@ def class_means(x, labels, n_classes: Optional[int] = None, chunk_rows: Optional
     counts = np.bincount(y, minlength=C)[:C]
     sums = _class_sums_cpp(x, y, C, chunk_rows) if which == "cpp" else _class_sums_torch(x, y, C, chunk_rows)
     if process_group is not None:
-        from .distributed import all_reduce
+        from .distributed import all_reduce_many
 
-        sums, counts = all_reduce(sums, "sum", process_group), all_reduce(counts, "sum", process_group)
+        # one round trip; counts travel as float64 (exact below 2**53)
+        sums, counts = all_reduce_many([sums, counts.astype(np.float64)], "sum", process_group)
+        counts = counts.astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / counts[:, None]
     bad = (counts > 0) & ~np.isfinite(means).all(1)
@@ -372,9 +374,11 @@ def dispersion(x, labels, n_classes: Optional[int] = None, means=None,
         sa, ss, no, nearest = _dispersion_torch(x, y, C, means, present, chunk_rows)
     count = np.bincount(y, minlength=C)[:C]
     if process_group is not None:
-        from .distributed import all_reduce
+        from .distributed import all_reduce_many
 
-        count, sa, ss, no = (all_reduce(a, "sum", process_group) for a in (count, sa, ss, no))
+        count, sa, ss, no = all_reduce_many([count.astype(np.float64), sa, ss, np.asarray(no, np.float64)], "sum",
+                                            process_group)  # one round trip; counts exact in float64
+        count = count.astype(np.int64)
     return _dispersion_report(count, C, means, present, sa, ss, no, nearest)
 
 

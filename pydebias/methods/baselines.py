@@ -74,9 +74,9 @@ class DFR(EmbeddingMethod):
         right = np.bincount(s.groups, weights=ok, minlength=G)[:G]
         total = np.bincount(s.groups, minlength=G)[:G].astype(np.float64)
         if self.process_group is not None:
-            from ..distributed import global_sum
+            from ..distributed import all_reduce_many
 
-            right, total = global_sum(right, self.process_group), global_sum(total, self.process_group)
+            right, total = all_reduce_many([right, total], "sum", self.process_group)
         seen = total > 0
         return float((right[seen] / total[seen]).min()) if seen.any() else -1.0
 
@@ -88,12 +88,12 @@ class DFR(EmbeddingMethod):
             check_number(v, "l2_grid", 0.0)
         C, G = val.n_classes, val.n_groups
         if self.process_group is not None:  # a rank's rows may lack a class or group
-            from ..distributed import check_group, global_max
+            from ..distributed import all_reduce, check_group
 
             check_group(self.process_group)
             if self.optimizer != "lbfgs":
                 raise ValueError(f"optimizer: DFR across processes needs 'lbfgs', got {self.optimizer!r}")
-            C, G = global_max(C, self.process_group), global_max(G, self.process_group)
+            C, G = (int(v) for v in all_reduce(np.array([C, G], np.int64), "max", self.process_group))
         scores = {}
         if len(self.l2_grid) > 1:
             fit_half, sel_half = val.split_holdout(0.5, seed=self.seed)

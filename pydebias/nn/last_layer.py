@@ -28,8 +28,8 @@ def balance_weights(ids: np.ndarray, n: Optional[int] = None, process_group=None
     if process_group is not None:
         from ..distributed import all_reduce
 
-        count = all_reduce(count, "sum", process_group)
-        size = float(all_reduce(np.array([size]), "sum", process_group)[0])
+        both = all_reduce(np.append(count, size), "sum", process_group)  # one round trip
+        count, size = both[:-1], float(both[-1])
     present = count > 0
     w = np.zeros_like(count)
     w[present] = 1.0 / count[present]
