@@ -319,3 +319,18 @@ def test_afr_anchors_study_on_planted(tmp_path, monkeypatch):
     md = (tmp_path / "afr_anchors.md").read_text()
     assert "| planted (planted), biased split |" in md and "| planted (planted), balanced split |" in md
     assert "l2=0.001" in md and "l2=1.0" in md and "l2=0.01" not in md.split("\n", 2)[2]
+
+
+def test_nsf_outliers_study_on_planted(tmp_path):
+    """NSF's unrescued-outlier study: both identification splits of planted, each choice's
+    worst group, and the counts it rests on (some outliers left unrescued)."""
+    assert main(["report", "--nsf-outliers", "--benchmarks", "planted", "--seed", "0", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    rows = json.loads((tmp_path / "nsf_outliers.json").read_text())["rows"]
+    assert [r["id_split"] for r in rows] == ["biased", "balanced"]
+    for r in rows:
+        assert 0 < r["rescued"] < r["outliers"]
+        assert r["True"] > r["ERM"] + 0.1 and r["False"] > r["ERM"] + 0.1
+    assert rows[1]["True"] > rows[1]["False"] + 0.1  # balanced split: the dropped rows are the minority's
+    md = (tmp_path / "nsf_outliers.md").read_text()
+    assert "| planted (planted), balanced split |" in md and "keep_unrescued=True" in md

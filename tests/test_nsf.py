@@ -72,6 +72,36 @@ def test_outliers_and_targets_match_numpy(standardize):
                                [outlier[y == c].mean() for c in range(3)])
 
 
+
+def test_keep_unrescued_puts_every_outlier_in_g1_and_changes_only_the_update():
+    x, y = _overlapping()
+    s = EmbeddingSet(x, y)
+    paper, keep = (NSF(n_update_steps=50, holdout=0, keep_unrescued=k) for k in (False, True))
+    h_paper, h_keep = paper.fit(None, s), keep.fit(None, s)
+    cp, ck = paper.report_["counts"], keep.report_["counts"]
+    assert cp["dropped"] > 0 and cp["g1"] == cp["rescued"] == cp["outliers"] - cp["dropped"]
+    assert ck["dropped"] == 0 and ck["g1"] == ck["outliers"] == cp["outliers"]
+    assert ck["rescued"] == cp["rescued"]  # identification and elimination are the same
+    np.testing.assert_array_equal(paper.outlier_, keep.outlier_)
+    assert torch.equal(paper.beta_, keep.beta_)
+    assert not torch.allclose(h_paper.weight, h_keep.weight)
+    with pytest.raises(ValueError, match="keep_unrescued"):
+        NSF(keep_unrescued=1).fit(None, s)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_keep_unrescued_learns_the_outliers_the_paper_drops():
+    # planted, balanced identification split: the paper drops the outliers still nearer the
+    # other class's target (the shortcut's minority rows); keeping them lifts the worst group
+    d = planted(n_train=6000, n_val=3000, n_test=3000, seed=0, val_corr=0.5)
+    erm = ERM().fit(d["train"])
+    wga = {}
+    for keep in (False, True):
+        m = NSF(keep_unrescued=keep)
+        wga[keep] = evaluate(m.fit(d["train"], d["val"], head=erm), d["test"]).worst_group_accuracy
+        assert (m.report_["counts"]["dropped"] > 100) != keep
+    assert wga[True] > wga[False] + 0.1
+
 def test_report_records_losses_per_step_and_the_loss_decreases():
     x, y = _overlapping()
     m = NSF(n_eliminate_steps=30, n_update_steps=40, holdout=0)
