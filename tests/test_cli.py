@@ -334,3 +334,25 @@ def test_nsf_outliers_study_on_planted(tmp_path):
     assert rows[1]["True"] > rows[1]["False"] + 0.1  # balanced split: the dropped rows are the minority's
     md = (tmp_path / "nsf_outliers.md").read_text()
     assert "| planted (planted), balanced split |" in md and "keep_unrescued=True" in md
+
+
+def test_run_sets_a_method_hyper_parameter_and_names_bad_ones(tmp_path, capsys):
+    """`pydebias run nsf --set keep_unrescued=true`: the fit uses it (every outlier in G1) and
+    results.json records it; an unknown, fixed or seed key is refused by name."""
+    out = tmp_path / "r"
+    assert main(["run", "nsf", "--data", "planted", "--set", "keep_unrescued=true", "--out", str(out),
+                 "--n-boot", "0", "--quiet"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["params"]["method_params"] == {"nsf": {"keep_unrescued": True}}
+    nsf = res["methods"]["NSF"]["method_report"]
+    assert nsf["params"]["keep_unrescued"] is True and nsf["counts"]["dropped"] == 0
+    assert nsf["counts"]["g1"] == nsf["counts"]["outliers"] > nsf["counts"]["rescued"]
+    capsys.readouterr()
+    for argv, match in ((["nsf", "--set", "keep_unrescue=true"], "'keep_unrescue' cannot be set for nsf (unknown)"),
+                        (["neurontune-val", "--set", "retrain_on=train"], "fixed by this entry"),
+                        (["nsf", "--set", "seed=3"], "use --seed"),
+                        (["erm", "--set", "l2=0.1"], "ERM is the reference"),
+                        (["nsf", "--set", "keep_unrescued"], "--set: expected key=value")):
+        assert main(["run", *argv, "--data", "planted", "--out", str(out), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert match in err, err

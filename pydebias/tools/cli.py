@@ -69,7 +69,7 @@ def _writable_dir(path: str, flag: str) -> None:
                          "choose a writable directory") from None
 
 
-def _run_and_write(args, methods, command: str) -> int:
+def _run_and_write(args, methods, command: str, method_params: Optional[dict] = None) -> int:
     _writable_dir(args.out, "--out")
     from . import plots
     from .compare import compare, markdown_table, results_json
@@ -79,14 +79,15 @@ def _run_and_write(args, methods, command: str) -> int:
     t0 = time.perf_counter()
     data = load(args.data, seed=args.seed, progress=not args.quiet, **_params(args.param))
     results = compare(data, methods, seed=args.seed, n_boot=args.n_boot, progress=not args.quiet,
-                      erm_head=data.get("head"))
+                      erm_head=data.get("head"), method_params=method_params)
     for name, r in results.items():
         print(f"\n== {name} on {args.data} / test ==")
         print(r["report"].table())
     print("\n" + markdown_table(results))
     os.makedirs(args.out, exist_ok=True)
     res = results_json(results, data, args.data, args.seed,
-                       {"command": command, "methods": list(results), "data_params": _params(args.param)})
+                       {"command": command, "methods": list(results), "data_params": _params(args.param),
+                        "method_params": method_params or {}})
     res["seconds_total"] = time.perf_counter() - t0
     path = os.path.join(args.out, "results.json")
     write_json(path, res)
@@ -107,14 +108,15 @@ def _run_and_write(args, methods, command: str) -> int:
     return 0
 
 
-def _params(items) -> dict:
-    """`--param key=value` pairs for the data loader; values parsed as Python literals."""
+def _params(items, flag: str = "--param") -> dict:
+    """``key=value`` pairs of ``flag`` (the data loader's ``--param``, a method's ``--set``);
+    values parsed as Python literals."""
     import ast
 
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--param: expected key=value, got {item!r}")
+            raise ValueError(f"{flag}: expected key=value, got {item!r}")
         k, v = item.split("=", 1)
         low = v.strip().lower()
         if low in ("true", "false"):
@@ -152,9 +154,19 @@ def _cmd_run(args) -> int:
     if key not in REGISTRY:
         raise ValueError(f"method: unknown {args.method!r}; choose from {list(REGISTRY)}")
     _default_data(args)
+    spec = REGISTRY[key]
+    overrides = _params(args.set, "--set")
+    if key == "erm" and overrides:
+        raise ValueError("--set: ERM is the reference (the backbone's own head, or ERM's defaults); "
+                         "run another method")
+    known = sorted(k for k in spec.make().get_params() if k not in spec.params and k != "seed")
+    for k in overrides:
+        if k not in known:
+            why = "fixed by this entry" if k in spec.params else "use --seed" if k == "seed" else "unknown"
+            raise ValueError(f"--set: {k!r} cannot be set for {key} ({why}); its parameters are {known}")
     # beside the references every table needs: ERM (the starting point) and DFR (group labels)
     methods = list(dict.fromkeys(["erm", key, "dfr"]))
-    return _run_and_write(args, methods, f"run {key}")
+    return _run_and_write(args, methods, f"run {key}", {key: overrides} if overrides else None)
 
 
 def _cmd_methods(args) -> int:
@@ -325,6 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=_cmd_demo)
     run = sub.add_parser("run", help="one method (beside ERM) on a built-in benchmark")
     run.add_argument("method", help=", ".join(REGISTRY))
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="the method's hyper-parameter, e.g. keep_unrescued=true for nsf (repeatable)")
     common(run)
     run.set_defaults(fn=_cmd_run)
     mt = sub.add_parser("methods", help="the registered methods as a markdown table (the README's)")

@@ -21,14 +21,16 @@ def available_methods() -> List[str]:
 
 
 def compare(data: Dict, methods: Optional[Sequence[str]] = None, seed: int = 0, n_boot: int = 200,
-            progress: bool = True, erm_head=None) -> Dict[str, Dict]:
+            progress: bool = True, erm_head=None,
+            method_params: Optional[Dict[str, Dict]] = None) -> Dict[str, Dict]:
     """Fit and evaluate the registry ``methods`` (names; default all) on ``data``
     ({'train','val','test'} EmbeddingSets).
 
     Returns label -> {"report": GroupReport (on test), "seconds": fit time, "head",
     "method_report": the method's ``report_``}, and "unguarded" (the head the guard set
     aside, on test) where the guard fired. ``erm_head`` reuses a trained ERM head (e.g.
-    the backbone's own), else ERM is fitted on ``train``.
+    the backbone's own), else ERM is fitted on ``train``. ``method_params``: registry name
+    -> constructor parameters that replace that method's defaults.
     """
     from tqdm import tqdm
 
@@ -36,6 +38,9 @@ def compare(data: Dict, methods: Optional[Sequence[str]] = None, seed: int = 0, 
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; available: {available_methods()}")
+    if "erm" in (method_params or {}):
+        raise ValueError("method_params: ERM is the reference (the backbone's own head, or ERM's defaults); "
+                         "pass a trained head as erm_head instead")
     t = time.perf_counter()
     if erm_head is None:
         erm_head = ERM(seed=seed).fit(data["train"])
@@ -48,7 +53,7 @@ def compare(data: Dict, methods: Optional[Sequence[str]] = None, seed: int = 0, 
         if name == "erm":
             head, method = erm_head, None
         else:
-            method = spec.make(seed=seed)
+            method = spec.make(seed=seed, **(method_params or {}).get(name, {}))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the guard's warnings land in report_ instead
                 head = method.fit(data["train"], data["val"], head=erm_head)
