@@ -72,7 +72,6 @@ def test_outliers_and_targets_match_numpy(standardize):
                                [outlier[y == c].mean() for c in range(3)])
 
 
-
 def test_keep_unrescued_puts_every_outlier_in_g1_and_changes_only_the_update():
     x, y = _overlapping()
     s = EmbeddingSet(x, y)
@@ -101,6 +100,7 @@ def test_keep_unrescued_learns_the_outliers_the_paper_drops():
         wga[keep] = evaluate(m.fit(d["train"], d["val"], head=erm), d["test"]).worst_group_accuracy
         assert (m.report_["counts"]["dropped"] > 100) != keep
     assert wga[True] > wga[False] + 0.1
+
 
 def test_report_records_losses_per_step_and_the_loss_decreases():
     x, y = _overlapping()

@@ -12,8 +12,9 @@ identification split), never group labels.
 3. **Eliminate.** ``T(f) = (f + s) ⊙ β − s`` minimising ``mean ||T(f) − u_y||₂ + α·mean(β)``,
    full-batch AdamW streamed over row chunks, ``n_eliminate_steps`` steps.
 4. **Update.** A fresh head on ``T(f)`` trained on the rescued outliers (G1; every
-   outlier with ``keep_unrescued``) and the inliers (G2) with ``CE_mean(G1) + CE_mean(G2)``, ``n_update_steps`` AdamW steps; an
-   empty group falls back to plain training on the other (noted in ``report_``).
+   outlier with ``keep_unrescued``) and the inliers (G2) with ``CE_mean(G1) +
+   CE_mean(G2)``, ``n_update_steps`` AdamW steps; an empty group falls back to plain
+   training on the other (noted in ``report_``).
 
 The returned head folds ``T`` (and the z-scoring of ``standardize``) in: inference is one
 ``nn.Linear`` on the raw embeddings. A do-no-harm guard (:mod:`pydebias.methods.guard`)
