@@ -356,3 +356,18 @@ def test_run_sets_a_method_hyper_parameter_and_names_bad_ones(tmp_path, capsys):
         assert main(["run", *argv, "--data", "planted", "--out", str(out), "--quiet"]) == 2
         err = capsys.readouterr().err
         assert match in err, err
+
+
+def test_compare_checks_method_params_before_fitting():
+    """compare(method_params=): the names are checked at its boundary (the command's --set
+    shares the check); a good one reaches the method."""
+    from pydebias.data import planted
+    from pydebias.tools.compare import compare
+
+    d = planted(n_train=600, n_val=300, n_test=300, seed=0)
+    for bad, match in (({"nope": {}}, "unknown method 'nope'"), ({"nsf": {"nope": 1}}, "'nope' cannot be set"),
+                       ({"erm": {"l2": 1.0}}, "ERM is the reference")):
+        with pytest.raises(ValueError, match=match):
+            compare(d, ["erm", "nsf"], progress=False, n_boot=0, method_params=bad)
+    res = compare(d, ["nsf"], progress=False, n_boot=0, method_params={"nsf": {"keep_unrescued": True}})
+    assert res["NSF"]["method_report"]["counts"]["dropped"] == 0

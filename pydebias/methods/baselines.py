@@ -88,9 +88,8 @@ class DFR(EmbeddingMethod):
             check_number(v, "l2_grid", 0.0)
         C, G = val.n_classes, val.n_groups
         if self.process_group is not None:  # a rank's rows may lack a class or group
-            from ..distributed import all_reduce, check_group
+            from ..distributed import all_reduce
 
-            check_group(self.process_group)
             if self.optimizer != "lbfgs":
                 raise ValueError(f"optimizer: DFR across processes needs 'lbfgs', got {self.optimizer!r}")
             C, G = (int(v) for v in all_reduce(np.array([C, G], np.int64), "max", self.process_group))

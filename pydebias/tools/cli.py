@@ -154,19 +154,13 @@ def _cmd_run(args) -> int:
     if key not in REGISTRY:
         raise ValueError(f"method: unknown {args.method!r}; choose from {list(REGISTRY)}")
     _default_data(args)
-    spec = REGISTRY[key]
-    overrides = _params(args.set, "--set")
-    if key == "erm" and overrides:
-        raise ValueError("--set: ERM is the reference (the backbone's own head, or ERM's defaults); "
-                         "run another method")
-    known = sorted(k for k in spec.make().get_params() if k not in spec.params and k != "seed")
-    for k in overrides:
-        if k not in known:
-            why = "fixed by this entry" if k in spec.params else "use --seed" if k == "seed" else "unknown"
-            raise ValueError(f"--set: {k!r} cannot be set for {key} ({why}); its parameters are {known}")
+    from .compare import check_method_params
+
+    overrides = _params(args.set, "--set")  # names checked before the data loads
+    method_params = check_method_params({key: overrides} if overrides else None, "--set")
     # beside the references every table needs: ERM (the starting point) and DFR (group labels)
     methods = list(dict.fromkeys(["erm", key, "dfr"]))
-    return _run_and_write(args, methods, f"run {key}", {key: overrides} if overrides else None)
+    return _run_and_write(args, methods, f"run {key}", method_params)
 
 
 def _cmd_methods(args) -> int:

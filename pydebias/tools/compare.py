@@ -20,6 +20,28 @@ def available_methods() -> List[str]:
     return list(REGISTRY)
 
 
+def check_method_params(method_params: Optional[Dict[str, Dict]], arg: str = "method_params") -> Dict[str, Dict]:
+    """``method_params`` (registry name -> constructor parameters), its names checked: a
+    registered method other than ERM (the reference), and parameters of its constructor that
+    its registry entry does not fix, ``seed`` excepted (it is ``compare``'s). Values are
+    checked by the method's own ``fit``."""
+    out = dict(method_params or {})
+    for key, params in out.items():
+        if key not in REGISTRY:
+            raise ValueError(f"{arg}: unknown method {key!r}; available: {available_methods()}")
+        if key == "erm" and params:
+            raise ValueError(f"{arg}: ERM is the reference (the backbone's own head, or ERM's defaults); "
+                             "pass a trained head as erm_head, or set another method")
+        spec = REGISTRY[key]
+        known = sorted(k for k in spec.make().get_params() if k not in spec.params and k != "seed")
+        for k in params:
+            if k not in known:
+                why = ("fixed by this entry" if k in spec.params else
+                       "use --seed on the command line, seed= in compare" if k == "seed" else "unknown")
+                raise ValueError(f"{arg}: {k!r} cannot be set for {key} ({why}); its parameters are {known}")
+    return out
+
+
 def compare(data: Dict, methods: Optional[Sequence[str]] = None, seed: int = 0, n_boot: int = 200,
             progress: bool = True, erm_head=None,
             method_params: Optional[Dict[str, Dict]] = None) -> Dict[str, Dict]:
@@ -38,9 +60,7 @@ def compare(data: Dict, methods: Optional[Sequence[str]] = None, seed: int = 0, 
     unknown = [m for m in methods if m not in REGISTRY]
     if unknown:
         raise ValueError(f"methods: unknown {unknown}; available: {available_methods()}")
-    if "erm" in (method_params or {}):
-        raise ValueError("method_params: ERM is the reference (the backbone's own head, or ERM's defaults); "
-                         "pass a trained head as erm_head instead")
+    method_params = check_method_params(method_params)
     t = time.perf_counter()
     if erm_head is None:
         erm_head = ERM(seed=seed).fit(data["train"])
@@ -53,7 +73,7 @@ def compare(data: Dict, methods: Optional[Sequence[str]] = None, seed: int = 0, 
         if name == "erm":
             head, method = erm_head, None
         else:
-            method = spec.make(seed=seed, **(method_params or {}).get(name, {}))
+            method = spec.make(seed=seed, **method_params.get(name, {}))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the guard's warnings land in report_ instead
                 head = method.fit(data["train"], data["val"], head=erm_head)
