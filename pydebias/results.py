@@ -6,7 +6,7 @@ import os
 import platform
 import sys
 import tempfile
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 
 def versions() -> Dict[str, Optional[str]]:
@@ -31,6 +31,21 @@ def versions() -> Dict[str, Optional[str]]:
 
 def provenance(seed: int, backend: str, data_hash: Optional[str] = None, **extra: Any) -> Dict[str, Any]:
     return {"versions": versions(), "seed": seed, "backend": backend, "data_hash": data_hash, **extra}
+
+
+def data_hash(data: Mapping) -> str:
+    """The hash a result records for a dataset dict: its splits' fingerprints
+    (:meth:`EmbeddingSet.fingerprint`), ``train:val:test``."""
+    return ":".join(data[s].fingerprint() for s in ("train", "val", "test") if s in data)
+
+
+def rows_data_hash(rows: Iterable[Mapping]) -> Optional[str]:
+    """One hash over the ``data_hash`` of every row that has one (a file holding results on
+    several datasets), in row order; None when no row has one."""
+    import hashlib
+
+    hashes = [r["data_hash"] for r in rows if r.get("data_hash")]
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16] if hashes else None
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from pydebias import __version__
+from pydebias.results import rows_data_hash
 from pydebias.tools.cli import main
 
 
@@ -220,6 +221,10 @@ def test_localisation_table_on_planted(tmp_path):
     curve = {c["k"]: c["worst_group"] for c in row["curve"]}
     assert curve[8] > curve[4] + 0.3 and 64 not in curve  # zeroing every live neuron is not tried
     assert "| planted | planted |" in md and "8 of 64" in md and "8 (8)" in md
+    # provenance: the masks were ranked on the balanced split's val, fitted on the biased one's
+    train, val, test = row["data_hash"].split(":")
+    assert row["rank_data_hash"].split(":")[0::2] == [train, test] and row["rank_data_hash"].split(":")[1] != val
+    assert js["data_hash"] == rows_data_hash(js["rows"]) and len(js["data_hash"]) == 16
 
 
 def test_report_studies_are_exclusive(capsys):
@@ -241,6 +246,13 @@ def test_report_over_seeds_agrees_with_each_seed(tmp_path):
                     ["worst_group_accuracy"] for s in (0, 1)]
             assert cell["worst_group"] == vals and cell["mean"] == sum(vals) / 2
     assert "over seeds 0, 1" in (tmp_path / "seeds.md").read_text()
+    # every row names its data; a file over several datasets hashes their hashes, in order
+    hashes = {s: [r["data_hash"] for r in per_seed[s]["rows"]] for s in (0, 1)}
+    assert all(len(set(h)) == 2 for h in hashes.values()) and not set(hashes[0]) & set(hashes[1])
+    assert per_seed[0]["data_hash"] == rows_data_hash(per_seed[0]["rows"]) != per_seed[1]["data_hash"]
+    assert summary["data_hash"] == rows_data_hash(per_seed[0]["rows"] + per_seed[1]["rows"])
+    assert rows_data_hash([]) is None and rows_data_hash([{"data_hash": "a"}, {"data_hash": "b"}]) != rows_data_hash(
+        [{"data_hash": "b"}, {"data_hash": "a"}])
 
 
 def test_report_defaults_to_five_seeds(monkeypatch, tmp_path):

@@ -75,6 +75,18 @@ def test_a_balanced_val_reuses_the_backbone_and_keeps_train_and_test(built, cach
         assert sum(x.startswith(f"fashion-on-photos-{kind}-") for x in names) == n, (kind, names)
 
 
+def test_other_val_and_test_sizes_reuse_the_backbone(built, cache):
+    """The backbone depends on the train images only: another n_val / n_test draws the same
+    train rows, so it comes from the cache and only val / test are embedded anew."""
+    import glob, os
+
+    before = set(glob.glob(os.path.join(cache, "fashion-on-photos-backbone-*.pt")))
+    other = load("fashion-on-photos", seed=3, cache_dir=cache, **{**SMALL, "n_val": 100, "n_test": 80})
+    assert set(glob.glob(os.path.join(cache, "fashion-on-photos-backbone-*.pt"))) == before
+    assert other["info"]["log"] == built["info"]["log"] and (len(other["val"]), len(other["test"])) == (100, 80)
+    assert np.array_equal(other["train"].features, built["train"].features)
+
+
 def test_another_seed_draws_other_rows(built, cache, monkeypatch):
     other = load("fashion-on-photos", seed=4, cache_dir=cache, use_cache=False, **SMALL)
     assert not np.array_equal(other["test"].features, built["test"].features)

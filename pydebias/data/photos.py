@@ -244,11 +244,11 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
     if square:  # only then: the default's cache keys stay as they were
         params["shortcut"] = shortcut
     # Content keys: the backbone depends on the weights file and the train images only; each
-    # split's embeddings on the backbone and that split's images, so another val_corr
-    # reuses the backbone and the train / test embeddings and embeds only the new val.
+    # split's embeddings on the backbone and that split's images, so another val_corr or
+    # val / test size reuses the backbone and embeds only the splits that changed.
     weights_hash = _sha256_file(weights)
     digest = {s: hashlib.sha256(images[s].tobytes() + labels[s].tobytes()).hexdigest() for s in images}
-    bb_params = {k: v for k, v in params.items() if not k.startswith("val")}
+    bb_params = {k: v for k, v in params.items() if not k.startswith("val") and k not in ("n_val", "n_test")}
     bb_key = cache.cache_key("fashion-on-photos", {**bb_params, "weights": weights_hash, "train": digest["train"]}, seed)
     root_dir = cache.cache_root(cache_dir)
     bb_path = os.path.join(root_dir, f"fashion-on-photos-backbone-{bb_key[:24]}.pt")

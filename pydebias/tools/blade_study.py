@@ -104,6 +104,7 @@ def blade_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
     from ..methods import BLADE
     from ..methods.blade import domain_agreement
     from ..translate import translate
+    from ..results import data_hash
     from .report import loaded_cases
 
     rows = []
@@ -115,7 +116,8 @@ def blade_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
         attr = gtr % 2
         train = torch.utils.data.TensorDataset(xtr, ytr)
         digest = hashlib.sha256(xtr.numpy().tobytes() + ytr.numpy().tobytes()).hexdigest()[:16]
-        row = {"benchmark": name, "backbone": bb, "params": params, "seed": seed, "train_hash": digest,
+        row = {"benchmark": name, "backbone": bb, "params": params, "seed": seed,
+               "data_hash": data_hash(d), "train_hash": digest,
                "ERM": _figures(erm, xt, yt, gt)}
         kw = _case_params(name, d)
         m = BLADE(seed=seed, **kw)

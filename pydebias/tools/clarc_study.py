@@ -67,6 +67,7 @@ def clarc_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
 
     from .. import methods
     from ..concepts import tcav
+    from ..results import data_hash
     from .report import loaded_cases
 
     rows = []
@@ -79,6 +80,7 @@ def clarc_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
         concepts = d["train"].concepts.astype(bool)
         on = torch.from_numpy(ct == 1)
         row = {"benchmark": name, "backbone": bb, "params": params, "artifact_class": cls, "seed": seed,
+               "data_hash": data_hash(d),
                "ERM": figures(erm, x, y, xa, ct, gt)}
         cav = None
         for label, cls_name, kw in CLARC_METHODS + CLARC_CASE_METHODS.get(name, ()):

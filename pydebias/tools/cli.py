@@ -179,7 +179,7 @@ def _cmd_report(args) -> int:
         args.seeds = list(REPORT_SEEDS)
     for stem, (_, module, rows_fn, md_fn, *fig_fn) in REPORT_STUDIES.items():
         if getattr(args, stem):
-            from ..results import provenance, write_atomic, write_json
+            from ..results import provenance, rows_data_hash, write_atomic, write_json
 
             mod = importlib.import_module(f"{__package__}.{module}")
             run, to_md = getattr(mod, rows_fn), getattr(mod, md_fn)
@@ -192,7 +192,7 @@ def _cmd_report(args) -> int:
                 print(f"wrote {path}")
             rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
             write_json(os.path.join(args.out, f"{stem}.json"),
-                       {**provenance(seeds[0], "auto", seeds=seeds), "rows": rows})
+                       {**provenance(seeds[0], "auto", data_hash=rows_data_hash(rows), seeds=seeds), "rows": rows})
             print(md)
             return 0
     if args.seeds:
@@ -208,7 +208,7 @@ def _cmd_report(args) -> int:
 def _report_seeds(args, settings) -> int:
     """One report per seed under OUT/seed-S/, then OUT/seeds.md/.json across them."""
     from . import report
-    from ..results import provenance, write_atomic, write_json
+    from ..results import provenance, rows_data_hash, write_atomic, write_json
 
     seeds = list(dict.fromkeys(args.seeds))
     by_seed = {}
@@ -220,7 +220,8 @@ def _report_seeds(args, settings) -> int:
     md = report.across_seeds_markdown(rows) + "\n" + report.seeds_harm_markdown(harm)
     write_atomic(os.path.join(args.out, "seeds.md"), (md + report.footer()).encode())
     write_json(os.path.join(args.out, "seeds.json"),
-               {**provenance(seeds[0], "auto", seeds=seeds), "rows": rows,
+               {**provenance(seeds[0], "auto", seeds=seeds,
+                             data_hash=rows_data_hash(r for s in seeds for r in by_seed[s])), "rows": rows,
                 "do_no_harm": {str(s): h for s, h in harm.items()},
                 "guard_record": report.guard_record(list(harm.values()))})
     print(md)

@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..methods import ERM, REGISTRY
 from ..metrics import GroupReport, evaluate
-from ..results import jsonable, provenance
+from ..results import data_hash, jsonable, provenance
 
 
 def available_methods() -> List[str]:
@@ -91,9 +91,8 @@ def compare(data: Dict, methods: Optional[Sequence[str]] = None, seed: int = 0, 
 
 
 def results_json(results: Dict[str, Dict], data: Dict, dataset: str, seed: int, params: Dict) -> Dict:
-    fp = ":".join(data[s].fingerprint() for s in ("train", "val", "test"))
     return {
-        "dataset": dataset, "params": params, **provenance(seed, "auto", data_hash=fp),
+        "dataset": dataset, "params": params, **provenance(seed, "auto", data_hash=data_hash(data)),
         "methods": {name: {**r["report"].to_dict(), "seconds": r["seconds"],
                            "guard_fired": "unguarded" in r, "guard_flagged": r.get("guard_flagged"),
                            "unguarded": r["unguarded"].to_dict() if "unguarded" in r else None,

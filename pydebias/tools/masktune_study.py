@@ -77,6 +77,7 @@ def masktune_study(settings: Sequence, seed: int = 0, progress: bool = True) -> 
     from ..data.fashion import SQUARE_AT, SQUARE_SIZE
     from ..methods import MaskTune
     from ..methods.base import model_outputs
+    from ..results import data_hash
     from .report import loaded_cases
 
     rows = []
@@ -89,7 +90,8 @@ def masktune_study(settings: Sequence, seed: int = 0, progress: bool = True) -> 
         train = torch.utils.data.TensorDataset(xtr, ytr)
         val = torch.utils.data.TensorDataset(xv, yv)
         digest = hashlib.sha256(xtr.numpy().tobytes() + ytr.numpy().tobytes()).hexdigest()[:16]
-        row = {"benchmark": name, "backbone": bb, "params": params, "seed": seed, "train_hash": digest,
+        row = {"benchmark": name, "backbone": bb, "params": params, "seed": seed,
+               "data_hash": data_hash(d), "train_hash": digest,
                "ERM": {**_figures(model_outputs(erm, xt), yt, gt), "selective": _erm_selective(erm, xv, yv, xt, yt)}}
         square = d["train"].concepts is not None
         pick = np.random.default_rng(seed).choice(len(ytr), N_EXAMPLES, replace=False)

@@ -10,6 +10,7 @@ import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..methods import REGISTRY
+from ..results import data_hash, rows_data_hash
 
 #: the backbone label of the pretrained image built-in
 PRETRAINED_IMAGE = "EfficientNet-Lite0 (ImageNet)"
@@ -55,7 +56,7 @@ def run_report(settings: Sequence[Setting], seed: int = 0, n_boot: int = 200, pr
         load_s = time.perf_counter() - t
         res = compare(data, methods, seed=seed, n_boot=n_boot, progress=progress, erm_head=data.get("head"))
         rows.append({"benchmark": name, "backbone": bb, "id_split": split, "params": params,
-                     "load_seconds": load_s, "results": res})
+                     "data_hash": data_hash(data), "load_seconds": load_s, "results": res})
     return rows
 
 
@@ -101,7 +102,7 @@ def neurontune_modes(settings: Sequence[Setting], seed: int = 0, progress: bool 
         data = load(name, seed=seed, **params)
         erm = _erm_head(data, seed)
         base = evaluate(erm, data["test"])
-        row = {"benchmark": name, "backbone": bb, "id_split": split, "params": params,
+        row = {"benchmark": name, "backbone": bb, "id_split": split, "params": params, "data_hash": data_hash(data),
                "ERM": {"worst_group": base.worst_group_accuracy, "mean": base.accuracy}}
         fitted = {}
         for label, kw in NT_VARIANTS.items():
@@ -161,7 +162,7 @@ def balance_study(settings: Sequence[Setting], seed: int = 0, progress: bool = T
             data = load(name, seed=seed, **{**params, "val_corr": float(corr)})
             erm = _erm_head(data, seed)
             row = {"benchmark": name, "backbone": bb, "val_corr": float(corr), "train_corr": train_corr,
-                   "ERM": evaluate(erm, data["test"]).worst_group_accuracy}
+                   "data_hash": data_hash(data), "ERM": evaluate(erm, data["test"]).worst_group_accuracy}
             for key in BALANCE_METHODS:
                 spec = REGISTRY[key]
                 m = spec.make(seed=seed, **({"guard": False} if spec.guarded else {}))
@@ -203,7 +204,7 @@ def _baseline_sweep(settings: Sequence[Setting], seed: int, progress: bool, desc
             continue
         data = load(name, seed=seed, **params)
         erm = _erm_head(data, seed)
-        row = {"benchmark": name, "backbone": bb, "id_split": split,
+        row = {"benchmark": name, "backbone": bb, "id_split": split, "data_hash": data_hash(data),
                "ERM": evaluate(erm, data["test"]).worst_group_accuracy}
         for v in values:
             head, extra = fit_one(v, data, erm, seed)
@@ -473,6 +474,7 @@ def localisation(settings: Sequence[Setting], seed: int = 0, progress: bool = Tr
         mask = nt.spurious_neurons()
         top = set(loc["order"][:mask.size])
         rows.append({"benchmark": name, "backbone": bb, "rank_params": rank_params, "id_params": id_params,
+                     "data_hash": data_hash(data), "rank_data_hash": data_hash(ranked),
                      **loc, "erm_worst_group": evaluate(erm, data["test"]).worst_group_accuracy,
                      "neurontune": {"n_zeroed": int(mask.size), "zeroed": mask.tolist(),
                                     "in_oracle_top": int(sum(int(i) in top for i in mask)),
@@ -784,7 +786,7 @@ def write(rows: List[Dict], out_dir: str, seed: int) -> Dict[str, str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = {"markdown": os.path.join(out_dir, "report.md"), "json": os.path.join(out_dir, "report.json")}
     write_atomic(paths["markdown"], (markdown(rows, seed) + footer()).encode())
-    js = {**provenance(seed, "auto"), "summary_gain_over_erm_points": summary(rows),
+    js = {**provenance(seed, "auto", data_hash=rows_data_hash(rows)), "summary_gain_over_erm_points": summary(rows),
           "do_no_harm": harm_summary(rows), "rows": []}
     for r in rows:
         row = {k: v for k, v in r.items() if k != "results"}
