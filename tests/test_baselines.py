@@ -157,7 +157,10 @@ def test_a_memmap_head_is_trained_in_chunks_like_the_array(tmp_path, monkeypatch
     monkeypatch.setattr(arrays, "default_chunk_rows", lambda *a, **k: 700)  # several chunks, one short
     got = train_linear_head(mm, y, 2, **kw)
     assert torch.all(got.weight[:, 5] == 0)
-    atol = 1e-3 if optimizer == "lbfgs" else 2e-3
+    # L-BFGS's line searches amplify float32 summation-order differences in proportion to the
+    # weights' scale (max |w| 3.8 here; 1.2e-3 apart on an AVX2 machine); dropping the short
+    # last chunk or counting one chunk twice moves them by 1.1e-2 and 1.9e-2
+    atol = 1e-3 * float(ref.weight.abs().max()) if optimizer == "lbfgs" else 2e-3
     torch.testing.assert_close(got.weight, ref.weight, rtol=1e-2, atol=atol)
     torch.testing.assert_close(got.bias, ref.bias, rtol=1e-2, atol=atol)
 
