@@ -87,6 +87,17 @@ def test_other_val_and_test_sizes_reuse_the_backbone(built, cache):
     assert np.array_equal(other["train"].features, built["train"].features)
 
 
+def test_a_cosine_schedule_is_another_backbone_and_constant_keeps_the_key(built, cache):
+    """``lr_schedule="cosine"`` fine-tunes another backbone under its own key; naming the
+    default keeps the default's cache entry."""
+    again = load("fashion-on-photos", seed=3, cache_dir=cache, lr_schedule="constant", **SMALL)
+    assert again["info"]["from_cache"] and "lr_schedule" not in again["info"]["params"]
+    cos = load("fashion-on-photos", seed=3, cache_dir=cache, lr_schedule="cosine", **SMALL)
+    assert not cos["info"]["from_cache"] and cos["info"]["params"]["lr_schedule"] == "cosine"
+    assert not np.array_equal(cos["train"].features, built["train"].features)
+    assert np.array_equal(cos["train"].labels, built["train"].labels)  # the same images and rows
+
+
 def test_another_seed_draws_other_rows(built, cache, monkeypatch):
     other = load("fashion-on-photos", seed=4, cache_dir=cache, use_cache=False, **SMALL)
     assert not np.array_equal(other["test"].features, built["test"].features)
@@ -105,7 +116,8 @@ def test_render_pastes_gray_objects_on_tinted_photos():
 
 @pytest.mark.parametrize("kw, match", [
     ({"object_px": 80}, "object_px"), ({"finetune_from": 17}, "finetune_from"), ({"n_train": 0}, "n_train"),
-    ({"task": "cats"}, "task"), ({"corr": 1.5}, "corr"), ({"n_test": 10 ** 6}, "n_test"), ({"opacity": 0.0}, "opacity")])
+    ({"task": "cats"}, "task"), ({"corr": 1.5}, "corr"), ({"n_test": 10 ** 6}, "n_test"), ({"opacity": 0.0}, "opacity"),
+    ({"lr_schedule": "step"}, "lr_schedule")])
 def test_bad_parameters_name_themselves(kw, match, cache):
     with pytest.raises(ValueError, match=match):
         load("fashion-on-photos", cache_dir=cache, **{**SMALL, **kw})
