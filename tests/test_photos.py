@@ -138,10 +138,28 @@ def test_missing_weights_name_the_install_command(monkeypatch, cache):
 def test_the_sizes_table_matches_the_loader_defaults():
     import inspect
 
-    from pydebias.data import SIZES
+    from pydebias.data import PRESETS, SIZES
 
-    sig = inspect.signature(photos.load_fashion_on_photos).parameters
-    assert SIZES["fashion-on-photos"] == (sig["n_train"].default, sig["n_val"].default, sig["n_test"].default, 4, 1280)
+    sig = {k: p.default for k, p in inspect.signature(photos.load_fashion_on_photos).parameters.items()}
+    for name in ("fashion-on-photos", "fashion-on-photos-strong"):
+        d = {**sig, **PRESETS.get(name, {})}
+        assert SIZES[name] == (d["n_train"], d["n_val"], d["n_test"], 4, 1280)
+
+
+def test_the_strong_variant_is_the_loader_with_its_presets(built, cache):
+    """``fashion-on-photos-strong`` is fashion-on-photos with corr 0.97 and the cosine
+    schedule (and a larger val split, overridden here): the same build, the same cache
+    entry; an argument overrides a preset; a bad type names the preset's default."""
+    strong = load("fashion-on-photos-strong", seed=3, cache_dir=cache, **SMALL)
+    info = strong["info"]["params"]
+    assert info["corr"] == 0.97 and info["lr_schedule"] == "cosine" and info["n_val"] == SMALL["n_val"]
+    same = load("fashion-on-photos", seed=3, cache_dir=cache, corr=0.97, lr_schedule="cosine", **SMALL)
+    assert same["info"]["from_cache"]
+    assert np.array_equal(same["test"].features, strong["test"].features)
+    weaker = load("fashion-on-photos-strong", seed=3, cache_dir=cache, corr=0.95, lr_schedule="constant", **SMALL)
+    assert weaker["info"]["from_cache"] and np.array_equal(weaker["test"].features, built["test"].features)
+    with pytest.raises(ValueError, match=r"lr_schedule: expected a str \(the default is 'cosine'\)"):
+        load("fashion-on-photos-strong", cache_dir=cache, lr_schedule=1, **SMALL)
 
 
 def test_square_shortcut_carries_concepts_and_attacked_inputs(cache):

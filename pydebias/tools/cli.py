@@ -14,7 +14,7 @@ from ..methods import REGISTRY, methods_markdown
 #: the seeds of the default `pydebias report`: its headline is the mean and range over them
 REPORT_SEEDS = (0, 1, 2, 3, 4)
 #: the demo's built-ins, in order of preference (the first one installed is used)
-DEMO_DATA = ("fashion-on-photos", "colored-fashion", "planted")
+DEMO_DATA = ("fashion-on-photos-strong", "colored-fashion", "planted")
 #: the studies behind the report's defaults, each a `pydebias report` flag writing STUDY.md/.json:
 #: study -> (what it runs, module of pydebias.tools, rows function, markdown function[, figures function
 #: (rows, out directory) -> PNG paths]); row keys starting with "_" feed the figures, not the JSON
@@ -46,12 +46,12 @@ REPORT_STUDIES = {
 def _cmd_datasets(args) -> int:
     from ..data import BUILTINS, SIZES, availability
 
-    print(f"{'name':<21}{'available':<10}{'train/val/test':<21}{'groups':>6}{'dim':>5}  description")
+    print(f"{'name':<26}{'available':<10}{'train/val/test':<21}{'groups':>6}{'dim':>5}  description")
     for name, desc in BUILTINS.items():
         ok, why = availability(name)
         tr, va, te, g, m = SIZES[name]
-        print(f"{name:<21}{'yes' if ok else 'no':<10}{f'{tr}/{va}/{te}':<21}{g:>6}{m:>5}  {desc}"
-              + ("" if ok else f"\n{'':<21}install with: {why}"))
+        print(f"{name:<26}{'yes' if ok else 'no':<10}{f'{tr}/{va}/{te}':<21}{g:>6}{m:>5}  {desc}"
+              + ("" if ok else f"\n{'':<26}install with: {why}"))
     return 0
 
 

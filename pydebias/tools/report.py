@@ -19,8 +19,9 @@ Setting = Tuple[str, str, str, Dict]
 
 
 def default_settings(benchmarks: Optional[Sequence[str]] = None) -> List[Setting]:
-    out: List[Setting] = [("fashion-on-photos", PRETRAINED_IMAGE, "biased", {}),
-                          ("fashion-on-photos", PRETRAINED_IMAGE, "balanced", {"val_balanced": True})]
+    out: List[Setting] = [(name, PRETRAINED_IMAGE, split, p)
+                          for name in ("fashion-on-photos-strong", "fashion-on-photos")
+                          for split, p in (("biased", {}), ("balanced", {"val_balanced": True}))]
     for name in ("colored-fashion", "fashion-on-textures", "fashion-square"):
         for bb, two in (("two-stage", True), ("from scratch", False)):
             for split, p in (("biased", {}), ("balanced", {"val_balanced": True})):
