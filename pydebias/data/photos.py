@@ -289,7 +289,7 @@ def load_fashion_on_photos(root: Optional[str] = None, seed: int = 0, corr: floa
         need = missing if bb is not None else ["train", "val", "test"]
         total = sum(labels[s].shape[0] for s in need) + (0 if bb is not None else int(epochs) * n_train)
         with tqdm(total=total, disable=not progress, unit="img", leave=False,
-                  desc=f"fashion-on-photos seed {seed}: ImageNet features"
+                  desc=f"EfficientNet-Lite0 on the photos, seed {seed}: ImageNet features"
                        + ("" if bb is not None else ", then ERM fine-tuning")) as bar:
             bottom = {s: _bottom_features(model, images[s], upto, bar) for s in need}
             if bb is None:
