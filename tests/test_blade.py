@@ -249,6 +249,19 @@ def test_study_helpers_tables_and_figures(tmp_path):
     assert open(paths[0], "rb").read(4) == b"\x89PNG"
 
 
+def test_blade_study_fine_tunes_both_pretrained_image_builtins_alike():
+    from pydebias.tools import blade_study as bs
+    from pydebias.tools.report import PRETRAINED_IMAGE_BENCHMARKS
+
+    assert {c[0] for c in bs.BLADE_CASES} >= set(PRETRAINED_IMAGE_BENCHMARKS)
+    d = {"info": {"params": {"finetune_from": 11, "batch_size": 64}}}
+    for name in PRETRAINED_IMAGE_BENCHMARKS:
+        kw = bs._case_params(name, d)
+        assert kw["frozen"] == ["stem"] + [f"blocks.{i}" for i in range(11)]
+        assert kw["batch_size"] == 64 and kw["translator_width"] == 16
+    assert bs._case_params("colored-fashion", d) == {}
+
+
 @pytest.mark.filterwarnings("ignore:BLADE")  # 20 translator steps: its outputs stay in their domain
 def test_study_caches_the_translator(bars, monkeypatch, tmp_path):
     from pydebias.tools.blade_study import _fit_cached

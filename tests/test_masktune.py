@@ -278,3 +278,21 @@ def test_masktune_study_tables_and_figures(tmp_path):
     assert {p.rsplit("/", 1)[1] for p in paths} == {"masktune_coverage.png", "masktune_masks_fashion-square.png",
                                                     "masktune_masks_colored-fashion.png"}
     assert all(open(p, "rb").read(4) == b"\x89PNG" for p in paths)
+
+
+def test_masktune_study_runs_both_pretrained_image_builtins_alike():
+    from pydebias.tools import masktune_study as ms
+    from pydebias.tools.report import PRETRAINED_IMAGE_BENCHMARKS
+
+    assert {c[0] for c in ms.MASKTUNE_CASES} >= set(PRETRAINED_IMAGE_BENCHMARKS)
+    d = {"info": {"params": {"finetune_from": 11, "batch_size": 64}}}
+    for name in PRETRAINED_IMAGE_BENCHMARKS:  # fine-tune only the blocks ERM trained, no sweep
+        kw = ms._case_params(name, d)
+        assert kw["frozen"] == ["stem"] + [f"blocks.{i}" for i in range(11)] and kw["batch_size"] == 64
+        assert name in ms.NO_SWEEP and name in ms.CASE_METHODS
+    assert ms._case_params("colored-fashion", d) == {}
+    # a case-only entry that several cases share is one line per case, not one per case that has it
+    rows = [{**_study_row(name, 0.6), "backbone": "EN"} for name in PRETRAINED_IMAGE_BENCHMARKS]
+    md = ms.masktune_markdown(rows, [0])
+    for name in PRETRAINED_IMAGE_BENCHMARKS:
+        assert md.count(f"| {name} | EN | MaskTune, layer=blocks.10 (4 x 4) |") == 1

@@ -1,7 +1,7 @@
-"""`pydebias report --blade`: ERM and BLADE on colored-fashion (a tint, small CNN) and
-fashion-on-photos (a photographed background, ImageNet EfficientNet-Lite0): worst-group
-and mean accuracy; how well the pseudo bias domains match the true attribute; whether
-the translations carry the target domain's colour; the refinement weights per group; a
+"""`pydebias report --blade`: ERM and BLADE on colored-fashion (a tint, small CNN) and the
+fashion-on-photos built-ins (a photographed background, ImageNet EfficientNet-Lite0):
+worst-group and mean accuracy; how well the pseudo bias domains match the true attribute;
+whether the translations carry the target domain's colour; the refinement weights per group; a
 control (the same fine-tuning epochs without BLADE) and two ablations that reuse the
 fit's translator. Whole-model method: every fit runs the network."""
 from __future__ import annotations
@@ -13,9 +13,11 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
+from .report import PRETRAINED_IMAGE, PRETRAINED_IMAGE_BENCHMARKS
+
 #: (benchmark, backbone label, loader parameters)
 BLADE_CASES = (("colored-fashion", "two-stage CNN", {}),
-               ("fashion-on-photos", "EfficientNet-Lite0 (ImageNet)", {}))
+               *((name, PRETRAINED_IMAGE, {}) for name in PRETRAINED_IMAGE_BENCHMARKS))
 #: the control: BLADE with refinement (alpha = 1) and alignment (lam = 0) off is a plain
 #: cross-entropy fine-tune of the same epochs (tests/test_blade.py checks the equality)
 CONTROL = "fine-tune, no BLADE (control)"
@@ -29,9 +31,9 @@ N_EXAMPLES = 6
 
 def _case_params(name: str, d: Dict) -> Dict:
     """Fine-tune like the case's ERM did: fashion CNN, every layer, batch 128, width-32
-    translator; fashion-on-photos, only the blocks ERM trained, batch 64, and a width-16
-    translator (a width-32 one at 64 px takes 15 minutes on 2 cores)."""
-    if name != "fashion-on-photos":
+    translator; the EfficientNet built-ins, only the blocks ERM trained, batch 64, and a
+    width-16 translator (a width-32 one at 64 px takes 15 minutes on 2 cores)."""
+    if name not in PRETRAINED_IMAGE_BENCHMARKS:
         return {}
     upto = d["info"]["params"]["finetune_from"]
     return {"batch_size": d["info"]["params"]["batch_size"], "translator_width": 16,

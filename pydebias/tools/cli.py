@@ -35,10 +35,11 @@ REPORT_STUDIES = {
               "pasted square: clean / attacked / worst-group accuracy, TCAV", "clarc_study", "clarc_study",
               "clarc_markdown"),
     "masktune": ("ERM and MaskTune (the paper's masks, masks grown by 1-5 pixels, and the same epoch without masks "
-                 "as a control) on fashion-square (binary), colored-fashion and fashion-on-photos: worst-group "
-                 "accuracy, selective classification, mask coverage", "masktune_study", "masktune_study", "masktune_markdown", "masktune_figures"),
+                 "as a control) on fashion-square (binary), colored-fashion and both fashion-on-photos built-ins: "
+                 "worst-group accuracy, selective classification, mask coverage", "masktune_study", "masktune_study", "masktune_markdown", "masktune_figures"),
     "blade": ("ERM and BLADE (with a plain fine-tune as control and BLADE without alignment or without refinement) on "
-              "colored-fashion and fashion-on-photos: worst-group accuracy, pseudo-domain purity, translations",
+              "colored-fashion and both fashion-on-photos built-ins: worst-group accuracy, pseudo-domain purity, "
+              "translations",
               "blade_study", "blade_study", "blade_markdown", "blade_figures"),
 }
 

@@ -11,13 +11,15 @@ from typing import Dict, List, Sequence
 import numpy as np
 import torch
 
+from .report import PRETRAINED_IMAGE, PRETRAINED_IMAGE_BENCHMARKS
+
 #: (benchmark, backbone label, loader parameters)
 MASKTUNE_CASES = (("fashion-square", "two-stage CNN", {"binary": True}),
                   ("colored-fashion", "two-stage CNN", {}),
-                  ("fashion-on-photos", "EfficientNet-Lite0 (ImageNet)", {}))
+                  *((name, PRETRAINED_IMAGE, {}) for name in PRETRAINED_IMAGE_BENCHMARKS))
 #: (label, MaskTune parameters, part of the sweep): no masks, the paper's masks (dilate=0), masks grown by
 #: 1-5 pixels (ours; the default, 3, was chosen on seeds 0-1 of the two CNN cases). The sweep's
-#: other entries are skipped on fashion-on-photos (an EfficientNet fit takes minutes here)
+#: other entries are skipped on the EfficientNet built-ins (a fit takes minutes here)
 PAPER = "MaskTune, dilate=0 (paper)"
 #: the control: the same epoch of fine-tuning on the unmasked images
 CONTROL = "fine-tune, no masks (control)"
@@ -26,22 +28,23 @@ MASKTUNE_METHODS = ((CONTROL, {"sigmas": float("inf")}, False), (PAPER, {"dilate
                     ("MaskTune", {}, False),
                     *((f"MaskTune, dilate={k}", {"dilate": k}, True) for k in (4, 5)))
 #: the cases that run only the entries outside the sweep
-NO_SWEEP = ("fashion-on-photos",)
+NO_SWEEP = PRETRAINED_IMAGE_BENCHMARKS
 #: entries only some cases run, on the saliency map's resolution: the paper's masks from the
 #: CNN's first conv block (28 x 28, not 14 x 14); EfficientNet-Lite0's last conv block is
 #: 2 x 2 at 64 px, so the 4 x 4 map of the last block its ERM did not train is measured too
 CASE_METHODS = {"fashion-square": (("MaskTune, dilate=0, layer=conv.1 (28 x 28)", {"dilate": 0, "layer": "conv.1"},
                                     False),),
-                "fashion-on-photos": (("MaskTune, layer=blocks.10 (4 x 4)", {"layer": "blocks.10"}, False),)}
+                **{name: (("MaskTune, layer=blocks.10 (4 x 4)", {"layer": "blocks.10"}, False),)
+                   for name in PRETRAINED_IMAGE_BENCHMARKS}}
 #: training images drawn per case for the grid of masked examples
 N_EXAMPLES = 4
 
 
 def _case_params(name: str, d: Dict) -> Dict:
     """What MaskTune needs to fine-tune like the case's ERM did: fashion CNNs, Adam 1e-3,
-    batch 128, every layer; fashion-on-photos, batch 64, only the blocks ERM trained, and
-    masked pixels black in the normalised input."""
-    if name != "fashion-on-photos":
+    batch 128, every layer; the EfficientNet built-ins, batch 64, only the blocks ERM trained,
+    and masked pixels black in the normalised input."""
+    if name not in PRETRAINED_IMAGE_BENCHMARKS:
         return {}
     from ..models.efficientnet import IMAGENET_MEAN, IMAGENET_STD
 
@@ -139,7 +142,8 @@ def masktune_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     case and method: mean over seeds, with the range of the worst group."""
     from .report import by_case, seeds_label
 
-    labels = ["ERM"] + [m[0] for m in MASKTUNE_METHODS] + [m[0] for ms in CASE_METHODS.values() for m in ms]
+    labels = ["ERM"] + [m[0] for m in MASKTUNE_METHODS]
+    labels += list(dict.fromkeys(m[0] for ms in CASE_METHODS.values() for m in ms))
     out = ["MaskTune on the built-ins, " + seeds_label(seeds) + ": test accuracy, %, worst group (range over "
            "seeds) and mean; selective error, %, of the accepted test rows at 90 % and 100 % coverage "
            "(thresholds on val; ERM: maximum softmax, MaskTune: its two-model rule); share of each training "

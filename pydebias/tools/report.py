@@ -12,15 +12,16 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..methods import REGISTRY
 from ..results import data_hash, rows_data_hash
 
-#: the backbone label of the pretrained image built-in
+#: the backbone label of the pretrained image built-ins, and those built-ins (headline first)
 PRETRAINED_IMAGE = "EfficientNet-Lite0 (ImageNet)"
+PRETRAINED_IMAGE_BENCHMARKS = ("fashion-on-photos-strong", "fashion-on-photos")
 # (benchmark, backbone, identification split, loader parameters)
 Setting = Tuple[str, str, str, Dict]
 
 
 def default_settings(benchmarks: Optional[Sequence[str]] = None) -> List[Setting]:
     out: List[Setting] = [(name, PRETRAINED_IMAGE, split, p)
-                          for name in ("fashion-on-photos-strong", "fashion-on-photos")
+                          for name in PRETRAINED_IMAGE_BENCHMARKS
                           for split, p in (("biased", {}), ("balanced", {"val_balanced": True}))]
     for name in ("colored-fashion", "fashion-on-textures", "fashion-square"):
         for bb, two in (("two-stage", True), ("from scratch", False)):
