@@ -383,3 +383,38 @@ def test_compare_checks_method_params_before_fitting():
             compare(d, ["erm", "nsf"], progress=False, n_boot=0, method_params=bad)
     res = compare(d, ["nsf"], progress=False, n_boot=0, method_params={"nsf": {"keep_unrescued": True}})
     assert res["NSF"]["method_report"]["counts"]["dropped"] == 0
+
+
+def test_retrain_rows_study_on_planted(tmp_path):
+    """The retraining-rows study: the biased split only, ClassBalanced and AFR on val and on
+    as many train rows, and ERM's train / val accuracy beside them."""
+    assert main(["report", "--retrain-rows", "--benchmarks", "planted", "--seed", "0", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    rows = json.loads((tmp_path / "retrain_rows.json").read_text())["rows"]
+    assert [r["id_split"] for r in rows] == ["biased"]
+    r = rows[0]
+    for k in ("ClassBalanced on val", "ClassBalanced on train rows", "AFR on val", "AFR on train rows"):
+        assert 0.0 <= r[k] <= 1.0
+    assert r["ClassBalanced on val"] != r["ClassBalanced on train rows"]  # fitted on other rows
+    assert 0.5 < r["ERM accuracy"]["val"] <= r["ERM accuracy"]["train"] + 0.05
+    md = (tmp_path / "retrain_rows.md").read_text()
+    assert "| planted (planted) |" in md and "| ClassBalanced on val |" in md and "fit=" not in md
+    assert "- planted (planted): " in md
+
+
+def test_train_rows_like_matches_val_per_class():
+    """The train sample stands in for val: the same count per class (all of a class train
+    has fewer of), rows of train, reproducible from the seed."""
+    import numpy as np
+
+    from pydebias.data import EmbeddingSet
+    from pydebias.tools.report import _train_rows_like
+
+    rng = np.random.default_rng(0)
+    train = EmbeddingSet(rng.normal(size=(100, 3)).astype(np.float32), np.r_[np.zeros(90), np.ones(10)].astype(int))
+    val = EmbeddingSet(rng.normal(size=(40, 3)).astype(np.float32), np.r_[np.zeros(25), np.ones(15)].astype(int))
+    a, b, c = (_train_rows_like(train, val, s) for s in (0, 0, 1))
+    assert np.bincount(a.labels).tolist() == [25, 10]
+    rows = {tuple(x) for x in np.asarray(train.features)}
+    assert all(tuple(x) in rows for x in np.asarray(a.features))
+    assert np.array_equal(a.features, b.features) and not np.array_equal(a.features, c.features)

@@ -29,6 +29,8 @@ REPORT_STUDIES = {
                     "report", "jtt_weights", "jtt_weights_markdown"),
     "afr_anchors": ("AFR with each pull towards the ERM head (l2) on every setting", "report", "afr_anchors",
                     "afr_anchors_markdown"),
+    "retrain_rows": ("ClassBalanced and AFR retrained on val and on as many train rows, on every biased setting",
+                     "report", "retrain_rows", "retrain_rows_markdown"),
     "nsf_outliers": ("NSF dropping (the paper) or keeping the outliers its elimination step does not rescue, "
                      "on every setting", "report", "nsf_outliers", "nsf_outliers_markdown"),
     "clarc": ("ERM, P-, A- and RR-ClArC (and RR-ClArC's λ sweep) on fashion-square and fashion-on-photos with a "

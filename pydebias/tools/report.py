@@ -184,6 +184,9 @@ JTT_WEIGHTS = ("balanced", 2.0, 5.0, 10.0, 20.0, 50.0)
 AFR_ANCHORS = (1e-3, 1e-2, 1e-1, 1.0)
 #: NSF with the paper's update (unrescued outliers dropped, the default) and with every outlier kept
 NSF_KEEP = (False, True)
+#: the last-layer retrainings on val compared by :func:`retrain_rows`, each beside the same fit on as
+#: many train rows per class as val has
+RETRAIN_ROWS = ("ClassBalanced on val", "ClassBalanced on train rows", "AFR on val", "AFR on train rows")
 
 
 def _baseline_sweep(settings: Sequence[Setting], seed: int, progress: bool, desc: str, fit_one,
@@ -218,11 +221,13 @@ def _baseline_sweep(settings: Sequence[Setting], seed: int, progress: bool, desc
 
 def _sweep_markdown(rows: List[Dict], values: Sequence, param: str, title: str, case_keys: Sequence[str]) -> str:
     """Mean (lowest–highest) worst-group accuracy over seeds per setting and value, the mean
-    over settings and each value's largest loss of a setting's mean against ERM's."""
+    over settings and each value's largest loss of a setting's mean against ERM's; a column is
+    headed ``param=value``, or the value alone when ``param`` is empty."""
     import numpy as np
 
     keys = ["ERM"] + [str(v) for v in values]
-    out = [title, "", "| benchmark | ERM | " + " | ".join(f"{param}={k}" for k in keys[1:]) + " |",
+    col = (lambda k: f"{param}={k}") if param else str
+    out = [title, "", "| benchmark | ERM | " + " | ".join(col(k) for k in keys[1:]) + " |",
            "| --- | --- | " + " | ".join("---" for _ in keys[1:]) + " |"]
     keyed = by_case(rows, *case_keys)
     means = {k: [] for k in keys}
@@ -237,7 +242,7 @@ def _sweep_markdown(rows: List[Dict], values: Sequence, param: str, title: str, 
     if keyed:
         out.append("| **mean over settings** | " + " | ".join(f"{np.mean(means[k]):.1f}" for k in keys) + " |")
         out += ["", "Largest loss of a setting's mean against ERM's: " + "; ".join(
-            f"{param}={k} {min(a - b for a, b in zip(means[k], means['ERM'])):+.1f}" for k in keys[1:]) + "."]
+            f"{col(k)} {min(a - b for a, b in zip(means[k], means['ERM'])):+.1f}" for k in keys[1:]) + "."]
     return "\n".join(out) + "\n"
 
 
@@ -309,6 +314,56 @@ def nsf_outliers_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
         "(lowest–highest); `keep_unrescued=False` (the default, the paper) drops the outliers the elimination "
         "step leaves nearer another class's target, `True` trains on them too."),
         ("benchmark", "backbone", "id_split"))
+
+
+def _train_rows_like(train, val, seed: int):
+    """A class-stratified random sample of ``train`` with as many rows per class as ``val``
+    (all of a class where train has fewer)."""
+    import numpy as np
+
+    rng = np.random.default_rng([seed, 11])
+    y_tr, y_va = np.asarray(train.labels), np.asarray(val.labels)
+    idx = [rng.choice(np.flatnonzero(y_tr == c), min(int((y_va == c).sum()), int((y_tr == c).sum())), replace=False)
+           for c in np.unique(y_va)]
+    return train.subset(np.sort(np.concatenate(idx)))
+
+
+def retrain_rows(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
+    """Worst-group test accuracy of ClassBalanced and AFR retrained on ``val`` and on a
+    train sample of the same size per class (:data:`RETRAIN_ROWS`), beside ERM and ERM's
+    accuracy on train and val, on every biased setting: whether a loss from retraining on
+    val comes from its few rows or from rows the backbone never trained on."""
+    from ..methods import AFR, ClassBalanced
+    from ..metrics import evaluate
+
+    def fit_one(v, data, erm, seed):
+        rows = data["val"] if v.endswith("on val") else _train_rows_like(data["train"], data["val"], seed)
+        if v.startswith("AFR"):
+            head = AFR(seed=seed).fit(data["train"], rows, head=erm)
+        else:
+            head = ClassBalanced(retrain_on="val", seed=seed).fit(data["train"], rows, head=erm)
+        return head, ({"ERM accuracy": {s: evaluate(erm, data[s]).accuracy for s in ("train", "val")}}
+                      if v == RETRAIN_ROWS[0] else {})
+
+    return _baseline_sweep(settings, seed, progress, "retraining rows", fit_one, RETRAIN_ROWS, skip_balanced=True)
+
+
+def retrain_rows_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
+    """The :func:`retrain_rows` table, and ERM's train / val accuracy per setting."""
+    import numpy as np
+
+    text = _sweep_markdown(rows, RETRAIN_ROWS, "", (
+        f"Last-layer retraining on val against the same on train rows, {seeds_label(seeds)}: worst-group test "
+        "accuracy, %, mean over seeds (lowest–highest). \"on train rows\": as many rows per class as val has, drawn "
+        "from train (rows the backbone, or the ERM head where there is no backbone, was trained on), in place of "
+        "val; biased identification splits."),
+        ("benchmark", "backbone"))
+    acc = ["", "ERM's accuracy on train / val, %, mean over seeds (a backbone that memorised train scores 100 on it):",
+           ""]
+    for case, rs in by_case(rows, "benchmark", "backbone").items():
+        tr, va = (100 * np.mean([r["ERM accuracy"][s] for r in rs]) for s in ("train", "val"))
+        acc.append(f"- {case[0]} ({case[1]}): {tr:.1f} / {va:.1f}")
+    return text + "\n".join(acc) + "\n"
 
 
 def _mean_range(v) -> str:
