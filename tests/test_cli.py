@@ -418,3 +418,16 @@ def test_train_rows_like_matches_val_per_class():
     rows = {tuple(x) for x in np.asarray(train.features)}
     assert all(tuple(x) in rows for x in np.asarray(a.features))
     assert np.array_equal(a.features, b.features) and not np.array_equal(a.features, c.features)
+
+
+def test_balance_study_reads_the_train_correlation_of_a_preset():
+    """The balance study's biased row sits at the train split's own correlation: a
+    setting's ``corr``, else the built-in's preset (0.97 for the strong photos), else the
+    loader's default."""
+    from pydebias.data import PRESETS
+    from pydebias.tools.report import _train_corr
+
+    assert _train_corr("fashion-on-photos-strong", {}) == PRESETS["fashion-on-photos-strong"]["corr"] == 0.97
+    assert _train_corr("fashion-on-photos", {}) == 0.95
+    assert _train_corr("fashion-on-photos-strong", {"corr": 0.9}) == 0.9
+    assert _train_corr("planted", {}) == 0.95

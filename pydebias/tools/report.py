@@ -159,7 +159,7 @@ def balance_study(settings: Sequence[Setting], seed: int = 0, progress: bool = T
         if not ok:
             rows.append({"benchmark": name, "backbone": bb, "skipped": why})
             continue
-        train_corr = float(params.get("corr", _loader_params(name)["corr"].default))
+        train_corr = _train_corr(name, params)
         for corr in sorted({*BALANCE_CORRS, train_corr}):
             data = load(name, seed=seed, **{**params, "val_corr": float(corr)})
             erm = _erm_head(data, seed)
@@ -377,6 +377,15 @@ def _loader_params(name: str):
     from ..data import _loader
 
     return inspect.signature(_loader(name)).parameters
+
+
+def _train_corr(name: str, params: Dict) -> float:
+    """The train split's attribute–label correlation of a setting: its own ``corr``, else the
+    built-in's preset, else the loader's default."""
+    from ..data import PRESETS
+
+    merged = {**PRESETS.get(name, {}), **params}
+    return float(merged.get("corr", _loader_params(name)["corr"].default))
 
 
 def balance_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
