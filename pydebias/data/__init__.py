@@ -8,7 +8,7 @@ from .standard import (StandardSplit, load_celeba, load_civilcomments, load_mult
 
 __all__ = ["EmbeddingSet", "extract_embeddings", "open_shards", "read_manifest", "shard_rows", "planted",
            "planted_memmap", "StandardSplit", "load_celeba", "load_civilcomments", "load_multinli", "load_waterbirds",
-           "to_embedding_set", "BUILTINS", "load", "availability"]
+           "to_embedding_set", "BUILTINS", "load", "defaults", "availability"]
 
 # name -> (description, loader module, loader function); loaders import lazily so that
 # `import pydebias` needs none of the optional data packages.  PRESETS: built-ins that are
@@ -72,15 +72,26 @@ def load(name: str, seed: int = 0, progress: bool = False, **params):
     return fn(seed=seed, **params)
 
 
+def defaults(name: str) -> dict:
+    """The parameters of built-in ``name``'s loader with the values ``load(name)`` uses when
+    they are not given: the loader's defaults with the built-in's preset applied
+    (``inspect.Parameter.empty`` where there is none)."""
+    import inspect
+
+    sig = inspect.signature(_loader(name)).parameters
+    return {**{k: p.default for k, p in sig.items() if k not in ("seed", "progress")}, **PRESETS.get(name, {})}
+
+
 def _check_params(name: str, fn, params) -> None:
     import inspect
 
     sig = inspect.signature(fn).parameters
+    base = defaults(name)
     for key, value in params.items():
         if key not in sig or key in ("seed", "progress"):
             known = sorted(k for k in sig if k not in ("seed", "progress"))
             raise ValueError(f"{key}: not a parameter of {name}; its parameters are {known}")
-        default = PRESETS.get(name, {}).get(key, sig[key].default)
+        default = base[key]
         if default is inspect.Parameter.empty or default is None:
             continue
         if isinstance(default, bool):

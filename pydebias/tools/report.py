@@ -382,10 +382,9 @@ def _loader_params(name: str):
 def _train_corr(name: str, params: Dict) -> float:
     """The train split's attribute–label correlation of a setting: its own ``corr``, else the
     built-in's preset, else the loader's default."""
-    from ..data import PRESETS
+    from ..data import defaults
 
-    merged = {**PRESETS.get(name, {}), **params}
-    return float(merged.get("corr", _loader_params(name)["corr"].default))
+    return float({**defaults(name), **params}["corr"])
 
 
 def balance_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
