@@ -395,6 +395,32 @@ def test_study_table_shows_the_cav_cosine_and_the_picked_lams():
              "RR-ClArC, cav=svm": fig(0.2, cav_cosine=0.25)} for s, lam in ((0, 1000.0), (1, 10.0))]
     md = clarc_markdown(rows, [0, 1])
     assert "| CAV cos |" in md
-    assert "| fashion-square | cnn | RR-ClArC, lam=auto (picked λ = 1000 / 10) | 80.0 | 70.0 | 45.0 |" in md
-    assert "| fashion-square | cnn | RR-ClArC, cav=svm | 80.0 | 70.0 | 20.0 | – | – | 0.25 | 1 |" in md
-    assert "| fashion-square | cnn | ERM | 80.0 | 70.0 | 10.0 | – | – | – | 1 |" in md
+    assert "| fashion-square | cnn | RR-ClArC, lam=auto (picked λ = 1000 / 10) | 80.0 | 70.0 | 45.0 (40–50) |" in md
+    assert "| fashion-square | cnn | RR-ClArC, cav=svm | 80.0 | 70.0 | 20.0 (20–20) | – | – | 0.25 | 1 |" in md
+    assert "| fashion-square | cnn | ERM | 80.0 | 70.0 | 10.0 (10–10) | – | – | – | 1 |" in md
+    # one seed: no range; a background concept: no clean or attacked figure
+    bg = [{"benchmark": "fashion-on-photos-strong", "backbone": "effnet", "seed": 0,
+           "ERM": {**fig(0.6), "clean": None, "attacked": None}}]
+    assert "| fashion-on-photos-strong | effnet | ERM | – | – | 60.0 | – | – | – | 1 |" in clarc_markdown(bg, [0])
+
+
+def test_study_takes_the_background_as_the_concept_where_there_is_no_artifact():
+    """fashion-on-photos-strong has no artifact flags: the concept is the photo behind the
+    object (groups = 2*y + a), and with nothing to paste only worst-group figures remain."""
+    from pydebias.data import EmbeddingSet
+    from pydebias.tools.clarc_study import CLARC_CASES, concept_labels, figures
+
+    y, a = np.array([0, 0, 1, 1, 1]), np.array([0, 1, 1, 1, 0])
+    s = EmbeddingSet(np.zeros((5, 2), np.float32), y, groups=2 * y + a, n_classes=2, n_groups=4)
+    np.testing.assert_array_equal(concept_labels(s), a)
+    flagged = EmbeddingSet(np.zeros((5, 2), np.float32), y, groups=2 * y + a, concepts=1 - a)
+    np.testing.assert_array_equal(concept_labels(flagged), 1 - a)  # artifact flags win
+    assert ("fashion-on-photos-strong", "EfficientNet-Lite0 (ImageNet)", {}, 1) in CLARC_CASES
+
+    class First(nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot(x[:, 0].long(), 2).float()
+
+    x, yt = torch.tensor([[0.0], [1.0], [1.0], [0.0]]), torch.tensor([0, 1, 0, 0])
+    f = figures(First(), x, yt, None, np.array([0, 0, 1, 1]), np.array([0, 3, 1, 1]))
+    assert f == {"clean": None, "attacked": None, "worst_group": 0.5, "mean": 0.75}

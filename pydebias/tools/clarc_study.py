@@ -1,18 +1,22 @@
 """`pydebias report --clarc`: ERM, P-, A- and RR-ClArC on the built-ins with a pasted
 artifact and concept labels: accuracy on clean test inputs, on attacked ones (the
 artifact pasted into every test input), worst-group accuracy and TCAV of the class the
-artifact pushes. Whole-model methods: each fit runs the network, not just its head."""
+artifact pushes; and on the headline built-in, whose shortcut is the photo behind the
+object, with that background as the concept (worst group only: nothing to paste).
+Whole-model methods: each fit runs the network, not just its head."""
 from __future__ import annotations
 
 import warnings
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
 
-#: (benchmark, backbone label, loader parameters, the class the artifact goes with)
+#: (benchmark, backbone label, loader parameters, the class the artifact goes with); a
+#: built-in without artifact flags (``concepts``) takes its spurious attribute as the concept
 CLARC_CASES = (("fashion-square", "two-stage CNN", {}, 0),
-               ("fashion-on-photos", "EfficientNet-Lite0 (ImageNet)", {"shortcut": "square"}, 1))
+               ("fashion-on-photos", "EfficientNet-Lite0 (ImageNet)", {"shortcut": "square"}, 1),
+               ("fashion-on-photos-strong", "EfficientNet-Lite0 (ImageNet)", {}, 1))
 #: (label, method name, constructor parameters); RR-ClArC lam=0 is the control: the same
 #: class-weighted fine-tuning without the penalty; the other lams are the sweep behind the
 #: default (100), lam="auto" picks one from the concept labels, and the classifiers' CAVs
@@ -31,10 +35,24 @@ CLARC_METHODS = (("P-ClArC", "PClArC", {}), ("A-ClArC", "AClArC", {}),
 CLARC_CASE_METHODS = {
     name: tuple((f"RR-ClArC, layer={layer}, {how}-pooled CAV", "RRClArC", {"layer": layer, "pooling": how})
                 for how in ("max", "mean"))
-    for name, layer in (("fashion-square", "conv.4"), ("fashion-on-photos", "top"))}
+    for name, layer in (("fashion-square", "conv.4"), ("fashion-on-photos", "top"),
+                        ("fashion-on-photos-strong", "top"))}
 
 
-def _attacked(name: str, data: Dict) -> torch.Tensor:
+def concept_labels(split) -> np.ndarray:
+    """A split's concept labels: its artifact flags, or, where it has none, its spurious
+    attribute ``a`` (the two-class, two-attribute built-ins number groups ``2*y + a``: on
+    the photos, the background)."""
+    if split.concepts is not None:
+        return split.concepts
+    return split.groups - 2 * split.labels
+
+
+def _attacked(name: str, data: Dict) -> Optional[torch.Tensor]:
+    """Every test input with the artifact pasted in; None where the concept is not an
+    artifact that can be pasted (a background)."""
+    if data["test"].concepts is None:
+        return None
     if name == "fashion-square":
         from ..data.fashion import paste_square
 
@@ -48,13 +66,15 @@ def _predict(model, x: torch.Tensor) -> torch.Tensor:
     return model_outputs(model, x).argmax(1)
 
 
-def figures(model, x: torch.Tensor, y: torch.Tensor, x_attacked: torch.Tensor, concepts: np.ndarray,
-            groups: np.ndarray) -> Dict[str, float]:
+def figures(model, x: torch.Tensor, y: torch.Tensor, x_attacked: Optional[torch.Tensor], concepts: np.ndarray,
+            groups: np.ndarray) -> Dict[str, Optional[float]]:
     """Clean accuracy (test rows without the artifact), attacked accuracy (the artifact in
-    every row), worst-group and mean accuracy on the test split as drawn."""
+    every row), worst-group and mean accuracy on the test split as drawn. Without attacked
+    inputs (the concept is a background) clean and attacked are None."""
     right = (_predict(model, x) == y).numpy()
-    return {"clean": float(right[concepts == 0].mean()),
-            "attacked": float((_predict(model, x_attacked) == y).double().mean()),
+    pasted = x_attacked is not None
+    return {"clean": float(right[concepts == 0].mean()) if pasted else None,
+            "attacked": float((_predict(model, x_attacked) == y).double().mean()) if pasted else None,
             "worst_group": float(min(right[groups == g].mean() for g in np.unique(groups))),
             "mean": float(right.mean())}
 
@@ -75,11 +95,12 @@ def clarc_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
         erm = d["backbone"].eval()
         x, y = d["inputs"]("test")
         xa = _attacked(name, d)
-        ct, gt = d["test"].concepts, d["test"].groups
+        ct, gt = concept_labels(d["test"]), d["test"].groups
         train = torch.utils.data.TensorDataset(*d["inputs"]("train"))
-        concepts = d["train"].concepts.astype(bool)
+        concepts = concept_labels(d["train"]).astype(bool)
         on = torch.from_numpy(ct == 1)
         row = {"benchmark": name, "backbone": bb, "params": params, "artifact_class": cls, "seed": seed,
+               "concept": "artifact" if d["train"].concepts is not None else "background",
                "data_hash": data_hash(d),
                "ERM": figures(erm, x, y, xa, ct, gt)}
         cav = None
@@ -110,14 +131,18 @@ def clarc_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
 
 
 def clarc_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
-    """Clean / attacked / worst-group accuracy per case and method (mean over seeds), TCAV."""
+    """Clean / attacked / worst-group accuracy per case and method (mean over seeds, the
+    worst group's range), TCAV."""
     from .report import by_case, seeds_label
 
-    labels = ["ERM"] + [m[0] for m in CLARC_METHODS] + [m[0] for ms in CLARC_CASE_METHODS.values() for m in ms]
-    out = ["ClArC on the built-ins with a pasted square, " + seeds_label(seeds) + ": accuracy, %, on clean test "
+    labels = list(dict.fromkeys(["ERM"] + [m[0] for m in CLARC_METHODS]
+                                + [m[0] for ms in CLARC_CASE_METHODS.values() for m in ms]))
+    out = ["ClArC on the built-ins with a pasted square, and on `fashion-on-photos-strong` with its background "
+           "as the concept, " + seeds_label(seeds) + ": accuracy, %, on clean test "
            "inputs (no square), on attacked ones (the square pasted into every test input) and worst group of "
-           "the test split; mean over seeds. TCAV: quotient (0.5 = no push) and sensitivity of the square's "
-           "class along ERM's CAV, on test rows with the square (P-ClArC's hook is removed for it). Every "
+           "the test split (lowest–highest seed in brackets); mean over seeds; a background cannot be pasted, so "
+           "there only the worst group. TCAV: quotient (0.5 = no push) and sensitivity of the concept's "
+           "class along ERM's CAV, on test rows with the concept (P-ClArC's hook is removed for it). Every "
            "method at its defaults (layer: the embedding; RR-ClArC: lam=100) unless the label says otherwise. "
            "CAV cos: cosine of the method's CAV with the default one (signal CAV at the embedding).",
            "", "| benchmark | backbone | method | clean | attacked | worst group | TCAV quotient | TCAV sensitivity "
@@ -127,11 +152,17 @@ def clarc_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
             if any(label not in r for r in rs):
                 continue
 
-            def mean(k, sub=None):
+            def values(k, sub=None):
                 vals = [(r[label].get(sub) or {}).get(k) if sub else r[label].get(k) for r in rs]
-                vals = [v for v in vals if v is not None]
+                return [v for v in vals if v is not None]
+
+            def mean(k, sub=None):
+                vals = values(k, sub)
                 return float(np.mean(vals)) if vals else None
-            cells = [f"{100 * mean(k):.1f}" for k in ("clean", "attacked", "worst_group")]
+            cells = [f"{100 * mean(k):.1f}" if mean(k) is not None else "–" for k in ("clean", "attacked")]
+            wg = values("worst_group")
+            cells.append(f"{100 * np.mean(wg):.1f}" + (f" ({100 * min(wg):.0f}–{100 * max(wg):.0f})" if len(wg) > 1
+                                                        else ""))
             q, s, cos, sec = mean("quotient", "tcav"), mean("sensitivity", "tcav"), mean("cav_cosine"), mean("seconds")
             cells += [f"{q:.2f}" if q is not None else "–", f"{s:.3g}" if s is not None else "–",
                       f"{cos:.2f}" if cos is not None else "–", f"{sec:.0f}" if sec is not None else "–"]

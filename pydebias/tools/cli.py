@@ -34,8 +34,8 @@ REPORT_STUDIES = {
     "nsf_outliers": ("NSF dropping (the paper) or keeping the outliers its elimination step does not rescue, "
                      "on every setting", "report", "nsf_outliers", "nsf_outliers_markdown"),
     "clarc": ("ERM, P-, A- and RR-ClArC (and RR-ClArC's λ sweep) on fashion-square and fashion-on-photos with a "
-              "pasted square: clean / attacked / worst-group accuracy, TCAV", "clarc_study", "clarc_study",
-              "clarc_markdown"),
+              "pasted square (clean / attacked / worst-group accuracy, TCAV), and on fashion-on-photos-strong "
+              "with the background as the concept (worst group)", "clarc_study", "clarc_study", "clarc_markdown"),
     "masktune": ("ERM and MaskTune (the paper's masks, masks grown by 1-5 pixels, and the same epoch without masks "
                  "as a control) on fashion-square (binary), colored-fashion and both fashion-on-photos built-ins: "
                  "worst-group accuracy, selective classification, mask coverage", "masktune_study", "masktune_study", "masktune_markdown", "masktune_figures"),
