@@ -133,7 +133,7 @@ def clarc_study(settings: Sequence, seed: int = 0, progress: bool = True) -> Lis
 def clarc_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     """Clean / attacked / worst-group accuracy per case and method (mean over seeds, the
     worst group's range), TCAV."""
-    from .report import by_case, seeds_label
+    from .report import by_case, mean_range, seeds_label
 
     labels = list(dict.fromkeys(["ERM"] + [m[0] for m in CLARC_METHODS]
                                 + [m[0] for ms in CLARC_CASE_METHODS.values() for m in ms]))
@@ -160,9 +160,7 @@ def clarc_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
                 vals = values(k, sub)
                 return float(np.mean(vals)) if vals else None
             cells = [f"{100 * mean(k):.1f}" if mean(k) is not None else "–" for k in ("clean", "attacked")]
-            wg = values("worst_group")
-            cells.append(f"{100 * np.mean(wg):.1f}" + (f" ({100 * min(wg):.0f}–{100 * max(wg):.0f})" if len(wg) > 1
-                                                        else ""))
+            cells.append(mean_range(100 * np.asarray(values("worst_group"))))
             q, s, cos, sec = mean("quotient", "tcav"), mean("sensitivity", "tcav"), mean("cav_cosine"), mean("seconds")
             cells += [f"{q:.2f}" if q is not None else "–", f"{s:.3g}" if s is not None else "–",
                       f"{cos:.2f}" if cos is not None else "–", f"{sec:.0f}" if sec is not None else "–"]

@@ -236,7 +236,7 @@ def _sweep_markdown(rows: List[Dict], values: Sequence, param: str, title: str, 
         for k in keys:
             v = 100 * np.array([r[k] for r in rs])
             means[k].append(v.mean())
-            cells.append(_mean_range(v))
+            cells.append(mean_range(v))
         label = f"{case[0]} ({case[1]})" + (f", {case[2]} split" if len(case) > 2 else "")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     if keyed:
@@ -366,7 +366,7 @@ def retrain_rows_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     return text + "\n".join(acc) + "\n"
 
 
-def _mean_range(v) -> str:
+def mean_range(v) -> str:
     """``mean (lowest–highest)`` of percentages (the mean alone for one value)."""
     return f"{v.mean():.1f} ({v.min():.0f}–{v.max():.0f})" if len(v) > 1 else f"{v.mean():.1f}"
 
@@ -401,7 +401,7 @@ def balance_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     for (name, bb, corr), rs in by_case(rows, "benchmark", "backbone", "val_corr").items():
         def cell(vals, flags=None):
             v = 100 * np.array(vals)
-            s = _mean_range(v)
+            s = mean_range(v)
             n = sum(bool(f) for f in flags or [])
             return s + (f" ({n} flagged)" if n else "")
         out.append(f"| {name} ({bb}) | {corr:g} | {cell([r['ERM'] for r in rs])} | "
