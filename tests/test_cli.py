@@ -1,5 +1,6 @@
 """The `pydebias` command, run in-process."""
 import json
+import re
 
 import pytest
 
@@ -431,3 +432,49 @@ def test_balance_study_reads_the_train_correlation_of_a_preset():
     assert _train_corr("fashion-on-photos", {}) == 0.95
     assert _train_corr("fashion-on-photos-strong", {"corr": 0.9}) == 0.9
     assert _train_corr("planted", {}) == 0.95
+
+
+def test_join_of_runs_on_other_seeds_is_the_run_over_all_of_them(tmp_path, capsys):
+    """`report --STUDY --join`: the rows of runs on other seeds, joined in seed order whatever
+    the files' order, give the table and rows of one run over every seed; files that cannot
+    be joined (a seed twice, other versions, another study, no rows) are clear errors."""
+    whole = tmp_path / "whole"
+    assert main(["report", "--retrain-rows", "--benchmarks", "planted", "--seeds", "0", "1", "--out", str(whole),
+                 "--quiet"]) == 0
+    full = json.loads((whole / "retrain_rows.json").read_text())
+    assert full["study"] == "retrain_rows" and full["seeds"] == [0, 1]
+    parts = []
+    for s in (1, 0):  # the later seed first: the join sorts
+        part = {**full, "seeds": [s], "seed": s, "rows": [r for r in full["rows"] if r["seed"] == s]}
+        parts.append(tmp_path / f"seed{s}.json")
+        parts[-1].write_text(json.dumps(part))
+    joined = tmp_path / "joined"
+    assert main(["report", "--retrain-rows", "--join", *map(str, parts), "--out", str(joined)]) == 0
+    assert (joined / "retrain_rows.md").read_text() == (whole / "retrain_rows.md").read_text()
+    js = json.loads((joined / "retrain_rows.json").read_text())
+    assert js["rows"] == full["rows"] and js["seeds"] == [0, 1] and js["data_hash"] == full["data_hash"]
+    assert js["versions"] == full["versions"] and js["joined_seeds"] == [[1], [0]]
+
+    other = tmp_path / "other.json"
+    capsys.readouterr()
+    for payload, argv, match in (
+            (None, [str(parts[0]), str(parts[0])], "seed 1 is in both"),
+            ({**full, "seeds": [5], "rows": [{**r, "seed": 5} for r in full["rows"]],
+              "versions": {**full["versions"], "torch": "0.0.0"}}, [str(parts[0]), str(other)],
+             "other versions \\(torch: .+ against 0\\.0\\.0\\); join only runs made in one environment"),
+            ({**full, "study": "blade"}, [str(other)], "holds the 'blade' study, not 'retrain_rows'; pass --blade"),
+            ({"rows": []}, [str(other)], "holds no study rows"),
+            ({**full, "seeds": [7]}, [str(other)], r"rows without one of its seeds \[7\]")):
+        if payload is not None:
+            other.write_text(json.dumps(payload))
+        assert main(["report", "--retrain-rows", "--join", *argv, "--out", str(tmp_path / "bad")]) == 2
+        assert re.search(match, capsys.readouterr().err), match
+    other.write_text("{not json")
+    for argv, match in ((["--retrain-rows", "--join", str(other)], "is not JSON"),
+                        (["--retrain-rows", "--join", str(tmp_path / "missing.json")], "no file"),
+                        (["--join", str(parts[0])], "--join: name the study"),
+                        (["--retrain-rows", "--benchmarks", "planted", "--join", str(parts[0])],
+                         "--benchmarks: not used")):
+        assert main(["report", *argv, "--out", str(tmp_path / "bad")]) == 2
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "retrain_rows.json").exists()  # nothing written on a refused join

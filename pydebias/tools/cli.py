@@ -38,7 +38,8 @@ REPORT_STUDIES = {
               "with the background as the concept (worst group)", "clarc_study", "clarc_study", "clarc_markdown"),
     "masktune": ("ERM and MaskTune (the paper's masks, masks grown by 1-5 pixels, and the same epoch without masks "
                  "as a control) on fashion-square (binary), colored-fashion and both fashion-on-photos built-ins: "
-                 "worst-group accuracy, selective classification, mask coverage", "masktune_study", "masktune_study", "masktune_markdown", "masktune_figures"),
+                 "worst-group accuracy, selective classification, mask coverage",
+                 "masktune_study", "masktune_study", "masktune_markdown", "masktune_figures"),
     "blade": ("ERM and BLADE (with a plain fine-tune as control and BLADE without alignment or without refinement) on "
               "colored-fashion and both fashion-on-photos built-ins: worst-group accuracy, pseudo-domain purity, "
               "translations",
@@ -181,24 +182,37 @@ def _cmd_report(args) -> int:
     settings = report.default_settings(args.benchmarks)
     if args.seed is None and not args.seeds:
         args.seeds = list(REPORT_SEEDS)
-    for stem, (_, module, rows_fn, md_fn, *fig_fn) in REPORT_STUDIES.items():
-        if getattr(args, stem):
-            from ..results import provenance, rows_data_hash, write_atomic, write_json
-
-            mod = importlib.import_module(f"{__package__}.{module}")
-            run, to_md = getattr(mod, rows_fn), getattr(mod, md_fn)
-            seeds = list(dict.fromkeys(args.seeds or [args.seed]))
-            rows = [{**r, "seed": s} for s in seeds for r in run(settings, seed=s, progress=not args.quiet)]
-            md = to_md(rows, seeds)
-            os.makedirs(args.out, exist_ok=True)
-            write_atomic(os.path.join(args.out, f"{stem}.md"), (md + report.footer()).encode())
-            for path in (getattr(mod, fig_fn[0])(rows, args.out) if fig_fn else []):
-                print(f"wrote {path}")
-            rows = [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
-            write_json(os.path.join(args.out, f"{stem}.json"),
-                       {**provenance(seeds[0], "auto", data_hash=rows_data_hash(rows), seeds=seeds), "rows": rows})
+    stems = [stem for stem in REPORT_STUDIES if getattr(args, stem)]
+    if args.join and not stems:
+        raise ValueError("--join: name the study the files come from, e.g. `pydebias report --blade --join "
+                         "A/blade.json B/blade.json --out DIR`")
+    if args.join and args.benchmarks is not None:
+        raise ValueError("--benchmarks: not used with --join (the files hold their settings); leave it out")
+    for stem in stems:
+        _, module, rows_fn, md_fn, *fig_fn = REPORT_STUDIES[stem]
+        mod = importlib.import_module(f"{__package__}.{module}")
+        to_md = getattr(mod, md_fn)
+        if args.join:
+            rows, seeds, v, sources = _joined_rows(args.join, stem)
+            try:
+                md = to_md(rows, seeds)
+            except KeyError as e:
+                raise ValueError(f"--join: the files' rows lack {e}; pass {stem}.json files written by "
+                                 f"`pydebias report {_study_flag(stem)}`") from None
+            _write_study(args.out, stem, md, rows, seeds, v, joined_seeds=sources)
             print(md)
+            print(f"wrote {stem}.md and {stem}.json under {args.out} (figures are drawn by the runs, not by --join)")
             return 0
+        seeds = list(dict.fromkeys(args.seeds or [args.seed]))
+        rows = [{**r, "seed": s} for s in seeds for r in getattr(mod, rows_fn)(settings, seed=s,
+                                                                               progress=not args.quiet)]
+        md = to_md(rows, seeds)
+        for path in (getattr(mod, fig_fn[0])(rows, args.out) if fig_fn else []):
+            print(f"wrote {path}")
+        _write_study(args.out, stem, md, [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
+                     seeds)
+        print(md)
+        return 0
     if args.seeds:
         return _report_seeds(args, settings)
     rows = report.run_report(settings, seed=args.seed, n_boot=args.n_boot, progress=not args.quiet)
@@ -207,6 +221,68 @@ def _cmd_report(args) -> int:
     for kind, path in paths.items():
         print(f"wrote {path}")
     return 0
+
+
+def _study_flag(stem: str) -> str:
+    return "--" + stem.replace("_", "-")
+
+
+def _write_study(out: str, stem: str, md: str, rows: List[dict], seeds: List[int],
+                 versions: Optional[dict] = None, **extra) -> None:
+    """OUT/STUDY.md (the table, then the versions it was made with) and OUT/STUDY.json (provenance
+    and the rows). ``versions``: those of the runs a join read, in place of this process's."""
+    from . import report
+    from ..results import provenance, rows_data_hash, write_atomic, write_json
+
+    os.makedirs(out, exist_ok=True)
+    write_atomic(os.path.join(out, f"{stem}.md"), (md + report.footer(versions)).encode())
+    js = provenance(seeds[0], "auto", data_hash=rows_data_hash(rows), seeds=seeds, study=stem, **extra)
+    if versions:
+        js["versions"] = versions
+    write_json(os.path.join(out, f"{stem}.json"), {**js, "rows": rows})
+
+
+def _joined_rows(paths: List[str], stem: str):
+    """The rows of several runs of one study (its STUDY.json files, on other seeds, made with
+    the same versions) in seed order: (rows, seeds, versions, each file's seeds)."""
+    import json
+
+    runs = []
+    for path in paths:
+        hint = f"pass the {stem}.json files that `pydebias report {_study_flag(stem)}` runs wrote"
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise ValueError(f"--join: no file {path!r}; {hint}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"--join: {path!r} is not JSON ({e}); {hint}") from None
+        if not (isinstance(d, dict) and isinstance(d.get("rows"), list) and isinstance(d.get("seeds"), list)
+                and isinstance(d.get("versions"), dict)):
+            raise ValueError(f"--join: {path!r} holds no study rows (expected 'rows', 'seeds' and 'versions'); {hint}")
+        if d.get("study", stem) != stem:
+            raise ValueError(f"--join: {path!r} holds the {d['study']!r} study, not {stem!r}; pass "
+                             f"{_study_flag(str(d['study']))} with it, or other files")
+        runs.append((path, d))
+    (first, d0), seen = runs[0], {}
+    for path, d in runs:
+        # the figures depend on every version (and on the CPU's instruction set); the
+        # platform string also names the kernel release, which does not change them
+        diff = sorted(k for k in set(d0["versions"]) | set(d["versions"])
+                      if k != "platform" and d0["versions"].get(k) != d["versions"].get(k))
+        if diff:
+            raise ValueError(f"--join: {first!r} and {path!r} were made with other versions ("
+                             + ", ".join(f"{k}: {d0['versions'].get(k)} against {d['versions'].get(k)}"
+                                         for k in diff)
+                             + "); join only runs made in one environment")
+        for s in d["seeds"]:
+            if s in seen:
+                raise ValueError(f"--join: seed {s} is in both {seen[s]!r} and {path!r}; join runs on other seeds")
+            seen[s] = path
+        if any(not isinstance(r, dict) or r.get("seed") not in d["seeds"] for r in d["rows"]):
+            raise ValueError(f"--join: {path!r} has rows without one of its seeds {d['seeds']}; {hint}")
+    rows = sorted((r for _, d in runs for r in d["rows"]), key=lambda r: r["seed"])  # stable: settings keep order
+    return rows, sorted(seen), d0["versions"], [d["seeds"] for _, d in runs]
 
 
 def _report_seeds(args, settings) -> int:
@@ -346,6 +422,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--benchmarks", nargs="*", help="restrict to these built-ins")
     which = rp.add_mutually_exclusive_group()
     which.add_argument("--seed", type=int, default=None, help="one seed's report (OUT/report.md/.json/.png)")
+    which.add_argument("--join", nargs="+", metavar="STUDY.json",
+                       help="with a study flag: join that study's result files from runs on other seeds (same "
+                            "versions) into one table, without refitting")
     which.add_argument("--seeds", type=int, nargs="+",
                        help=f"one report per seed (OUT/seed-S/) and the spread across them (OUT/seeds.md/.json); "
                             f"the default, with seeds {' '.join(map(str, REPORT_SEEDS))}; with a study flag, one "
@@ -389,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--rows", type=int, nargs="+",
                    help="with --large: row counts (default 100000 1000000 10000000); with --e2e / --out-of-core: the "
                         "row count; with --distributed: rows per process")
-    b.add_argument("--cold", action="store_true", help="with --large: evict the file from the page cache before each pass")
+    b.add_argument("--cold", action="store_true",
+                   help="with --large: evict the file from the page cache before each pass")
     b.add_argument("--dir", help="with --large/--e2e/--out-of-core: where the memmaps go (default: a temporary "
                                 "directory)")
     b.add_argument("--keep-files", action="store_true", help="with --large/--e2e: keep (and reuse) the memmaps")

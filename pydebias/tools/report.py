@@ -834,12 +834,13 @@ def plot(rows: List[Dict], path: str) -> str:
     return save_png(fig, path)
 
 
-def footer() -> str:
-    """The versions a table was made with, and the instruction set of torch's CPU kernels:
-    backbones trained on another one differ (README, "Results"), and so do the figures."""
+def footer(v: Optional[Dict] = None) -> str:
+    """The versions a table was made with (``v``, a result file's ``versions``; default this
+    process's), and the instruction set of torch's CPU kernels: backbones trained on another
+    one differ (README, "Results"), and so do the figures."""
     from ..results import versions
 
-    v = versions()
+    v = v or versions()
     return (f"\nMade with pydebias {v['pydebias']}, torch {v['torch']} (CPU kernels: "
             f"{v['torch_cpu_capability']}), numpy {v['numpy']}, faiss {v['faiss']}.\n")
 
