@@ -345,8 +345,12 @@ def test_nsf_outliers_study_on_planted(tmp_path):
         assert 0 < r["rescued"] < r["outliers"]
         assert r["True"] > r["ERM"] + 0.1 and r["False"] > r["ERM"] + 0.1
     assert rows[1]["True"] > rows[1]["False"] + 0.1  # balanced split: the dropped rows are the minority's
+    for r in rows:  # the replayed label-free choice follows the holdout scores and takes that fit's figure
+        assert r["auto picks True"] == (r["score True"] > r["score False"] + 0.05)
+        assert r["auto"] == r[str(r["auto picks True"])] and 0.5 < r["score False"] <= 2.0
     md = (tmp_path / "nsf_outliers.md").read_text()
     assert "| planted (planted), balanced split |" in md and "keep_unrescued=True" in md
+    assert "keep_unrescued=auto" in md and f"picked `True` in {sum(r['auto picks True'] for r in rows)} of 2 fits" in md
 
 
 def test_run_sets_a_method_hyper_parameter_and_names_bad_ones(tmp_path, capsys):

@@ -102,6 +102,41 @@ def test_keep_unrescued_learns_the_outliers_the_paper_drops():
     assert wga[True] > wga[False] + 0.1
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_keep_unrescued_auto_returns_the_fit_its_holdout_score_picks():
+    """"auto" fits both updates from the same draws: its head is exactly the head of the
+    value it picks, and it picks True only when True's label-free holdout score beats
+    False's by more than keep_margin (a margin of 2 can never be beaten: the paper's head)."""
+    from pydebias.methods.guard import selection_score
+    from pydebias.metrics import predict
+
+    d = planted(n_train=4000, n_val=2000, n_test=500, seed=0, val_corr=0.5)
+    erm = ERM().fit(d["train"])
+    heads, scores = {}, {}
+    for keep in (False, True):
+        m = NSF(keep_unrescued=keep, n_update_steps=200)
+        heads[keep] = m.fit(d["train"], d["val"], head=erm)
+    _, hold = d["val"].split_holdout(0.25, seed=0)
+    right = predict(erm, hold.features) == hold.labels
+    scores = {k: selection_score(h, hold, right) for k, h in heads.items()}
+    for margin in (0.0, 2.0):
+        auto = NSF(keep_unrescued="auto", keep_margin=margin, n_update_steps=200)
+        head = auto.fit(d["train"], d["val"], head=erm)
+        choice = auto.report_["keep_unrescued"]
+        picked = bool(scores[True] > scores[False] + margin)
+        assert choice["chosen"] == picked and choice["margin"] == margin
+        np.testing.assert_allclose([choice["scores"]["False"], choice["scores"]["True"]],
+                                   [scores[False], scores[True]], rtol=1e-6)
+        assert torch.equal(head.weight, heads[picked].weight) and torch.equal(head.bias, heads[picked].bias)
+        assert (auto.report_["counts"]["dropped"] == 0) == picked
+    assert scores[True] > scores[False]  # planted, balanced split: keeping the minority's rows scores higher
+    for bad, match in (({"keep_unrescued": "yes"}, "keep_unrescued: expected True, False or 'auto'"),
+                       ({"keep_unrescued": "auto", "holdout": 0}, "'auto' chooses on the holdout"),
+                       ({"keep_unrescued": "auto", "keep_margin": -1.0}, "keep_margin")):
+        with pytest.raises(ValueError, match=match):
+            NSF(**bad).fit(d["train"], d["val"], head=erm)
+
+
 def test_report_records_losses_per_step_and_the_loss_decreases():
     x, y = _overlapping()
     m = NSF(n_eliminate_steps=30, n_update_steps=40, holdout=0)

@@ -24,7 +24,7 @@ leaves room (the z-scores, the guard) and their evidence: docs/methods.md, "NSF"
 from __future__ import annotations
 
 import warnings
-from typing import List, Optional
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -32,10 +32,11 @@ from torch import nn
 
 from .. import _arrays, cluster
 from ..distributed import describe
+from ..metrics import predict
 from ..validation import check_chunk_rows, check_fraction, check_number
 from .base import EmbeddingMethod, copy_head
 from .baselines import erm_head
-from .guard import guard_check
+from .guard import guard_check, selection_score
 
 __all__ = ["NSF", "fold_affine", "fold_transform"]
 
@@ -90,8 +91,12 @@ class NSF(EmbeddingMethod):
         folded into the returned head. Default on, a choice made by measurement
         (docs/methods.md); ``False`` is the authors' raw-feature setting.
     keep_unrescued : put every outlier in G1, also those the elimination step leaves
-        nearer another class's target, which the paper drops (its measured effect:
-        docs/methods.md, "NSF").
+        nearer another class's target, which the paper drops (``False``). ``"auto"`` fits
+        both and keeps ``True`` only when its label-free holdout score (pseudo-group
+        balanced accuracy + balanced accuracy) beats ``False``'s by more than
+        ``keep_margin``; needs ``holdout > 0``. Measured effects: docs/methods.md, "NSF".
+    keep_margin : the noise margin of ``keep_unrescued="auto"`` (default 0.05,
+        NeuronTune's ``lam_margin``).
     chunk_rows : rows per chunk for the streaming passes (default: ~16 MB of float32).
     process_group : a ``torch.distributed`` group whose ranks each pass their own ``val``
         rows (``holdout=0``, ``k_clusters=1``): z-scores, class means, targets, both
@@ -103,13 +108,13 @@ class NSF(EmbeddingMethod):
     def __init__(self, alpha: float = 10.0, n_eliminate_steps: int = 10, n_update_steps: int = 500,
                  lr: float = 1e-3, k_clusters: int = 1, seed: int = 0, holdout: float = 0.25,
                  guard: bool = False, guard_tolerance: float = 0.25, kmeans_iter: int = 20,
-                 standardize: bool = True, keep_unrescued: bool = False, chunk_rows: Optional[int] = None,
-                 process_group=None):
+                 standardize: bool = True, keep_unrescued: Union[bool, str] = False, keep_margin: float = 0.05,
+                 chunk_rows: Optional[int] = None, process_group=None):
         self.alpha, self.n_eliminate_steps, self.n_update_steps = alpha, n_eliminate_steps, n_update_steps
         self.lr, self.k_clusters, self.seed, self.holdout = lr, k_clusters, seed, holdout
         self.guard, self.guard_tolerance = guard, guard_tolerance
         self.kmeans_iter, self.chunk_rows, self.standardize = kmeans_iter, chunk_rows, standardize
-        self.keep_unrescued = keep_unrescued
+        self.keep_unrescued, self.keep_margin = keep_unrescued, keep_margin
         self.process_group = process_group
 
     # ------------------------------------------------------------------ checks
@@ -126,8 +131,12 @@ class NSF(EmbeddingMethod):
         check_number(self.guard_tolerance, "guard_tolerance", 0.0)
         check_number(self.kmeans_iter, "kmeans_iter", 1, integer=True)
         check_chunk_rows(self.chunk_rows)
-        if not isinstance(self.keep_unrescued, (bool, np.bool_)):
-            raise ValueError(f"keep_unrescued: expected True or False, got {self.keep_unrescued!r}")
+        if not (isinstance(self.keep_unrescued, (bool, np.bool_)) or self.keep_unrescued == "auto"):
+            raise ValueError(f"keep_unrescued: expected True, False or 'auto', got {self.keep_unrescued!r}")
+        if self.keep_unrescued == "auto" and not self.holdout > 0:
+            raise ValueError("keep_unrescued: 'auto' chooses on the holdout; pass holdout > 0 (e.g. the default "
+                             f"0.25) or keep_unrescued=True/False (got holdout={self.holdout})")
+        check_number(self.keep_margin, "keep_margin", 0.0)
         if self.process_group is not None:
             from ..distributed import check_group
 
@@ -287,101 +296,137 @@ class NSF(EmbeddingMethod):
             tf = T(self._rows(x, part, device))
             near, _ = cluster.nearest_centroid(tf, targets[tgt_ids].astype(np.float32), gpu="auto")
             rescued[s:s + part.size] = tgt_ids[near] == y[part]
-        # keep_unrescued: every outlier joins G1 (the paper drops those still nearer another target)
-        g1 = out_idx if self.keep_unrescued else out_idx[rescued]
         g2 = np.flatnonzero(~outlier)
-        n1, n2, n_out_all, n_rescued = (int(v) for v in self._sum([g1.size, g2.size, out_idx.size, rescued.sum()]))
-        dropped = n_out_all - n1
-        learnt = self._sum(np.bincount(y[g1], minlength=C)[:C] + np.bincount(y[g2], minlength=C)[:C]) > 0
 
-        unlearnt = [int(c) for c in np.flatnonzero(present & ~learnt)]
-        if unlearnt and (n1 or n2):
-            msg = (f"NSF: class(es) {unlearnt} have no sample in G1 (rescued) or G2 (inliers): "
-                   "the updated head never sees them")
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
-            notes.append(msg)
-        lin = nn.Linear(M, C).to(device)
-        bound = 1.0 / np.sqrt(M)
-        with torch.no_grad():  # nn.Linear's default init, drawn from our seeded generator
-            lin.weight.copy_((torch.rand(C, M, generator=gen) * 2 - 1) * bound)
-            lin.bias.copy_((torch.rand(C, generator=gen) * 2 - 1) * bound)
-        hopt = torch.optim.AdamW(lin.parameters(), lr=self.lr, weight_decay=0.0)
-        ce = nn.functional.cross_entropy
+        def update(keep: bool):
+            """A fresh head on T(f) trained on G1 (rescued outliers; every outlier with ``keep``)
+            and G2 (inliers): (head, losses, update mode, G1 and G2 sizes, messages)."""
+            # keep: every outlier joins G1 (the paper drops those still nearer another target)
+            g1 = out_idx if keep else out_idx[rescued]
+            msgs: List[Tuple[str, str]] = []  # (warning, note), given for the head returned only
+            n1, n2 = (int(v) for v in self._sum([g1.size, g2.size]))
+            learnt = self._sum(np.bincount(y[g1], minlength=C)[:C] + np.bincount(y[g2], minlength=C)[:C]) > 0
 
-        def cached(idx):
-            """T(rows idx) and their labels, held while they fit UPDATE_CACHE_BYTES."""
-            if idx.size * M * 4 > UPDATE_CACHE_BYTES:
-                return None
-            return T(self._rows(x, idx, device)), yt[torch.from_numpy(idx).to(device)]
+            unlearnt = [int(c) for c in np.flatnonzero(present & ~learnt)]
+            if unlearnt and (n1 or n2):
+                msg = (f"NSF: class(es) {unlearnt} have no sample in G1 (rescued) or G2 (inliers): "
+                       "the updated head never sees them")
+                msgs.append((msg, msg))
+            lin = nn.Linear(M, C).to(device)
+            bound = 1.0 / np.sqrt(M)
+            with torch.no_grad():  # nn.Linear's default init, drawn from our seeded generator
+                lin.weight.copy_((torch.rand(C, M, generator=gen) * 2 - 1) * bound)
+                lin.bias.copy_((torch.rand(C, generator=gen) * 2 - 1) * bound)
+            hopt = torch.optim.AdamW(lin.parameters(), lr=self.lr, weight_decay=0.0)
+            ce = nn.functional.cross_entropy
 
-        def mean_ce_backward(idx, held, n_rows) -> float:
-            """Backward of CE over rows ``idx`` (``held``: their cached rows) summed and
-            divided by ``n_rows`` (the group's rows on all ranks: a mean over the union),
-            read in row chunks so that a group larger than the cache costs one chunk."""
-            if held is not None and idx.size == n_rows:
-                loss = ce(lin(held[0]), held[1])
-                loss.backward()
-                return float(loss.detach())
-            total = 0.0
-            for s in range(0, idx.size, rows):
-                part = idx[s:s + rows]
-                f, yy = (held[0][s:s + rows], held[1][s:s + rows]) if held is not None else \
-                    (T(self._rows(x, part, device)), yt[torch.from_numpy(part).to(device)])
-                pl = ce(lin(f), yy, reduction="sum") / n_rows
-                pl.backward()
-                total += float(pl.detach())
-            return total
+            def cached(idx):
+                """T(rows idx) and their labels, held while they fit UPDATE_CACHE_BYTES."""
+                if idx.size * M * 4 > UPDATE_CACHE_BYTES:
+                    return None
+                return T(self._rows(x, idx, device)), yt[torch.from_numpy(idx).to(device)]
 
-        def step_done(loss: float) -> None:
-            if pg is not None:  # the union's gradient and loss on every rank
-                loss = sum_grads(lin.parameters(), loss, pg)
-            hopt.step()
-            upd_loss.append(loss)
+            def mean_ce_backward(idx, held, n_rows) -> float:
+                """Backward of CE over rows ``idx`` (``held``: their cached rows) summed and
+                divided by ``n_rows`` (the group's rows on all ranks: a mean over the union),
+                read in row chunks so that a group larger than the cache costs one chunk."""
+                if held is not None and idx.size == n_rows:
+                    loss = ce(lin(held[0]), held[1])
+                    loss.backward()
+                    return float(loss.detach())
+                total = 0.0
+                for s in range(0, idx.size, rows):
+                    part = idx[s:s + rows]
+                    f, yy = (held[0][s:s + rows], held[1][s:s + rows]) if held is not None else \
+                        (T(self._rows(x, part, device)), yt[torch.from_numpy(part).to(device)])
+                    pl = ce(lin(f), yy, reduction="sum") / n_rows
+                    pl.backward()
+                    total += float(pl.detach())
+                return total
 
-        def first_row(part: np.ndarray) -> int:
-            """The global number of this rank's first row of ``part`` (ranks in order)."""
-            if pg is None:
-                return 0
-            import torch.distributed as dist
+            def step_done(loss: float) -> None:
+                if pg is not None:  # the union's gradient and loss on every rank
+                    loss = sum_grads(lin.parameters(), loss, pg)
+                hopt.step()
+                upd_loss.append(loss)
 
-            from ..distributed import all_reduce
+            def first_row(part: np.ndarray) -> int:
+                """The global number of this rank's first row of ``part`` (ranks in order)."""
+                if pg is None:
+                    return 0
+                import torch.distributed as dist
 
-            sizes = np.zeros(dist.get_world_size(pg), np.int64)
-            sizes[dist.get_rank(pg)] = part.size
-            return int(all_reduce(sizes, "sum", pg)[:dist.get_rank(pg)].sum())
+                from ..distributed import all_reduce
 
-        def resample(large, start: int, n_large: int, n_pick: int) -> np.ndarray:
-            """Sorted rows of this rank among ``n_pick`` draws with replacement from the
-            ``n_large`` rows of the larger group on all ranks (this rank's numbered from
-            ``start``): every rank draws the same global indices with the shared generator."""
-            draws = torch.randint(0, n_large, (n_pick,), generator=gen).numpy()
-            mine = draws[(draws >= start) & (draws < start + large.size)] - start
-            return np.sort(large[mine])
+                sizes = np.zeros(dist.get_world_size(pg), np.int64)
+                sizes[dist.get_rank(pg)] = part.size
+                return int(all_reduce(sizes, "sum", pg)[:dist.get_rank(pg)].sum())
 
-        upd_loss: List[float] = []
-        if n1 and n2:
-            mode = "balanced: CE_mean(G1) + CE_mean(G2), smaller group whole, larger resampled"
-            (small, n_small), (large, n_large) = ((g1, n1), (g2, n2)) if n1 <= n2 else ((g2, n2), (g1, n1))
-            held_small, start = cached(small), first_row(large)
-            for _ in range(self.n_update_steps):
-                pick = resample(large, start, n_large, n_small)
-                hopt.zero_grad()
-                step_done(mean_ce_backward(small, held_small, n_small)
-                          + mean_ce_backward(pick, cached(pick), n_small))
-        else:
-            if n2:
-                only, n_only, mode = g2, n2, "G2 only: no outlier was rescued (G1 empty); plain training on the inliers"
-            elif n1:
-                only, n_only, mode = g1, n1, "G1 only: no inlier (G2 empty); plain training on the rescued outliers"
+            def resample(large, start: int, n_large: int, n_pick: int) -> np.ndarray:
+                """Sorted rows of this rank among ``n_pick`` draws with replacement from the
+                ``n_large`` rows of the larger group on all ranks (this rank's numbered from
+                ``start``): every rank draws the same global indices with the shared generator."""
+                draws = torch.randint(0, n_large, (n_pick,), generator=gen).numpy()
+                mine = draws[(draws >= start) & (draws < start + large.size)] - start
+                return np.sort(large[mine])
+
+            upd_loss: List[float] = []
+            if n1 and n2:
+                mode = "balanced: CE_mean(G1) + CE_mean(G2), smaller group whole, larger resampled"
+                (small, n_small), (large, n_large) = ((g1, n1), (g2, n2)) if n1 <= n2 else ((g2, n2), (g1, n1))
+                held_small, start = cached(small), first_row(large)
+                for _ in range(self.n_update_steps):
+                    pick = resample(large, start, n_large, n_small)
+                    hopt.zero_grad()
+                    step_done(mean_ce_backward(small, held_small, n_small)
+                              + mean_ce_backward(pick, cached(pick), n_small))
             else:
-                only, n_only = np.arange(N), N_all
-                mode = "all rows: G1 and G2 both empty; plain training on every sample"
-            notes.append(mode)
-            warnings.warn(f"NSF: {mode}", RuntimeWarning, stacklevel=2)
-            held_only = cached(only)
-            for _ in range(self.n_update_steps):
-                hopt.zero_grad()
-                step_done(mean_ce_backward(only, held_only, n_only))
+                if n2:
+                    only, n_only = g2, n2
+                    mode = "G2 only: no outlier was rescued (G1 empty); plain training on the inliers"
+                elif n1:
+                    only, n_only = g1, n1
+                    mode = "G1 only: no inlier (G2 empty); plain training on the rescued outliers"
+                else:
+                    only, n_only = np.arange(N), N_all
+                    mode = "all rows: G1 and G2 both empty; plain training on every sample"
+                msgs.append((f"NSF: {mode}", mode))  # (warning, note)
+                held_only = cached(only)
+                for _ in range(self.n_update_steps):
+                    hopt.zero_grad()
+                    step_done(mean_ce_backward(only, held_only, n_only))
+            return lin, upd_loss, mode, n1, n2, msgs
+
+        # keep_unrescued="auto" fits both updates from the same draws (each is the head that
+        # value alone gives) and keeps True only when its holdout score beats False's by keep_margin
+        gen_state = gen.get_state()
+        fits = {}
+        for keep in ((False, True) if self.keep_unrescued == "auto" else (bool(self.keep_unrescued),)):
+            gen.set_state(gen_state)
+            fits[keep] = update(keep)
+
+        def fold(lin):
+            folded = fold_transform(lin, beta_, shift_)
+            if self.standardize:  # the head read z = (f - center) / scale
+                inv = 1.0 / scale.double()
+                folded = fold_affine(folded, inv, -center.double() * inv)
+            return folded
+
+        keep_choice = None
+        if len(fits) == 2:
+            right = predict(head, hold.features) == hold.labels
+            scores = {k: selection_score(fold(fits[k][0]), hold, right) for k in fits}
+            keep = bool(scores[True] > scores[False] + self.keep_margin)
+            keep_choice = {"chosen": keep, "scores": {str(k): float(v) for k, v in scores.items()},
+                           "margin": float(self.keep_margin)}
+        else:
+            keep = next(iter(fits))
+        lin, upd_loss, mode, n1, n2, msgs = fits[keep]
+        for msg, note in msgs:
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            notes.append(note)
+        n_out_all, n_rescued = (int(v) for v in self._sum([out_idx.size, rescued.sum()]))
+        dropped = n_out_all - n1
         if not all(np.isfinite(elim_loss)) or not all(np.isfinite(upd_loss)):
             raise FloatingPointError("NSF: a loss became NaN/inf; check the features' scale or lower lr")
 
@@ -389,10 +434,7 @@ class NSF(EmbeddingMethod):
         self.targets_ = targets
         self.outlier_ = outlier  # over the rows NSF was fitted on (id_set minus the holdout; this rank's)
         self.transformed_head_ = lin  # the fresh head on T(f), before folding
-        folded = fold_transform(lin, beta_, shift_)
-        if self.standardize:  # the head read z = (f - center) / scale
-            inv = 1.0 / scale.double()
-            folded = fold_affine(folded, inv, -center.double() * inv)
+        folded = fold(lin)
         self.center_ = center.cpu() if center is not None else None
         self.scale_ = scale.cpu() if scale is not None else None
         self.debiased_head_ = self.head_ = folded
@@ -409,6 +451,7 @@ class NSF(EmbeddingMethod):
             "update_loss": upd_loss, "update_mode": mode,
             "beta": {"min": float(beta_.min()), "mean": float(beta_.mean()), "max": float(beta_.max())},
             "shift_norm": float(shift_.norm()), "guard": None, "returned": "nsf", "notes": notes,
+            "keep_unrescued": keep_choice,
         }
 
         # do no harm
