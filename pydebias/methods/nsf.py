@@ -12,14 +12,15 @@ identification split), never group labels.
 3. **Eliminate.** ``T(f) = (f + s) ⊙ β − s`` minimising ``mean ||T(f) − u_y||₂ + α·mean(β)``,
    full-batch AdamW streamed over row chunks, ``n_eliminate_steps`` steps.
 4. **Update.** A fresh head on ``T(f)`` trained on the rescued outliers (G1; every
-   outlier with ``keep_unrescued``) and the inliers (G2) with ``CE_mean(G1) +
+   outlier with ``keep_unrescued=True``) and the inliers (G2) with ``CE_mean(G1) +
    CE_mean(G2)``, ``n_update_steps`` AdamW steps; an empty group falls back to plain
-   training on the other (noted in ``report_``).
+   training on the other (noted in ``report_``). ``keep_unrescued="auto"`` (default)
+   fits both G1s and keeps the one the holdout's label-free score prefers.
 
 The returned head folds ``T`` (and the z-scoring of ``standardize``) in: inference is one
 ``nn.Linear`` on the raw embeddings. A do-no-harm guard (:mod:`pydebias.methods.guard`)
 compares it with the ERM head on a held-out part of ``val``. Choices where the paper
-leaves room (the z-scores, the guard) and their evidence: docs/methods.md, "NSF".
+leaves room (the z-scores, the choice of G1, the guard) and their evidence: docs/methods.md, "NSF".
 """
 from __future__ import annotations
 
@@ -90,11 +91,12 @@ class NSF(EmbeddingMethod):
         standard deviation of the rows NSF is fitted on; a constant neuron keeps scale 1),
         folded into the returned head. Default on, a choice made by measurement
         (docs/methods.md); ``False`` is the authors' raw-feature setting.
-    keep_unrescued : put every outlier in G1, also those the elimination step leaves
-        nearer another class's target, which the paper drops (``False``). ``"auto"`` fits
-        both and keeps ``True`` only when its label-free holdout score (pseudo-group
-        balanced accuracy + balanced accuracy) beats ``False``'s by more than
-        ``keep_margin``; needs ``holdout > 0``. Measured effects: docs/methods.md, "NSF".
+    keep_unrescued : ``True`` puts every outlier in G1, also those the elimination step
+        leaves nearer another class's target, which the paper drops (``False``). ``"auto"``
+        (default, a choice made by measurement: docs/methods.md, "NSF") fits both and keeps
+        ``True`` only when its label-free holdout score (pseudo-group balanced accuracy +
+        balanced accuracy) beats ``False``'s by more than ``keep_margin``; without a
+        holdout (``holdout=0``) it is the paper's ``False``.
     keep_margin : the noise margin of ``keep_unrescued="auto"`` (default 0.05,
         NeuronTune's ``lam_margin``).
     chunk_rows : rows per chunk for the streaming passes (default: ~16 MB of float32).
@@ -108,8 +110,8 @@ class NSF(EmbeddingMethod):
     def __init__(self, alpha: float = 10.0, n_eliminate_steps: int = 10, n_update_steps: int = 500,
                  lr: float = 1e-3, k_clusters: int = 1, seed: int = 0, holdout: float = 0.25,
                  guard: bool = False, guard_tolerance: float = 0.25, kmeans_iter: int = 20,
-                 standardize: bool = True, keep_unrescued: Union[bool, str] = False, keep_margin: float = 0.05,
-                 chunk_rows: Optional[int] = None, process_group=None):
+                 standardize: bool = True, keep_unrescued: Union[bool, str] = "auto",
+                 keep_margin: float = 0.05, chunk_rows: Optional[int] = None, process_group=None):
         self.alpha, self.n_eliminate_steps, self.n_update_steps = alpha, n_eliminate_steps, n_update_steps
         self.lr, self.k_clusters, self.seed, self.holdout = lr, k_clusters, seed, holdout
         self.guard, self.guard_tolerance = guard, guard_tolerance
@@ -133,9 +135,6 @@ class NSF(EmbeddingMethod):
         check_chunk_rows(self.chunk_rows)
         if not (isinstance(self.keep_unrescued, (bool, np.bool_)) or self.keep_unrescued == "auto"):
             raise ValueError(f"keep_unrescued: expected True, False or 'auto', got {self.keep_unrescued!r}")
-        if self.keep_unrescued == "auto" and not self.holdout > 0:
-            raise ValueError("keep_unrescued: 'auto' chooses on the holdout; pass holdout > 0 (e.g. the default "
-                             f"0.25) or keep_unrescued=True/False (got holdout={self.holdout})")
         check_number(self.keep_margin, "keep_margin", 0.0)
         if self.process_group is not None:
             from ..distributed import check_group
@@ -401,7 +400,14 @@ class NSF(EmbeddingMethod):
         # value alone gives) and keeps True only when its holdout score beats False's by keep_margin
         gen_state = gen.get_state()
         fits = {}
-        for keep in ((False, True) if self.keep_unrescued == "auto" else (bool(self.keep_unrescued),)):
+        if self.keep_unrescued != "auto":
+            candidates = (bool(self.keep_unrescued),)
+        elif hold is not None:
+            candidates = (False, True)
+        else:
+            candidates = (False,)
+            notes.append("keep_unrescued='auto' without a holdout (holdout=0): the paper's False")
+        for keep in candidates:
             gen.set_state(gen_state)
             fits[keep] = update(keep)
 

@@ -321,8 +321,8 @@ def nsf_outliers_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     fits = [r for r in rows if "auto" in r]
     text = _sweep_markdown(rows, NSF_KEEP + (("auto",) if fits else ()), "keep_unrescued", (
         f"NSF's unrescued outliers, {seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
-        "(lowest–highest); `keep_unrescued=False` (the default, the paper) drops the outliers the elimination "
-        "step leaves nearer another class's target, `True` trains on them too. `auto` (replayed on the two fits) "
+        "(lowest–highest); `keep_unrescued=False` (the paper) drops the outliers the elimination step leaves "
+        "nearer another class's target, `True` trains on them too. `auto` (the default; replayed on the two fits) "
         "picks `True` when its score on NSF's holdout (pseudo-group balanced accuracy + balanced accuracy, labels "
         f"only) beats `False`'s by more than `keep_margin` = {NSF().keep_margin}."),
         ("benchmark", "backbone", "id_split"))
