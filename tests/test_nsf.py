@@ -112,7 +112,7 @@ def test_keep_unrescued_auto_returns_the_fit_its_holdout_score_picks():
 
     d = planted(n_train=4000, n_val=2000, n_test=500, seed=0, val_corr=0.5)
     erm = ERM().fit(d["train"])
-    heads, scores = {}, {}
+    heads = {}
     for keep in (False, True):
         m = NSF(keep_unrescued=keep, n_update_steps=200)
         heads[keep] = m.fit(d["train"], d["val"], head=erm)

@@ -98,7 +98,8 @@ class NSF(EmbeddingMethod):
         balanced accuracy) beats ``False``'s by more than ``keep_margin``; without a
         holdout (``holdout=0``) it is the paper's ``False``.
     keep_margin : the noise margin of ``keep_unrescued="auto"`` (default 0.05,
-        NeuronTune's ``lam_margin``).
+        NeuronTune's ``lam_margin``). ``candidate_heads_`` holds the folded head of each
+        ``keep_unrescued`` value fitted ({False, True} with "auto"), the returned one among them.
     chunk_rows : rows per chunk for the streaming passes (default: ~16 MB of float32).
     process_group : a ``torch.distributed`` group whose ranks each pass their own ``val``
         rows (``holdout=0``, ``k_clusters=1``): z-scores, class means, targets, both
@@ -419,9 +420,10 @@ class NSF(EmbeddingMethod):
             return folded
 
         keep_choice = None
+        self.candidate_heads_ = {k: fold(f[0]) for k, f in fits.items()}
         if len(fits) == 2:
             right = predict(head, hold.features) == hold.labels
-            scores = {k: selection_score(fold(fits[k][0]), hold, right) for k in fits}
+            scores = {k: selection_score(h, hold, right) for k, h in self.candidate_heads_.items()}
             keep = bool(scores[True] > scores[False] + self.keep_margin)
             keep_choice = {"chosen": keep, "scores": {str(k): float(v) for k, v in scores.items()},
                            "margin": float(self.keep_margin)}
@@ -440,7 +442,7 @@ class NSF(EmbeddingMethod):
         self.targets_ = targets
         self.outlier_ = outlier  # over the rows NSF was fitted on (id_set minus the holdout; this rank's)
         self.transformed_head_ = lin  # the fresh head on T(f), before folding
-        folded = fold(lin)
+        folded = self.candidate_heads_[keep]
         self.center_ = center.cpu() if center is not None else None
         self.scale_ = scale.cpu() if scale is not None else None
         self.debiased_head_ = self.head_ = folded
