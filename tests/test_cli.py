@@ -2,11 +2,14 @@
 import json
 import re
 
+import numpy as np
 import pytest
 
 from pydebias import __version__
+from pydebias.methods import NSF
 from pydebias.results import rows_data_hash
 from pydebias.tools.cli import main
+from pydebias.tools.report import keep_margin_table
 
 
 def test_version(capsys):
@@ -222,6 +225,7 @@ def test_localisation_table_on_planted(tmp_path):
     curve = {c["k"]: c["worst_group"] for c in row["curve"]}
     assert curve[8] > curve[4] + 0.3 and 64 not in curve  # zeroing every live neuron is not tried
     assert "| planted | planted |" in md and "8 of 64" in md and "8 (8)" in md
+    assert f"| {100 * row['group_balanced']['worst_group']:.1f} | 8 (8) |" in md
     # provenance: the masks were ranked on the balanced split's val, fitted on the biased one's
     train, val, test = row["data_hash"].split(":")
     assert row["rank_data_hash"].split(":")[0::2] == [train, test] and row["rank_data_hash"].split(":")[1] != val
@@ -345,12 +349,23 @@ def test_nsf_outliers_study_on_planted(tmp_path):
         assert 0 < r["rescued"] < r["outliers"]
         assert r["True"] > r["ERM"] + 0.1 and r["False"] > r["ERM"] + 0.1
     assert rows[1]["True"] > rows[1]["False"] + 0.1  # balanced split: the dropped rows are the minority's
-    for r in rows:  # the replayed label-free choice follows the holdout scores and takes that fit's figure
-        assert r["auto picks True"] == (r["score True"] > r["score False"] + 0.05)
+    for r in rows:  # the label-free choice follows the holdout scores and takes that fit's figure
+        assert r["keep_margin"] == NSF().keep_margin
+        assert r["auto picks True"] == (r["score True"] > r["score False"] + r["keep_margin"])
         assert r["auto"] == r[str(r["auto picks True"])] and 0.5 < r["score False"] <= 2.0
     md = (tmp_path / "nsf_outliers.md").read_text()
     assert "| planted (planted), balanced split |" in md and "keep_unrescued=True" in md
     assert "keep_unrescued=auto" in md and f"picked `True` in {sum(r['auto picks True'] for r in rows)} of 2 fits" in md
+    # the margin replay: at the fits' own margin it is the auto column; each margin keeps True where the gap exceeds it
+    table = {t["margin"]: t for t in keep_margin_table(rows)}
+    own = table[NSF().keep_margin]
+    assert own["mean_worst_group"] == pytest.approx(100 * np.mean([r["auto"] for r in rows]))
+    assert own["true_kept"] == sum(r["auto picks True"] for r in rows)
+    assert own["largest_loss"] == pytest.approx(100 * min(r["auto"] - r["ERM"] for r in rows))
+    gaps = [r["score True"] - r["score False"] for r in rows]
+    for t in table.values():
+        assert t["true_kept"] == sum(g > t["margin"] for g in gaps)
+    assert "| keep_margin | 0 | 0.01 | 0.02 | 0.05 | 0.1 |" in md
 
 
 def test_run_sets_a_method_hyper_parameter_and_names_bad_ones(tmp_path, capsys):
@@ -410,8 +425,6 @@ def test_retrain_rows_study_on_planted(tmp_path):
 def test_train_rows_like_matches_val_per_class():
     """The train sample stands in for val: the same count per class (all of a class train
     has fewer of), rows of train, reproducible from the seed."""
-    import numpy as np
-
     from pydebias.data import EmbeddingSet
     from pydebias.tools.report import _train_rows_like
 

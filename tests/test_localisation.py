@@ -49,6 +49,10 @@ def test_localisation_ranks_the_planted_neurons_first(planted_sets):
     wg = {c["k"]: c["worst_group"] for c in r["curve"]}
     assert wg[8] > wg[0] + 0.3 and wg[4] < wg[0] + 0.05  # half the shortcut left: still used
     assert r["k_gain"] == 8
+    # DFR's weights on train without a mask: the minority rows of train repair the worst group too
+    assert r["group_balanced"]["worst_group"] > wg[0] + 0.3
+    blind = EmbeddingSet(d["train"].features, d["train"].labels)
+    assert shortcut_localisation(blind, d["val"], d["test"], ks=[0])["group_balanced"] is None
 
 
 def test_localisation_validates(planted_sets):

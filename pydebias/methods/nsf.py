@@ -97,9 +97,10 @@ class NSF(EmbeddingMethod):
         ``True`` only when its label-free holdout score (pseudo-group balanced accuracy +
         balanced accuracy) beats ``False``'s by more than ``keep_margin``; without a
         holdout (``holdout=0``) it is the paper's ``False``.
-    keep_margin : the noise margin of ``keep_unrescued="auto"`` (default 0.05,
-        NeuronTune's ``lam_margin``). ``candidate_heads_`` holds the folded head of each
-        ``keep_unrescued`` value fitted ({False, True} with "auto"), the returned one among them.
+    keep_margin : how much higher ``True``'s score must be for ``"auto"`` to keep it
+        (default 0: the higher score wins, a choice made by measurement).
+        ``candidate_heads_`` holds the folded head of each ``keep_unrescued`` value fitted
+        ({False, True} with "auto"), the returned one among them.
     chunk_rows : rows per chunk for the streaming passes (default: ~16 MB of float32).
     process_group : a ``torch.distributed`` group whose ranks each pass their own ``val``
         rows (``holdout=0``, ``k_clusters=1``): z-scores, class means, targets, both
@@ -112,7 +113,7 @@ class NSF(EmbeddingMethod):
                  lr: float = 1e-3, k_clusters: int = 1, seed: int = 0, holdout: float = 0.25,
                  guard: bool = False, guard_tolerance: float = 0.25, kmeans_iter: int = 20,
                  standardize: bool = True, keep_unrescued: Union[bool, str] = "auto",
-                 keep_margin: float = 0.05, chunk_rows: Optional[int] = None, process_group=None):
+                 keep_margin: float = 0.0, chunk_rows: Optional[int] = None, process_group=None):
         self.alpha, self.n_eliminate_steps, self.n_update_steps = alpha, n_eliminate_steps, n_update_steps
         self.lr, self.k_clusters, self.seed, self.holdout = lr, k_clusters, seed, holdout
         self.guard, self.guard_tolerance = guard, guard_tolerance
@@ -398,7 +399,7 @@ class NSF(EmbeddingMethod):
             return lin, upd_loss, mode, n1, n2, msgs
 
         # keep_unrescued="auto" fits both updates from the same draws (each is the head that
-        # value alone gives) and keeps True only when its holdout score beats False's by keep_margin
+        # value alone gives) and keeps True only when its holdout score beats False's by more than keep_margin
         gen_state = gen.get_state()
         fits = {}
         if self.keep_unrescued != "auto":

@@ -95,9 +95,13 @@ def shortcut_localisation(train, rank_set, test, ks: Optional[Sequence[int]] = N
     label-free identification of the same size can reach with that retraining.
 
     Returns ``{"n_features", "n_live", "order", "association", "curve": [{"k",
-    "worst_group", "mean"}], "k_gain"}``, where ``k_gain`` is the smallest ``k`` whose
-    worst-group accuracy exceeds the unmasked (``k = 0``) retraining's by at least
-    ``gain_points`` points (None if none does).
+    "worst_group", "mean"}], "k_gain", "group_balanced"}``, where ``k_gain`` is the
+    smallest ``k`` whose worst-group accuracy exceeds the unmasked (``k = 0``)
+    retraining's by at least ``gain_points`` points (None if none does), and
+    ``group_balanced`` is ``{"worst_group", "mean"}`` of the same retraining on ``train``
+    with group-balanced weights and no mask (DFR's weighting on train; None when ``train``
+    has no group labels): what the oracle's reweighting of the training rows reaches, a
+    reference for any method that retrains the head on them.
     """
     from ..metrics import evaluate
     from ..nn.last_layer import balance_weights, train_linear_head
@@ -124,9 +128,16 @@ def shortcut_localisation(train, rank_set, test, ks: Optional[Sequence[int]] = N
                                  feature_mask=keep, seed=seed)
         rep = evaluate(head, test)
         curve.append({"k": k, "worst_group": rep.worst_group_accuracy, "mean": rep.accuracy})
+    balanced = None
+    if train.groups is not None:
+        head = train_linear_head(train.features, train.labels, C, sample_weight=balance_weights(train.groups),
+                                 l2=l2, seed=seed)
+        rep = evaluate(head, test)
+        balanced = {"worst_group": rep.worst_group_accuracy, "mean": rep.accuracy}
     base = curve[0]["worst_group"] if curve and curve[0]["k"] == 0 else None
     k_gain = None
     if base is not None:
         k_gain = next((c["k"] for c in curve if c["worst_group"] >= base + gain_points / 100), None)
     return {"n_features": int(train.n_features), "n_live": int(live.size), "order": order.tolist(),
-            "association": assoc.tolist(), "curve": curve, "k_gain": k_gain}
+            "association": assoc.tolist(), "curve": curve, "k_gain": k_gain,
+            "group_balanced": balanced}

@@ -307,26 +307,67 @@ def nsf_outliers(settings: Sequence[Setting], seed: int = 0, progress: bool = Tr
         return head, {"outliers": c["outliers"], "rescued": c["rescued"],
                       **{str(v): evaluate(h, data["test"]).worst_group_accuracy
                          for v, h in m.candidate_heads_.items()},
-                      **{f"score {v}": sc for v, sc in k["scores"].items()}, "auto picks True": k["chosen"]}
+                      **{f"score {v}": sc for v, sc in k["scores"].items()}, "auto picks True": k["chosen"],
+                      "keep_margin": k["margin"]}
 
     return _baseline_sweep(settings, seed, progress, "NSF outliers", fit_one, ("auto",), skip_balanced=False)
 
 
-def nsf_outliers_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
-    """The :func:`nsf_outliers` table: one line per setting and split, one column per choice."""
-    from ..methods import NSF
+#: ``keep_margin`` values replayed by :func:`keep_margin_table`
+KEEP_MARGINS = (0.0, 0.01, 0.02, 0.05, 0.1)
 
+
+def keep_margin_table(rows: List[Dict], loss_points: float = 5.0) -> List[Dict]:
+    """Per ``keep_margin`` of :data:`KEEP_MARGINS`, NSF's ``"auto"`` replayed on the recorded
+    scores of :func:`nsf_outliers` rows (exact: both heads come from the same draws): the
+    mean over settings of each setting's mean worst-group accuracy, how many setting means
+    fall more than ``loss_points`` below ERM's, the largest such loss and the fits where
+    ``True`` is kept."""
+    import numpy as np
+
+    keyed = by_case([r for r in rows if "score True" in r], "benchmark", "backbone", "id_split")
+    out = []
+    for m in KEEP_MARGINS:
+        means, losses, picks = [], [], 0
+        for rs in keyed.values():
+            kept = [r["score True"] > r["score False"] + m for r in rs]
+            v = 100 * np.mean([r["True"] if k else r["False"] for r, k in zip(rs, kept)])
+            means.append(v)
+            losses.append(v - 100 * np.mean([r["ERM"] for r in rs]))
+            picks += sum(kept)
+        out.append({"margin": m, "n_settings": len(keyed), "n_fits": sum(len(rs) for rs in keyed.values()),
+                    "mean_worst_group": float(np.mean(means)) if means else None,
+                    "n_below_erm": int(sum(x < -loss_points for x in losses)),
+                    "largest_loss": float(min(losses)) if losses else None, "true_kept": int(picks)})
+    return out
+
+
+def nsf_outliers_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
+    """The :func:`nsf_outliers` table: one line per setting and split, one column per choice,
+    and ``"auto"`` replayed at each margin of :data:`KEEP_MARGINS`."""
     fits = [r for r in rows if "auto" in r]
+    margins = sorted({r["keep_margin"] for r in fits if "keep_margin" in r})
+    margin = f" = {', '.join(f'{m:g}' for m in margins)}" if margins else ""
     text = _sweep_markdown(rows, NSF_KEEP + (("auto",) if fits else ()), "keep_unrescued", (
         f"NSF's unrescued outliers, {seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
         "(lowest–highest); `keep_unrescued=False` (the paper) drops the outliers the elimination step leaves "
         "nearer another class's target, `True` trains on them too. `auto` (the default) fits both and "
         "keeps `True` when its score on NSF's holdout (pseudo-group balanced accuracy + balanced accuracy, labels "
-        f"only) beats `False`'s by more than `keep_margin` = {NSF().keep_margin}."),
+        f"only) beats `False`'s by more than `keep_margin`{margin}."),
         ("benchmark", "backbone", "id_split"))
     if not fits:  # rows from before the replay existed
         return text
-    return text + f"\n`auto` picked `True` in {sum(r['auto picks True'] for r in fits)} of {len(fits)} fits.\n"
+    text += f"\n`auto` picked `True` in {sum(r['auto picks True'] for r in fits)} of {len(fits)} fits.\n"
+    table = keep_margin_table(fits)
+    return text + "\n".join([
+        "", "`auto` replayed at other margins on the same fits' scores (exact: both heads come from the same draws):",
+        "", "| keep_margin | " + " | ".join(f"{t['margin']:g}" for t in table) + " |",
+        "| --- | " + " | ".join("---" for _ in table) + " |",
+        "| mean over settings | " + " | ".join(f"{t['mean_worst_group']:.1f}" for t in table) + " |",
+        "| settings > 5 below ERM | " + " | ".join(str(t["n_below_erm"]) for t in table) + " |",
+        "| largest loss against ERM | " + " | ".join(f"{t['largest_loss']:+.1f}" for t in table) + " |",
+        f"| fits keeping `True` (of {table[0]['n_fits']}) | " + " | ".join(str(t["true_kept"]) for t in table) + " |",
+    ]) + "\n"
 
 
 def _train_rows_like(train, val, seed: int):
@@ -566,21 +607,25 @@ def localisation_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
            "spurious attribute (group labels read: an oracle, not a method), the top k zeroed, the head "
            "retrained on train as NeuronTune's main variant does; worst-group test accuracy %. "
            "k = 0 is class-balanced retraining. \"k for +5\" = the fewest zeroed neurons that lift worst-group "
-           "accuracy 5 points over k = 0. NeuronTune: its own mask (biased identification split, guard off) "
+           "accuracy 5 points over k = 0. Group-balanced: the same retraining on train with DFR's group-balanced "
+           "weights and no mask (group labels read), what reweighting the training rows reaches at best. "
+           "NeuronTune: its own mask (biased identification split, guard off) "
            "and how many of its neurons are among the oracle's top |S|.", "",
            "| benchmark | backbone | " + ("seed | " if many else "") + "ERM | live / all | worst-group % at "
-           "k = 0, 1, 2, 4, ... (k: %) | k for +5 | NeuronTune |S| (in oracle top-|S|) | NeuronTune |",
-           "| --- | --- | " + ("--- | " if many else "") + "--- | --- | --- | --- | --- | --- |"]
+           "k = 0, 1, 2, 4, ... (k: %) | k for +5 | group-balanced on train | NeuronTune |S| (in oracle top-|S|) "
+           "| NeuronTune |",
+           "| --- | --- | " + ("--- | " if many else "") + "--- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         if "skipped" in r:
             continue
         curve = ", ".join(f"{c['k']}: {100 * c['worst_group']:.1f}" for c in r["curve"])
         kg = "none" if r["k_gain"] is None else f"{r['k_gain']} of {r['n_live']}"
-        nt = r["neurontune"]
+        nt, gb = r["neurontune"], r.get("group_balanced")
         out.append(f"| {r['benchmark']} | {r['backbone']} | " + (f"{r['seed']} | " if many else "")
                    + f"{100 * r['erm_worst_group']:.1f} | "
-                   f"{r['n_live']} / {r['n_features']} | {curve} | {kg} | {nt['n_zeroed']} ({nt['in_oracle_top']}) | "
-                   f"{100 * nt['worst_group']:.1f} |")
+                   f"{r['n_live']} / {r['n_features']} | {curve} | {kg} | "
+                   + ("–" if gb is None else f"{100 * gb['worst_group']:.1f}")
+                   + f" | {nt['n_zeroed']} ({nt['in_oracle_top']}) | {100 * nt['worst_group']:.1f} |")
     return "\n".join(out) + "\n"
 
 
