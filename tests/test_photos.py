@@ -157,6 +157,7 @@ def test_the_strong_variant_is_the_loader_with_its_presets(built, cache):
     same = load("fashion-on-photos", seed=3, cache_dir=cache, corr=0.97, lr_schedule="cosine", **SMALL)
     assert same["info"]["from_cache"]
     assert np.array_equal(same["test"].features, strong["test"].features)
+    assert strong["test"].name == "fashion-on-photos-strong" and same["test"].name == "fashion-on-photos"
     weaker = load("fashion-on-photos-strong", seed=3, cache_dir=cache, corr=0.95, lr_schedule="constant", **SMALL)
     assert weaker["info"]["from_cache"] and np.array_equal(weaker["test"].features, built["test"].features)
     with pytest.raises(ValueError, match=r"lr_schedule: expected a str \(the default is 'cosine'\)"):

@@ -69,7 +69,11 @@ def load(name: str, seed: int = 0, progress: bool = False, **params):
     params = {**PRESETS.get(name, {}), **params}
     if "progress" in inspect.signature(fn).parameters:
         params = {**params, "progress": bool(progress)}
-    return fn(seed=seed, **params)
+    data = fn(seed=seed, **params)
+    if name in PRESETS:  # a preset's sets carry its name (progress bars, repr), not its loader's
+        for s in ("train", "val", "test"):
+            data[s].name = name
+    return data
 
 
 def defaults(name: str) -> dict:
