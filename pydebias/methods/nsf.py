@@ -39,11 +39,18 @@ from .base import EmbeddingMethod, copy_head
 from .baselines import erm_head
 from .guard import guard_check, selection_score
 
-__all__ = ["NSF", "fold_affine", "fold_transform"]
+__all__ = ["NSF", "fold_affine", "fold_transform", "keeps_unrescued"]
 
 #: the update step keeps a group's transformed float32 rows in memory up to this size and
 #: reads larger ones in chunks at every step (a memmap's outliers can exceed memory)
 UPDATE_CACHE_BYTES = 256 << 20
+
+
+def keeps_unrescued(score_true: float, score_false: float, margin: float) -> bool:
+    """``keep_unrescued="auto"``'s rule: keep every outlier in G1 only when that head's
+    holdout score beats the paper's (``False``) by more than ``margin``. Shared with the
+    study that replays the rule at other margins on recorded scores."""
+    return bool(score_true > score_false + margin)
 
 
 def fold_affine(head: nn.Linear, scale: torch.Tensor, offset: torch.Tensor) -> nn.Linear:
@@ -425,7 +432,7 @@ class NSF(EmbeddingMethod):
         if len(fits) == 2:
             right = predict(head, hold.features) == hold.labels
             scores = {k: selection_score(h, hold, right) for k, h in self.candidate_heads_.items()}
-            keep = bool(scores[True] > scores[False] + self.keep_margin)
+            keep = keeps_unrescued(scores[True], scores[False], self.keep_margin)
             keep_choice = {"chosen": keep, "scores": {str(k): float(v) for k, v in scores.items()},
                            "margin": float(self.keep_margin)}
         else:

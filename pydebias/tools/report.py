@@ -325,12 +325,14 @@ def keep_margin_table(rows: List[Dict], loss_points: float = 5.0) -> List[Dict]:
     ``True`` is kept."""
     import numpy as np
 
+    from ..methods.nsf import keeps_unrescued
+
     keyed = by_case([r for r in rows if "score True" in r], "benchmark", "backbone", "id_split")
     out = []
     for m in KEEP_MARGINS:
         means, losses, picks = [], [], 0
         for rs in keyed.values():
-            kept = [r["score True"] > r["score False"] + m for r in rs]
+            kept = [keeps_unrescued(r["score True"], r["score False"], m) for r in rs]
             v = 100 * np.mean([r["True"] if k else r["False"] for r, k in zip(rs, kept)])
             means.append(v)
             losses.append(v - 100 * np.mean([r["ERM"] for r in rs]))
@@ -608,7 +610,7 @@ def localisation_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
            "retrained on train as NeuronTune's main variant does; worst-group test accuracy %. "
            "k = 0 is class-balanced retraining. \"k for +5\" = the fewest zeroed neurons that lift worst-group "
            "accuracy 5 points over k = 0. Group-balanced: the same retraining on train with DFR's group-balanced "
-           "weights and no mask (group labels read), what reweighting the training rows reaches at best. "
+           "weights and no mask (group labels read): what DFR's weighting reaches on the training rows. "
            "NeuronTune: its own mask (biased identification split, guard off) "
            "and how many of its neurons are among the oracle's top |S|.", "",
            "| benchmark | backbone | " + ("seed | " if many else "") + "ERM | live / all | worst-group % at "
