@@ -1,6 +1,7 @@
 """The `pydebias` command, run in-process."""
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -366,6 +367,30 @@ def test_nsf_outliers_study_on_planted(tmp_path):
     for t in table.values():
         assert t["true_kept"] == sum(g > t["margin"] for g in gaps)
     assert "| keep_margin | 0 | 0.01 | 0.02 | 0.05 | 0.1 |" in md
+
+
+def test_nsf_steps_study_on_planted(tmp_path, monkeypatch):
+    """NSF's update-length study: each value's column is the worst group of a plain NSF fit
+    with that many update steps (the default's among them), and the lengths give other heads."""
+    from pydebias import data
+    from pydebias.metrics import evaluate
+    from pydebias.tools import report
+
+    assert NSF().n_update_steps in report.NSF_STEPS
+    monkeypatch.setattr(report, "NSF_STEPS", (10, NSF().n_update_steps))
+    assert main(["report", "--nsf-steps", "--benchmarks", "planted", "--seed", "0", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    rows = json.loads((tmp_path / "nsf_steps.json").read_text())["rows"]
+    assert [r["id_split"] for r in rows] == ["biased", "balanced"]
+    d = data.load("planted", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        head = NSF(seed=0).fit(d["train"], d["val"], head=report._erm_head(d, 0))
+    assert rows[0][str(NSF().n_update_steps)] == evaluate(head, d["test"]).worst_group_accuracy
+    assert any(r["10"] != r[str(NSF().n_update_steps)] for r in rows)
+    md = (tmp_path / "nsf_steps.md").read_text()
+    assert "| planted (planted), balanced split |" in md and "n_update_steps=10" in md
+    assert re.search(r"more than 5 points below ERM's: n_update_steps=10 \d+; n_update_steps=\d+ \d+\.", md)
 
 
 def test_run_sets_a_method_hyper_parameter_and_names_bad_ones(tmp_path, capsys):

@@ -33,6 +33,8 @@ REPORT_STUDIES = {
                      "report", "retrain_rows", "retrain_rows_markdown"),
     "nsf_outliers": ("NSF dropping (the paper) or keeping the outliers its elimination step does not rescue, "
                      "on every setting", "report", "nsf_outliers", "nsf_outliers_markdown"),
+    "nsf_steps": ("NSF with each length of its update step (n_update_steps) on every setting", "report",
+                  "nsf_steps", "nsf_steps_markdown"),
     "clarc": ("ERM, P-, A- and RR-ClArC (and RR-ClArC's λ sweep) on fashion-square and fashion-on-photos with a "
               "pasted square (clean / attacked / worst-group accuracy, TCAV), and on fashion-on-photos-strong "
               "with the background as the concept (worst group)", "clarc_study", "clarc_study", "clarc_markdown"),

@@ -372,6 +372,43 @@ def nsf_outliers_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
     ]) + "\n"
 
 
+#: NSF update lengths compared by :func:`nsf_steps` (500: the authors' Waterbirds setting;
+#: 100-110 their CelebA and CivilComments settings)
+NSF_STEPS = (50, 100, 250, 500, 1000)
+
+
+def nsf_steps(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
+    """Worst-group test accuracy of NSF (every other parameter its default) with each
+    ``n_update_steps`` of :data:`NSF_STEPS`, beside ERM, on every setting."""
+    from ..methods import NSF
+
+    def fit_one(steps, data, erm, seed):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the guard's check, off here
+            return NSF(n_update_steps=steps, seed=seed).fit(data["train"], data["val"], head=erm), {}
+
+    return _baseline_sweep(settings, seed, progress, "NSF update steps", fit_one, NSF_STEPS, skip_balanced=False)
+
+
+def nsf_steps_markdown(rows: List[Dict], seeds: Sequence[int], loss_points: float = 5.0) -> str:
+    """The :func:`nsf_steps` table, and per value how many setting means fall more than
+    ``loss_points`` below ERM's."""
+    import numpy as np
+
+    text = _sweep_markdown(rows, NSF_STEPS, "n_update_steps", (
+        f"NSF's update length, {seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
+        "(lowest–highest), NSF with each `n_update_steps` and every other parameter its default."),
+        ("benchmark", "backbone", "id_split"))
+    keyed = by_case(rows, "benchmark", "backbone", "id_split")
+    if not keyed:
+        return text
+    erm = [100 * np.mean([r["ERM"] for r in rs]) for rs in keyed.values()]
+    below = {k: sum(100 * np.mean([r[str(k)] for r in rs]) - e < -loss_points for rs, e in zip(keyed.values(), erm))
+             for k in NSF_STEPS}
+    return text + f"Setting means more than {loss_points:g} points below ERM's: " + "; ".join(
+        f"n_update_steps={k} {n}" for k, n in below.items()) + ".\n"
+
+
 def _train_rows_like(train, val, seed: int):
     """A class-stratified random sample of ``train`` with as many rows per class as ``val``
     (all of a class where train has fewer)."""
