@@ -3,6 +3,7 @@
 Heavy loops run in native kernels (``pydebias._C`` on the CPU, ``pydebias.kernels`` in
 Triton on the GPU) with a pure-torch reference for each (:mod:`pydebias.reference`).
 """
+from . import _mkl
 from ._version import __version__
 from .data import EmbeddingSet
 from .export import export
@@ -12,3 +13,5 @@ from .sweep import mask_sweep
 
 __all__ = ["__version__", "EmbeddingSet", "GroupReport", "evaluate", "NeuronStats", "neuron_stats",
            "grouped_quantiles", "mask_sweep", "export"]
+
+_mkl.warm_vml()  # before any real MKL vector-math call: see pydebias/_mkl.py

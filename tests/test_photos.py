@@ -1,6 +1,9 @@
 """fashion-on-photos: the pretrained Waterbirds analogue (small sizes; the real build is
 measured in docs/data.md)."""
+import hashlib
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -57,6 +60,24 @@ def test_second_load_comes_from_the_cache_and_is_identical(built, cache):
     assert again["info"]["from_cache"] and not built["info"]["from_cache"]
     for s in ("train", "val", "test"):
         assert np.array_equal(again[s].features, built[s].features)
+
+
+_BUILD_IN_A_FRESH_PROCESS = """
+import hashlib, tempfile
+from pydebias.data import load
+with tempfile.TemporaryDirectory() as d:
+    built = load("fashion-on-photos", seed=3, cache_dir=d, **{small})
+print(hashlib.sha256(built["train"].features.tobytes()).hexdigest())
+"""
+
+
+def test_fresh_processes_fine_tune_the_same_bytes(built):
+    # Each process's first MKL vector-math call once decided its bytes (pydebias/_mkl.py):
+    # 6 of 16 such builds differed on an AVX-512 machine before the warm-up.
+    want = hashlib.sha256(built["train"].features.tobytes()).hexdigest()
+    got = [subprocess.run([sys.executable, "-c", _BUILD_IN_A_FRESH_PROCESS.format(small=SMALL)], check=True,
+                          capture_output=True, text=True).stdout.split()[-1] for _ in range(4)]
+    assert got == [want] * 4
 
 
 def test_a_balanced_val_reuses_the_backbone_and_keeps_train_and_test(built, cache):

@@ -1,0 +1,34 @@
+"""A throwaway MKL vector-math call per thread, so training is reproducible from its seed.
+
+torch's x86 builds send some float unary ops to MKL's vector math library (VML); ``sqrt``
+is one, and every Adam step calls it. VML keeps lazily initialised per-thread state, and
+on an AVX-512 machine a thread's *first* call could return results about 1e-4 off
+(instead of within 1 ulp), depending on what the process had done before. Once a thread
+has made one call, later calls are right. The same seed fine-tuned twice could so give
+two different networks. :func:`warm_vml` makes that first call on purpose, on the calling
+thread and on every intra-op thread, before any real one. The measurements are in
+``docs/results/README.md`` ("A first-call defect in MKL's vector math").
+"""
+import threading
+
+import torch
+
+_warmed: set = set()
+_lock = threading.Lock()
+
+# ATen splits an element-wise op into chunks of at least 32,768 elements (its grain
+# size), so 2 x 32,768 per thread reaches every thread of the intra-op pool.
+_PER_THREAD = 2 * 32768
+
+
+def warm_vml() -> None:
+    """Make one VML call (``torch.sqrt``) on the calling thread alone, then one split over
+    all ``torch.get_num_threads()`` intra-op threads: about 2 ms, once per (calling thread,
+    thread count); later calls only look the pair up."""
+    key = (threading.get_ident(), torch.get_num_threads())
+    with _lock:
+        if key in _warmed:
+            return
+        torch.sqrt(torch.ones(16))  # below the grain size: the calling thread alone
+        torch.sqrt(torch.ones(key[1] * _PER_THREAD))
+        _warmed.add(key)
