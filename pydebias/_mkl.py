@@ -29,6 +29,7 @@ def warm_vml() -> None:
     with _lock:
         if key in _warmed:
             return
-        torch.sqrt(torch.ones(16))  # below the grain size: the calling thread alone
-        torch.sqrt(torch.ones(key[1] * _PER_THREAD))
+        # on the CPU in float32 whatever the user's default device and dtype
+        torch.sqrt(torch.ones(16, device="cpu", dtype=torch.float32))  # below the grain size: this thread
+        torch.sqrt(torch.ones(key[1] * _PER_THREAD, device="cpu", dtype=torch.float32))
         _warmed.add(key)
