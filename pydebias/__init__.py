@@ -14,4 +14,4 @@ from .sweep import mask_sweep
 __all__ = ["__version__", "EmbeddingSet", "GroupReport", "evaluate", "NeuronStats", "neuron_stats",
            "grouped_quantiles", "mask_sweep", "export"]
 
-_mkl.warm_vml()  # before any real MKL vector-math call: see pydebias/_mkl.py
+_mkl.install()  # before any real MKL vector-math call, and before every optimizer step

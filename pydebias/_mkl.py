@@ -6,12 +6,15 @@ on an AVX-512 machine a thread's *first* call could return results about 1e-4 of
 (instead of within 1 ulp), depending on what the process had done before. Once a thread
 has made one call, later calls are right. The same seed fine-tuned twice could so give
 two different networks. :func:`warm_vml` makes that first call on purpose, on the calling
-thread and on every intra-op thread, before any real one. The measurements are in
-``docs/results/README.md`` ("A first-call defect in MKL's vector math").
+thread and on every intra-op thread, before any real one; :func:`install` runs it at
+``import pydebias`` and before every optimizer step of any optimizer (so a thread, or a
+thread count, that appears later is warmed before its first Adam step). The measurements
+are in ``docs/results/README.md`` ("A first-call defect in MKL's vector math").
 """
 import threading
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 _warmed: set = set()
 _lock = threading.Lock()
@@ -26,6 +29,8 @@ def warm_vml() -> None:
     all ``torch.get_num_threads()`` intra-op threads: about 2 ms, once per (calling thread,
     thread count); later calls only look the pair up."""
     key = (threading.get_ident(), torch.get_num_threads())
+    if key in _warmed:  # the common case, before every optimizer step: no lock
+        return
     with _lock:
         if key in _warmed:
             return
@@ -33,3 +38,14 @@ def warm_vml() -> None:
         torch.sqrt(torch.ones(16, device="cpu", dtype=torch.float32))  # below the grain size: this thread
         torch.sqrt(torch.ones(key[1] * _PER_THREAD, device="cpu", dtype=torch.float32))
         _warmed.add(key)
+
+
+def _before_step(optimizer, args, kwargs) -> None:
+    warm_vml()
+
+
+def install() -> None:
+    """Warm now, and before every optimizer step from here on (torch's global step
+    pre-hook: a set lookup once the thread is warm). Called once, by ``import pydebias``."""
+    warm_vml()
+    register_optimizer_step_pre_hook(_before_step)

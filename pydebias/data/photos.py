@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._mkl import warm_vml
 from ._spurious import attribute_for, resolve_correlations
 from . import cache
 from .embedding_set import EmbeddingSet
@@ -134,7 +133,6 @@ def _finetune(model, bottom: torch.Tensor, labels: np.ndarray, upto: int, epochs
     """ERM with Adam on blocks[upto:], top and head (batch norm in train mode there), from
     the precomputed bottom features; the rest of the network stays frozen. ``lr_schedule``:
     ``"constant"`` or ``"cosine"`` (decayed to 0 over all steps)."""
-    warm_vml()  # Adam's sqrt must not be a thread's first MKL call (pydebias/_mkl.py)
     trainable = [model.blocks[upto:], model.top, model.head]
     params = [p for m in trainable for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=lr)

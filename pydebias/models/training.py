@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._mkl import warm_vml
 from .protocol import EncoderHead
 from .small import TabularMLP
 
@@ -28,7 +27,6 @@ def train_classifier(model: nn.Module, make_batch: BatchFn, n: int, epochs: int,
     """
     if n <= 0 or epochs < 0:
         raise ValueError(f"n, epochs: expected n > 0 and epochs >= 0, got {n}, {epochs}")
-    warm_vml()  # Adam's sqrt must not be a thread's first MKL call (pydebias/_mkl.py)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     log = {"loss": [], "accuracy": []}
     model.train()

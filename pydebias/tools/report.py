@@ -219,9 +219,11 @@ def _baseline_sweep(settings: Sequence[Setting], seed: int, progress: bool, desc
     return rows
 
 
-def _sweep_markdown(rows: List[Dict], values: Sequence, param: str, title: str, case_keys: Sequence[str]) -> str:
+def _sweep_markdown(rows: List[Dict], values: Sequence, param: str, title: str, case_keys: Sequence[str],
+                    loss_points: Optional[float] = None) -> str:
     """Mean (lowest–highest) worst-group accuracy over seeds per setting and value, the mean
-    over settings and each value's largest loss of a setting's mean against ERM's; a column is
+    over settings and each value's largest loss of a setting's mean against ERM's (and, with
+    ``loss_points``, how many setting means fall more than that below ERM's); a column is
     headed ``param=value``, or the value alone when ``param`` is empty."""
     import numpy as np
 
@@ -243,6 +245,10 @@ def _sweep_markdown(rows: List[Dict], values: Sequence, param: str, title: str, 
         out.append("| **mean over settings** | " + " | ".join(f"{np.mean(means[k]):.1f}" for k in keys) + " |")
         out += ["", "Largest loss of a setting's mean against ERM's: " + "; ".join(
             f"{col(k)} {min(a - b for a, b in zip(means[k], means['ERM'])):+.1f}" for k in keys[1:]) + "."]
+        if loss_points is not None:
+            out.append(f"Setting means more than {loss_points:g} points below ERM's: " + "; ".join(
+                f"{col(k)} {sum(a - b < -loss_points for a, b in zip(means[k], means['ERM']))}" for k in keys[1:])
+                + ".")
     return "\n".join(out) + "\n"
 
 
@@ -393,20 +399,10 @@ def nsf_steps(settings: Sequence[Setting], seed: int = 0, progress: bool = True)
 def nsf_steps_markdown(rows: List[Dict], seeds: Sequence[int], loss_points: float = 5.0) -> str:
     """The :func:`nsf_steps` table, and per value how many setting means fall more than
     ``loss_points`` below ERM's."""
-    import numpy as np
-
-    text = _sweep_markdown(rows, NSF_STEPS, "n_update_steps", (
+    return _sweep_markdown(rows, NSF_STEPS, "n_update_steps", (
         f"NSF's update length, {seeds_label(seeds)}: worst-group test accuracy, %, mean over seeds "
         "(lowest–highest), NSF with each `n_update_steps` and every other parameter its default."),
-        ("benchmark", "backbone", "id_split"))
-    keyed = by_case(rows, "benchmark", "backbone", "id_split")
-    if not keyed:
-        return text
-    erm = [100 * np.mean([r["ERM"] for r in rs]) for rs in keyed.values()]
-    below = {k: sum(100 * np.mean([r[str(k)] for r in rs]) - e < -loss_points for rs, e in zip(keyed.values(), erm))
-             for k in NSF_STEPS}
-    return text + f"Setting means more than {loss_points:g} points below ERM's: " + "; ".join(
-        f"n_update_steps={k} {n}" for k, n in below.items()) + ".\n"
+        ("benchmark", "backbone", "id_split"), loss_points=loss_points)
 
 
 def _train_rows_like(train, val, seed: int):
