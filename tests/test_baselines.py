@@ -69,12 +69,54 @@ def test_afr_picks_gamma_label_free_and_a_balanced_val_does_not_flip_it():
             four = AFR(gamma=4.0).fit(d["train"], d["val"], head=erm)
         wga = evaluate(head, d["test"]).worst_group_accuracy
         assert [c["gamma"] for c in auto.report_["selection"]] == [0.0, 1.0, 2.0, 4.0, 8.0]
-        assert auto.report_["gamma"] == auto.gamma_ == max(auto.report_["selection"], key=lambda c: c["score"])["gamma"]
+        scored = [c for c in auto.report_["selection"] if c["score"] is not None]
+        assert auto.report_["gamma"] == auto.gamma_ == max(scored, key=lambda c: c["score"])["gamma"]
         assert wga > base + 0.05
         if fixed_flips:
             assert auto.gamma_ == 0.0 and evaluate(four, d["test"]).worst_group_accuracy < base
         else:
             assert auto.gamma_ > 0.0
+
+
+def test_afr_auto_skips_a_gamma_whose_weights_rest_on_a_few_rows():
+    """A confident ERM head: at large gamma a few rows carry nearly all the weight. Those
+    gammas are not fitted under ``min_ess`` (their Kish effective sample size is recorded),
+    the sizes fall as gamma grows, the smallest gamma is always scored, and the head is
+    the one a fixed gamma gives; ``min_ess=0`` scores every candidate."""
+    import warnings
+
+    import torch
+
+    from pydebias.data import planted
+    from pydebias.methods import AFR, ERM
+
+    d = planted(n_train=3000, n_val=1500, n_test=500, seed=1)
+    erm = ERM().fit(d["train"])
+    with torch.no_grad():  # a sharper copy of the same boundary: p(y | x) near 1 on most rows
+        sharp = torch.nn.Linear(erm.in_features, erm.out_features)
+        sharp.weight.copy_(erm.weight * 20), sharp.bias.copy_(erm.bias * 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        floor = AFR(min_ess=0.3)
+        head = floor.fit(d["train"], d["val"], head=sharp)
+        every = AFR(min_ess=0.0)
+        every.fit(d["train"], d["val"], head=sharp)
+        fixed = AFR(gamma=floor.gamma_).fit(d["train"], d["val"], head=sharp)
+    sel = floor.report_["selection"]
+    ess = [c["ess"] for c in sel]
+    assert all(a > b for a, b in zip(ess, ess[1:])) and ess[-1] < 0.3 <= ess[0]
+    assert [c["score"] is None for c in sel] == [e < 0.3 for e in ess]
+    assert all(c["score"] is not None for c in every.report_["selection"])
+    for a, b in zip(sel, every.report_["selection"]):  # the same fits where both score
+        assert a["score"] is None or a["score"] == b["score"]
+    assert floor.gamma_ in [c["gamma"] for c in sel if c["score"] is not None]
+    assert torch.equal(head.weight, fixed.weight) and torch.equal(head.bias, fixed.bias)
+    strict = AFR(min_ess=1.0)  # no gamma passes: the one with the largest ESS (gamma 0) is still fitted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        strict.fit(d["train"], d["val"], head=sharp)
+    assert [c["score"] is not None for c in strict.report_["selection"]] == [True, False, False, False, False]
+    assert strict.gamma_ == 0.0
 
 
 def test_afr_l2_pulls_the_head_towards_erms():
@@ -96,7 +138,8 @@ def test_afr_l2_pulls_the_head_towards_erms():
 
 
 @pytest.mark.parametrize("kw, match", [({"gamma": "best"}, "gamma"), ({"gammas": ()}, "gammas"),
-                                       ({"gammas": (1.0, -2.0)}, "gammas"), ({"holdout": 0.0}, "holdout")])
+                                       ({"gammas": (1.0, -2.0)}, "gammas"), ({"holdout": 0.0}, "holdout"),
+                                       ({"min_ess": 1.5}, "min_ess"), ({"min_ess": float("nan")}, "min_ess")])
 def test_afr_auto_parameters_are_checked(kw, match):
     from pydebias.data import planted
     from pydebias.methods import AFR

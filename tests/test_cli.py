@@ -339,6 +339,38 @@ def test_afr_anchors_study_on_planted(tmp_path, monkeypatch):
     assert "l2=0.001" in md and "l2=1.0" in md and "l2=0.01" not in md.split("\n", 2)[2]
 
 
+def test_afr_ess_study_replays_the_choice_at_each_floor(tmp_path):
+    """AFR's effective-size study on planted: every candidate scored once, each floor's column
+    is the candidate that floor lets AFR pick, the default's column is what AFR as shipped
+    returns, and a floor above every candidate's size falls back to the largest (gamma 0)."""
+    import warnings
+
+    from pydebias.data import load
+    from pydebias.methods import AFR
+    from pydebias.metrics import evaluate
+    from pydebias.tools import report
+
+    assert AFR().min_ess in report.AFR_MIN_ESS
+    assert main(["report", "--afr-ess", "--benchmarks", "planted", "--seed", "0", "--out", str(tmp_path),
+                 "--quiet"]) == 0
+    rows = json.loads((tmp_path / "afr_ess.json").read_text())["rows"]
+    assert [r["id_split"] for r in rows] == ["biased", "balanced"]
+    for r in rows:
+        cands = r["candidates"]
+        assert [c["gamma"] for c in cands] == [0.0, 1.0, 2.0, 4.0, 8.0] and all(c["score"] is not None for c in cands)
+        for f in report.AFR_MIN_ESS:
+            ok = [c for c in cands if c["ess"] >= f or c["gamma"] == 0.0]
+            best = max(ok, key=lambda c: c["score"])
+            assert r[f"gamma {f}"] == best["gamma"] and r[str(f)] == best["worst_group"]
+    d = load("planted", seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head = AFR(seed=0).fit(d["train"], d["val"], head=report._erm_head(d, 0))
+    assert evaluate(head, d["test"]).worst_group_accuracy == rows[0][str(AFR().min_ess)]
+    md = (tmp_path / "afr_ess.md").read_text()
+    assert "| planted (planted), biased split |" in md and "min_ess=0.05" in md and "Setting means more than 5" in md
+
+
 def test_nsf_outliers_study_on_planted(tmp_path):
     """NSF's unrescued-outlier study: both identification splits of planted, each choice's
     worst group, and the counts it rests on (some outliers left unrescued)."""

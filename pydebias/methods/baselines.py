@@ -14,7 +14,7 @@ from ..nn.last_layer import balance_weights, train_linear_head
 from ..validation import check_choice, check_embedding_set, check_fraction, check_linear_head, check_number
 from .base import EmbeddingMethod
 
-__all__ = ["ERM", "DFR", "ClassBalanced", "JTT", "AFR", "erm_head"]
+__all__ = ["ERM", "DFR", "ClassBalanced", "JTT", "AFR", "afr_pick", "erm_head"]
 
 RETRAIN_ON = ("train", "val")
 
@@ -183,6 +183,21 @@ class JTT(EmbeddingMethod):
         return self.head_
 
 
+def afr_eligible(ess: float, ess_max: float, min_ess: float) -> bool:
+    """Whether AFR's ``gamma="auto"`` fits a candidate whose weights have Kish effective
+    sample size ``ess`` (a fraction of the rows; ``ess_max`` the largest among candidates)."""
+    return ess >= min_ess or ess == ess_max
+
+
+def afr_pick(candidates: Sequence[dict], min_ess: float) -> float:
+    """The gamma ``gamma="auto"`` keeps: the best ``score`` among the eligible candidates
+    (``{"gamma", "ess", "score"}`` each), the first on ties. Replays the choice at another
+    ``min_ess`` from candidates that were all scored."""
+    ess_max = max(c["ess"] for c in candidates)
+    ok = [c for c in candidates if afr_eligible(c["ess"], ess_max, min_ess) and c["score"] is not None]
+    return max(ok, key=lambda c: c["score"])["gamma"]
+
+
 class AFR(EmbeddingMethod):
     """Automatic Feature Reweighting (Qiu et al., 2023): retrain the last layer on ``val``,
     weighting each sample by ``exp(-gamma * p_erm(y | x))`` (samples the ERM head
@@ -193,17 +208,20 @@ class AFR(EmbeddingMethod):
     (default) picks it without them: each of ``gammas`` is fitted on val less a
     ``holdout`` part and scored there by the guard's label-free score (pseudo-group +
     balanced accuracy, :func:`pydebias.methods.guard.selection_score`); the best is
-    refitted on all of val. A number fixes ``gamma``. Reads ``val`` and the ERM ``head``
-    (trained on ``train`` when not given).
+    refitted on all of val. A candidate whose weights leave a Kish effective sample size
+    ``(sum w)^2 / sum w^2`` below ``min_ess`` x the fitted rows is not fitted (a handful of
+    rows would carry the head); the candidate with the largest one always is. A number
+    fixes ``gamma``. Reads ``val`` and the ERM ``head`` (trained on ``train`` when not given).
     """
 
     def __init__(self, gamma="auto", gammas: Sequence[float] = (0.0, 1.0, 2.0, 4.0, 8.0), holdout: float = 0.2,
-                 l2: float = 1e-3, epochs: int = 100, seed: int = 0):
-        self.gamma, self.gammas, self.holdout = gamma, gammas, holdout
+                 min_ess: float = 0.05, l2: float = 1e-3, epochs: int = 100, seed: int = 0):
+        self.gamma, self.gammas, self.holdout, self.min_ess = gamma, gammas, holdout, min_ess
         self.l2, self.epochs, self.seed = l2, epochs, seed
 
-    def _fit_gamma(self, s, head, gamma: float):
-        """(the head retrained on ``s`` with weights for ``gamma``, the largest weight / mean)."""
+    @staticmethod
+    def _p_right(s, head) -> np.ndarray:
+        """The ERM head's probability of each row's label, (N,) float64."""
         import torch
 
         p = np.empty(len(s), dtype=np.float64)
@@ -212,12 +230,19 @@ class AFR(EmbeddingMethod):
             for sl in _arrays.row_chunks(len(s), _arrays.default_chunk_rows(s.n_features, 4)):
                 logits = head(_arrays.float32_rows(x[sl]).to(head.weight.dtype))
                 p[sl] = torch.softmax(logits, 1)[torch.arange(logits.shape[0]), torch.from_numpy(s.labels[sl])].numpy()
-        w = np.exp(-gamma * p)
-        totals = np.bincount(s.labels, weights=w, minlength=s.n_classes)
-        w = w / totals[s.labels]
-        w *= len(s) / w.sum()
+        return p
+
+    @staticmethod
+    def _weights(labels: np.ndarray, n_classes: int, p_right: np.ndarray, gamma: float) -> np.ndarray:
+        """``exp(-gamma * p)``, equal totals per class, mean 1."""
+        w = np.exp(-gamma * p_right)
+        totals = np.bincount(labels, weights=w, minlength=n_classes)
+        w = w / totals[labels]
+        return w * (len(w) / w.sum())
+
+    def _fit_weights(self, s, head, w: np.ndarray) -> nn.Linear:
         return train_linear_head(s.features, s.labels, s.n_classes, sample_weight=w, l2=self.l2,
-                                 epochs=self.epochs, seed=self.seed, init=head, anchor=head), float(w.max())
+                                 epochs=self.epochs, seed=self.seed, init=head, anchor=head)
 
     def fit(self, train, val=None, *, head: Optional[nn.Linear] = None) -> nn.Linear:
         from .guard import selection_score
@@ -228,6 +253,7 @@ class AFR(EmbeddingMethod):
             raise ValueError(f"gamma: expected a number or 'auto', got {self.gamma!r}")
         if auto:  # gamma='auto' scores each candidate on held-out val rows
             check_fraction(self.holdout, "holdout", low_open=True)
+            check_number(self.min_ess, "min_ess", 0.0, 1.0)
             if not self.gammas:
                 raise ValueError("gammas: expected at least one candidate gamma, got none")
             for g in self.gammas:
@@ -247,11 +273,19 @@ class AFR(EmbeddingMethod):
                 raise ValueError(f"holdout: {self.holdout} of {len(s)} val rows leaves no row to fit or to score "
                                  "gamma on; give more val rows or a fixed gamma")
             right = predict(head, hold.features) == hold.labels
+            p_fit = self._p_right(fit_rows, head)
             for g in self.gammas:
-                scores.append({"gamma": float(g),
-                               "score": selection_score(self._fit_gamma(fit_rows, head, float(g))[0], hold, right)})
-            gamma = max(scores, key=lambda c: c["score"])["gamma"]  # ties: the first (smaller) gamma
+                w = self._weights(fit_rows.labels, s.n_classes, p_fit, float(g))
+                scores.append({"gamma": float(g), "ess": float(w.sum() ** 2 / (w * w).sum() / len(w)), "score": None})
+            ess_max = max(c["ess"] for c in scores)
+            for c in scores:  # a gamma whose weights rest on a few rows is not fitted (docs/methods.md, AFR)
+                if afr_eligible(c["ess"], ess_max, self.min_ess):
+                    w = self._weights(fit_rows.labels, s.n_classes, p_fit, c["gamma"])
+                    c["score"] = selection_score(self._fit_weights(fit_rows, head, w), hold, right)
+            gamma = afr_pick(scores, self.min_ess)
         self.gamma_ = float(gamma)
-        self.head_, w_max = self._fit_gamma(s, head, self.gamma_)
-        self.report_ = {"method": "AFR", "gamma": self.gamma_, "selection": scores, "weight_max_over_mean": w_max}
+        w = self._weights(s.labels, s.n_classes, self._p_right(s, head), self.gamma_)
+        self.head_ = self._fit_weights(s, head, w)
+        self.report_ = {"method": "AFR", "gamma": self.gamma_, "selection": scores,
+                        "weight_max_over_mean": float(w.max())}
         return self.head_

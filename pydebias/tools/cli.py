@@ -29,6 +29,8 @@ REPORT_STUDIES = {
                     "report", "jtt_weights", "jtt_weights_markdown"),
     "afr_anchors": ("AFR with each pull towards the ERM head (l2) on every setting", "report", "afr_anchors",
                     "afr_anchors_markdown"),
+    "afr_ess": ("AFR's label-free choice of gamma replayed with each floor on its weights' effective sample "
+                "size (min_ess) on every setting", "report", "afr_ess", "afr_ess_markdown"),
     "retrain_rows": ("ClassBalanced and AFR retrained on val and on as many train rows, on every biased setting",
                      "report", "retrain_rows", "retrain_rows_markdown"),
     "nsf_outliers": ("NSF dropping (the paper) or keeping the outliers its elimination step does not rescue, "

@@ -296,6 +296,44 @@ def afr_anchors_markdown(rows: List[Dict], seeds: Sequence[int]) -> str:
         ("benchmark", "backbone", "id_split"))
 
 
+#: AFR's floors on the effective sample size of a candidate gamma's weights, replayed by
+#: :func:`afr_ess_markdown` (0: every candidate fitted, the rule before the floor)
+AFR_MIN_ESS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+
+def afr_ess(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
+    """AFR's label-free choice of gamma on every setting: each candidate's holdout score and
+    Kish effective sample size (one ``gamma="auto"`` fit with ``min_ess=0``), each
+    candidate's worst-group test accuracy (a fixed-gamma fit), and the choice replayed at
+    each floor of :data:`AFR_MIN_ESS`: the measurements behind ``min_ess``."""
+    from ..methods import AFR
+    from ..methods.baselines import afr_pick
+    from ..metrics import evaluate
+
+    def fit_one(floor, data, erm, seed):
+        m = AFR(min_ess=floor, seed=seed)
+        head = m.fit(data["train"], data["val"], head=erm)
+        cands = [dict(c, worst_group=evaluate(AFR(gamma=c["gamma"], seed=seed).fit(
+            data["train"], data["val"], head=erm), data["test"]).worst_group_accuracy) for c in m.report_["selection"]]
+        picked = {f: afr_pick(cands, f) for f in AFR_MIN_ESS}
+        wga = {c["gamma"]: c["worst_group"] for c in cands}
+        return head, {"candidates": cands, **{str(f): wga[g] for f, g in picked.items()},
+                      **{f"gamma {f}": g for f, g in picked.items()}}
+
+    # the replays' key "0.0" overwrites the fit's with the same figure: the refit at its gamma is that head
+    return _baseline_sweep(settings, seed, progress, "AFR effective sizes", fit_one, (0.0,), skip_balanced=False)
+
+
+def afr_ess_markdown(rows: List[Dict], seeds: Sequence[int], loss_points: float = 5.0) -> str:
+    """The :func:`afr_ess` table: one line per setting and split, one column per floor."""
+    return _sweep_markdown(rows, AFR_MIN_ESS, "min_ess", (
+        f"AFR's floor on the effective sample size, {seeds_label(seeds)}: worst-group test accuracy, %, mean over "
+        "seeds (lowest–highest); `gamma=\"auto\"` fits only the candidates whose weights keep a Kish effective "
+        "sample size of at least `min_ess` × the rows (the largest always), replayed exactly from one fit that "
+        "scored every candidate; `min_ess=0.0` is the rule without a floor."),
+        ("benchmark", "backbone", "id_split"), loss_points=loss_points)
+
+
 def nsf_outliers(settings: Sequence[Setting], seed: int = 0, progress: bool = True) -> List[Dict]:
     """Worst-group test accuracy of NSF with each ``keep_unrescued`` of :data:`NSF_KEEP`
     and with ``"auto"``'s choice between them, beside ERM, on every setting, with the
