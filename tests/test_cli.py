@@ -341,8 +341,8 @@ def test_afr_anchors_study_on_planted(tmp_path, monkeypatch):
 
 def test_afr_ess_study_replays_the_choice_at_each_floor(tmp_path):
     """AFR's effective-size study on planted: every candidate scored once, each floor's column
-    is the candidate that floor lets AFR pick, the default's column is what AFR as shipped
-    returns, and a floor above every candidate's size falls back to the largest (gamma 0)."""
+    is the candidate that floor lets AFR pick (gamma 0, the most even weights, always
+    eligible), and the default's column is what AFR as shipped returns."""
     import warnings
 
     from pydebias.data import load

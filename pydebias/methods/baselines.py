@@ -14,7 +14,7 @@ from ..nn.last_layer import balance_weights, train_linear_head
 from ..validation import check_choice, check_embedding_set, check_fraction, check_linear_head, check_number
 from .base import EmbeddingMethod
 
-__all__ = ["ERM", "DFR", "ClassBalanced", "JTT", "AFR", "afr_pick", "erm_head"]
+__all__ = ["ERM", "DFR", "ClassBalanced", "JTT", "AFR", "erm_head"]
 
 RETRAIN_ON = ("train", "val")
 
