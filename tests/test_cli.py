@@ -425,6 +425,26 @@ def test_nsf_steps_study_on_planted(tmp_path, monkeypatch):
     assert re.search(r"more than 5 points below ERM's: n_update_steps=10 \d+; n_update_steps=\d+ \d+\.", md)
 
 
+def test_run_prints_what_each_method_chose(tmp_path, capsys):
+    """After the table, one line per method with its label-free choice, read from the same
+    ``report_`` that results.json holds: AFR's gamma and the candidates it did not fit,
+    NSF's outliers and G1, DFR's l2."""
+    assert main(["run", "afr", "--data", "planted", "--set", "min_ess=0.5", "--out", str(tmp_path), "--quiet",
+                 "--n-boot", "0"]) == 0
+    out = capsys.readouterr().out
+    res = json.loads((tmp_path / "results.json").read_text())["methods"]
+    afr, dfr = res["AFR"]["method_report"], res["DFR"]["method_report"]
+    skipped = [f"{c['gamma']:g}" for c in afr["selection"] if c["score"] is None]
+    assert skipped and afr["min_ess"] == 0.5
+    assert f"- AFR: gamma = {afr['gamma']:g} picked label-free; not fitted ({', '.join(skipped)})" in out
+    assert f"- DFR: l2 = {dfr['l2']:g}," in out and "- ERM" not in out
+    assert main(["run", "nsf", "--data", "planted", "--out", str(tmp_path), "--quiet", "--n-boot", "0"]) == 0
+    out = capsys.readouterr().out
+    c = json.loads((tmp_path / "results.json").read_text())["methods"]["NSF"]["method_report"]["counts"]
+    assert f"- NSF: {c['outliers']} outliers of {c['n_fit']} rows" in out
+    assert f"{c['g1']} rows against {c['inliers']} inliers" in out
+
+
 def test_run_sets_a_method_hyper_parameter_and_names_bad_ones(tmp_path, capsys):
     """`pydebias run nsf --set keep_unrescued=true`: the fit uses it (every outlier in G1) and
     results.json records it; an unknown, fixed or seed key is refused by name."""

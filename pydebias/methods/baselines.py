@@ -286,6 +286,6 @@ class AFR(EmbeddingMethod):
         self.gamma_ = float(gamma)
         w = self._weights(s.labels, s.n_classes, self._p_right(s, head), self.gamma_)
         self.head_ = self._fit_weights(s, head, w)
-        self.report_ = {"method": "AFR", "gamma": self.gamma_, "selection": scores,
+        self.report_ = {"method": "AFR", "gamma": self.gamma_, "selection": scores, "min_ess": self.min_ess,
                         "weight_max_over_mean": float(w.max())}
         return self.head_

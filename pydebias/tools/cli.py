@@ -81,7 +81,7 @@ def _writable_dir(path: str, flag: str) -> None:
 def _run_and_write(args, methods, command: str, method_params: Optional[dict] = None) -> int:
     _writable_dir(args.out, "--out")
     from . import plots
-    from .compare import compare, markdown_table, results_json
+    from .compare import choices_text, compare, markdown_table, results_json
     from ..data import load
     from ..results import write_json
 
@@ -93,6 +93,9 @@ def _run_and_write(args, methods, command: str, method_params: Optional[dict] = 
         print(f"\n== {name} on {args.data} / test ==")
         print(r["report"].table())
     print("\n" + markdown_table(results))
+    choices = choices_text(results)
+    if choices:
+        print("\n" + choices)
     os.makedirs(args.out, exist_ok=True)
     res = results_json(results, data, args.data, args.seed,
                        {"command": command, "methods": list(results), "data_params": _params(args.param),

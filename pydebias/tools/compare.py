@@ -108,3 +108,46 @@ def markdown_table(results: Dict[str, Dict]) -> str:
         ci = f" ({100 * rep.worst_group_ci[0]:.1f}–{100 * rep.worst_group_ci[1]:.1f})" if rep.worst_group_ci else ""
         lines.append(f"| {name} | {100 * rep.worst_group_accuracy:.1f}{ci} | {100 * rep.accuracy:.1f} | {r['seconds']:.2f} |")
     return "\n".join(lines)
+
+
+def _choice_line(name: str, rep: Dict) -> Optional[str]:
+    """One line saying what a fitted method chose from its ``report_`` (None when nothing)."""
+    m = rep.get("method")
+    if m == "JTT":
+        w = ", ".join(f"{x:.1f}" for x in rep["error_weight_per_class"])
+        return f"{name}: {rep['n_errors']} of {rep['n_train']} training rows wrong, up-weighted x({w}) per class"
+    if m == "AFR":
+        sel = rep.get("selection") or []
+        skipped = [f"{c['gamma']:g}" for c in sel if c.get("score") is None]
+        how = "picked label-free" if sel else "fixed"
+        return (f"{name}: gamma = {rep['gamma']:g} {how}" + (f"; not fitted ({', '.join(skipped)}): effective sample "
+                f"size under min_ess = {rep['min_ess']:g} of the rows" if skipped else ""))
+    if m == "NeuronTune":
+        r = rep["rounds"][-1]
+        per = ", ".join(str(n) for n in r["n_spurious_per_class"])
+        return f"{name}: lambda = {r['lam']:g}, {len(r['spurious'])} neurons zeroed ({per} per class)"
+    if m == "NSF":
+        c, k = rep["counts"], rep.get("keep_unrescued")
+        out = ", ".join(str(n) for n in c["outliers_per_class"])
+        res = ", ".join(str(n) for n in c["rescued_per_class"])
+        kept = ("every outlier" if c["dropped"] == 0 and c["g1"] == c["outliers"] else "the rescued ones")
+        return (f"{name}: {c['outliers']} outliers of {c['n_fit']} rows ({out} per class), {c['rescued']} rescued "
+                f"({res}); G1 = {kept}, {c['g1']} rows against {c['inliers']} inliers"
+                + (" (keep_unrescued='auto' chose True)" if k and k["chosen"] else ""))
+    if m == "DFR":
+        return f"{name}: l2 = {rep['l2']:g}, picked by worst-group accuracy on half of val (group labels)"
+    return None
+
+
+def choices_text(results: Dict[str, Dict]) -> str:
+    """What each method chose, one line each (its ``report_``: gamma, lambda and the neurons
+    zeroed, NSF's outliers and G1, DFR's l2), so a user sees the label-free choices."""
+    lines = []
+    for name, r in results.items():
+        try:
+            x = _choice_line(name, r.get("method_report") or {})
+        except (KeyError, IndexError, TypeError):  # display only: a report of another shape prints nothing
+            x = None
+        if x:
+            lines.append(x)
+    return "\n".join(["What each method chose:"] + [f"- {x}" for x in lines]) if lines else ""
