@@ -266,6 +266,7 @@ class AFR(EmbeddingMethod):
                              "from the ERM head, so they must match")
         scores = []
         gamma = self.gamma
+        p_val = self._p_right(s, head)  # one pass over val: the fit rows' weights are a subset of these
         if auto:
             held = s.holdout_mask(self.holdout, seed=self.seed)
             fit_rows, hold = s.subset(~held), s.subset(held)
@@ -273,18 +274,16 @@ class AFR(EmbeddingMethod):
                 raise ValueError(f"holdout: {self.holdout} of {len(s)} val rows leaves no row to fit or to score "
                                  "gamma on; give more val rows or a fixed gamma")
             right = predict(head, hold.features) == hold.labels
-            p_fit = self._p_right(fit_rows, head)
-            for g in self.gammas:
-                w = self._weights(fit_rows.labels, s.n_classes, p_fit, float(g))
-                scores.append({"gamma": float(g), "ess": float(w.sum() ** 2 / (w * w).sum() / len(w)), "score": None})
+            ws = [self._weights(fit_rows.labels, s.n_classes, p_val[~held], float(g)) for g in self.gammas]
+            scores = [{"gamma": float(g), "ess": float(w.sum() ** 2 / (w * w).sum() / len(w)), "score": None}
+                      for g, w in zip(self.gammas, ws)]
             ess_max = max(c["ess"] for c in scores)
-            for c in scores:  # a gamma whose weights rest on a few rows is not fitted (docs/methods.md, AFR)
+            for c, w in zip(scores, ws):  # a gamma whose weights rest on a few rows is not fitted (docs/methods.md)
                 if afr_eligible(c["ess"], ess_max, self.min_ess):
-                    w = self._weights(fit_rows.labels, s.n_classes, p_fit, c["gamma"])
                     c["score"] = selection_score(self._fit_weights(fit_rows, head, w), hold, right)
             gamma = afr_pick(scores, self.min_ess)
         self.gamma_ = float(gamma)
-        w = self._weights(s.labels, s.n_classes, self._p_right(s, head), self.gamma_)
+        w = self._weights(s.labels, s.n_classes, p_val, self.gamma_)
         self.head_ = self._fit_weights(s, head, w)
         self.report_ = {"method": "AFR", "gamma": self.gamma_, "selection": scores, "min_ess": self.min_ess,
                         "weight_max_over_mean": float(w.max())}
